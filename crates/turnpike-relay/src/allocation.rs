@@ -1,0 +1,83 @@
+//! The state of one allocation: its relayed addresses, permissions and channels.
+
+use core::net::{IpAddr, SocketAddr};
+use std::collections::HashMap;
+use std::time::Instant;
+
+use turnpike_proto::{AddressFamily, ChannelNumber, TransactionId};
+
+use crate::addr::{FiveTuple, RelaySocket};
+
+/// Identifies an allocation for its whole life; never reused, so a timer that outlives its
+/// allocation finds nothing instead of a stranger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct AllocationId(pub(crate) u64);
+
+#[derive(Debug)]
+pub(crate) struct Allocation {
+    pub(crate) five_tuple: FiveTuple,
+    pub(crate) username: Box<str>,
+    /// The Allocate request that created it: its retransmission gets the success response
+    /// again instead of 437.
+    pub(crate) created_by: TransactionId,
+    /// Relayed port, the same for both families of a dual allocation.
+    pub(crate) port: u16,
+    /// When each family's relayed address expires (RFC 8656 §7.2: a dual allocation refreshes
+    /// or deletes its families separately).
+    pub(crate) ipv4_expiry: Option<Instant>,
+    pub(crate) ipv6_expiry: Option<Instant>,
+    /// Permission expiry by peer IP (RFC 8656 §9: permissions ignore the port).
+    pub(crate) permissions: HashMap<IpAddr, Instant>,
+    pub(crate) channels: HashMap<ChannelNumber, Channel>,
+    pub(crate) channel_by_peer: HashMap<SocketAddr, ChannelNumber>,
+}
+
+/// A channel binding. Bound while `now < expires_at`; after that its number and peer stay
+/// reserved for the cool-down, then the entry goes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Channel {
+    pub(crate) peer: SocketAddr,
+    pub(crate) expires_at: Instant,
+}
+
+impl Allocation {
+    pub(crate) fn expiry(&self, family: AddressFamily) -> Option<Instant> {
+        match family {
+            AddressFamily::V4 => self.ipv4_expiry,
+            AddressFamily::V6 => self.ipv6_expiry,
+        }
+    }
+
+    pub(crate) fn expiry_mut(&mut self, family: AddressFamily) -> &mut Option<Instant> {
+        match family {
+            AddressFamily::V4 => &mut self.ipv4_expiry,
+            AddressFamily::V6 => &mut self.ipv6_expiry,
+        }
+    }
+
+    /// The families whose relayed address is still there.
+    pub(crate) fn families(&self) -> impl Iterator<Item = AddressFamily> + '_ {
+        [AddressFamily::V4, AddressFamily::V6]
+            .into_iter()
+            .filter(|family| self.expiry(*family).is_some())
+    }
+
+    pub(crate) fn has_family(&self, family: AddressFamily) -> bool {
+        self.expiry(family).is_some()
+    }
+
+    pub(crate) const fn relay_socket(&self, family: AddressFamily) -> RelaySocket {
+        RelaySocket {
+            port: self.port,
+            family,
+        }
+    }
+
+    /// Until when `peer` may be relayed to through a channel: the earliest of the channel's,
+    /// the permission's and the relayed address's expiry. `None` if any of them is missing.
+    pub(crate) fn route_expiry(&self, channel: &Channel) -> Option<Instant> {
+        let permission = *self.permissions.get(&channel.peer.ip())?;
+        let family = self.expiry(AddressFamily::of(channel.peer.ip()))?;
+        Some(channel.expires_at.min(permission).min(family))
+    }
+}

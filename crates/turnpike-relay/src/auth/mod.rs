@@ -1,0 +1,229 @@
+//! Long-term credential authentication of requests (RFC 8489 §9.2), with stateless nonces.
+
+pub mod credentials;
+pub mod nonce;
+
+use core::net::SocketAddr;
+
+use turnpike_proto::{Attribute, AttributeType, ErrorCode, Message};
+
+use self::credentials::{
+    CredentialError, CredentialStore, LongTermKey, PasswordAlgorithm, Userhash,
+};
+use self::nonce::{NonceSecret, SecurityFeatures, StatelessNonces};
+use crate::config::Config;
+
+/// The PASSWORD-ALGORITHMS value this server offers: SHA-256 first (preferred), then MD5.
+pub(crate) const OFFERED_PASSWORD_ALGORITHMS: [u8; 8] =
+    [0x00, 0x02, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00];
+
+/// Which integrity attribute a request carried; its response carries the same.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum IntegrityKind {
+    Sha1,
+    Sha256,
+}
+
+/// Proof that a request passed authentication; only [`Authenticator::authenticate`] builds it.
+#[derive(Debug)]
+pub(crate) struct Authenticated {
+    pub(crate) username: Box<str>,
+    pub(crate) key: LongTermKey,
+    pub(crate) integrity: IntegrityKind,
+}
+
+/// Why a request failed authentication.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AuthFailure {
+    /// No MESSAGE-INTEGRITY: the client has to learn realm and nonce first (401).
+    NoCredentials,
+    /// Integrity without USERNAME/USERHASH, REALM or NONCE (400, RFC 8489 §9.2.4).
+    IncompleteCredentials,
+    /// The nonce is not ours, is bound to another client, or has expired (438).
+    StaleNonce,
+    /// PASSWORD-ALGORITHMS differs from what the nonce promised: a bid-down attempt (400).
+    AlgorithmDowngrade,
+    WrongRealm,
+    UnknownUser,
+    ExpiredCredentials,
+    MalformedUsername,
+    BadIntegrity,
+}
+
+impl AuthFailure {
+    pub(crate) const fn error_code(self) -> ErrorCode {
+        match self {
+            Self::IncompleteCredentials | Self::AlgorithmDowngrade => ErrorCode::BAD_REQUEST,
+            Self::StaleNonce => ErrorCode::STALE_NONCE,
+            _ => ErrorCode::UNAUTHORIZED,
+        }
+    }
+
+    /// Whether the error response carries REALM and NONCE so the client can retry.
+    pub(crate) const fn challenges(self) -> bool {
+        !matches!(self, Self::IncompleteCredentials | Self::AlgorithmDowngrade)
+    }
+
+    pub(crate) const fn label(self) -> &'static str {
+        match self {
+            Self::NoCredentials => "no_credentials",
+            Self::IncompleteCredentials => "incomplete_credentials",
+            Self::StaleNonce => "stale_nonce",
+            Self::AlgorithmDowngrade => "algorithm_downgrade",
+            Self::WrongRealm => "wrong_realm",
+            Self::UnknownUser => "unknown_user",
+            Self::ExpiredCredentials => "expired_credentials",
+            Self::MalformedUsername => "malformed_username",
+            Self::BadIntegrity => "bad_integrity",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct Authenticator {
+    credentials: CredentialStore,
+    nonces: StatelessNonces,
+    features: SecurityFeatures,
+}
+
+impl Authenticator {
+    pub(crate) fn new(config: &Config, nonce_secret: [u8; 32]) -> Self {
+        let mut features = SecurityFeatures::NONE;
+        if config.offer_sha256 {
+            features = features.union(SecurityFeatures::PASSWORD_ALGORITHMS);
+        }
+        if config.credentials.supports_userhash() {
+            features = features.union(SecurityFeatures::USERNAME_ANONYMITY);
+        }
+        let nonces = StatelessNonces::new(NonceSecret::from_bytes(nonce_secret))
+            .with_lifetime(config.lifetimes.nonce);
+        Self {
+            credentials: config.credentials.clone(),
+            nonces,
+            features,
+        }
+    }
+
+    pub(crate) fn realm(&self) -> &str {
+        self.credentials.realm()
+    }
+
+    /// A fresh nonce for `client`, for a 401 or 438 response.
+    pub(crate) fn issue_nonce(&self, client: SocketAddr, now_unix: u64) -> nonce::Nonce {
+        self.nonces.issue(client, now_unix, self.features)
+    }
+
+    pub(crate) const fn offers_sha256(&self) -> bool {
+        self.features
+            .contains(SecurityFeatures::PASSWORD_ALGORITHMS)
+    }
+
+    /// Checks a request's long-term credentials in the order RFC 8489 §9.2.4 prescribes.
+    pub(crate) fn authenticate(
+        &self,
+        message: &Message<'_>,
+        client: SocketAddr,
+        now_unix: u64,
+    ) -> Result<Authenticated, AuthFailure> {
+        let integrity = if message.has_message_integrity_sha256() {
+            IntegrityKind::Sha256
+        } else if message.has_message_integrity() {
+            IntegrityKind::Sha1
+        } else {
+            return Err(AuthFailure::NoCredentials);
+        };
+        let transaction_id = message.transaction_id();
+        let mut username = None;
+        let mut userhash = None;
+        let mut realm = None;
+        let mut nonce = None;
+        let mut offered_algorithms = None;
+        let mut chosen_algorithm = None;
+        for raw in message.attributes() {
+            match Attribute::decode(raw, &transaction_id) {
+                Ok(Attribute::Username(value)) => username = Some(value),
+                Ok(Attribute::Userhash(value)) => userhash = Some(*value),
+                Ok(Attribute::Realm(value)) => realm = Some(value),
+                Ok(Attribute::Nonce(value)) => nonce = Some(value),
+                Ok(Attribute::PasswordAlgorithms(list)) => offered_algorithms = Some(list),
+                Ok(Attribute::PasswordAlgorithm(algorithm)) => chosen_algorithm = Some(algorithm),
+                Ok(_) => {}
+                Err(_) if is_credential_attribute(raw.kind()) => {
+                    return Err(AuthFailure::IncompleteCredentials);
+                }
+                Err(_) => {}
+            }
+        }
+        let (Some(realm), Some(nonce)) = (realm, nonce) else {
+            return Err(AuthFailure::IncompleteCredentials);
+        };
+        if username.is_none() && userhash.is_none() {
+            return Err(AuthFailure::IncompleteCredentials);
+        }
+        let features = self
+            .nonces
+            .verify(nonce, client, now_unix)
+            .map_err(|_| AuthFailure::StaleNonce)?;
+
+        let algorithm = if features.contains(SecurityFeatures::PASSWORD_ALGORITHMS) {
+            match (offered_algorithms, chosen_algorithm) {
+                (None, None) => PasswordAlgorithm::Md5,
+                (Some(offered), Some(chosen))
+                    if offered.as_bytes() == OFFERED_PASSWORD_ALGORITHMS
+                        && offered.iter().any(|a| a.algorithm == chosen.algorithm) =>
+                {
+                    PasswordAlgorithm::from_code(chosen.algorithm)
+                        .ok_or(AuthFailure::AlgorithmDowngrade)?
+                }
+                _ => return Err(AuthFailure::AlgorithmDowngrade),
+            }
+        } else {
+            PasswordAlgorithm::Md5
+        };
+        if realm != self.credentials.realm() {
+            return Err(AuthFailure::WrongRealm);
+        }
+        let username = match (username, userhash) {
+            (Some(username), _) => username,
+            (None, Some(hash)) => self
+                .credentials
+                .username_for_userhash(&Userhash::from_bytes(hash))
+                .map_err(|_| AuthFailure::UnknownUser)?,
+            (None, None) => return Err(AuthFailure::IncompleteCredentials),
+        };
+        let keys = self
+            .credentials
+            .candidate_keys(username, algorithm, now_unix)
+            .map_err(|error| match error {
+                CredentialError::Expired => AuthFailure::ExpiredCredentials,
+                CredentialError::MalformedUsername => AuthFailure::MalformedUsername,
+                CredentialError::UnknownUser => AuthFailure::UnknownUser,
+            })?;
+        for key in keys {
+            let verified = match integrity {
+                IntegrityKind::Sha256 => message.verify_message_integrity_sha256(key.as_bytes()),
+                IntegrityKind::Sha1 => message.verify_message_integrity(key.as_bytes()),
+            };
+            if verified.is_ok() {
+                return Ok(Authenticated {
+                    username: username.into(),
+                    key,
+                    integrity,
+                });
+            }
+        }
+        Err(AuthFailure::BadIntegrity)
+    }
+}
+
+fn is_credential_attribute(kind: AttributeType) -> bool {
+    [
+        AttributeType::USERNAME,
+        AttributeType::USERHASH,
+        AttributeType::REALM,
+        AttributeType::NONCE,
+        AttributeType::PASSWORD_ALGORITHM,
+        AttributeType::PASSWORD_ALGORITHMS,
+    ]
+    .contains(&kind)
+}

@@ -1,0 +1,118 @@
+//! Everything an operator can tune in the core, with the RFC defaults.
+
+use core::net::{Ipv4Addr, Ipv6Addr};
+use core::ops::RangeInclusive;
+use core::time::Duration;
+
+use crate::auth::credentials::CredentialStore;
+use crate::policy::PeerPolicy;
+
+/// Configuration of a [`crate::Server`].
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The IPv4 address relayed addresses are advertised with; `None` offers no IPv4 relaying.
+    pub relay_ipv4: Option<Ipv4Addr>,
+    /// The IPv6 address relayed addresses are advertised with; `None` offers no IPv6 relaying.
+    pub relay_ipv6: Option<Ipv6Addr>,
+    /// Ports relayed addresses are drawn from, at random.
+    pub relay_ports: RangeInclusive<u16>,
+    pub lifetimes: Lifetimes,
+    pub quotas: Quotas,
+    pub credentials: CredentialStore,
+    pub policy: PeerPolicy,
+    /// Offer SHA-256 password algorithms (RFC 8489 PASSWORD-ALGORITHMS) next to MD5.
+    pub offer_sha256: bool,
+    /// Put SOFTWARE in responses to authenticated requests (never in Binding responses or
+    /// challenges: those reach unauthenticated senders, and every byte amplifies).
+    pub software: Option<String>,
+    /// Unauthenticated responses (Binding, 401, 438, 400) allowed per source, per second, with
+    /// the burst allowed on top; these cap what a spoofed flood can reflect at one victim.
+    pub unauthenticated_rate: RateLimit,
+}
+
+/// How many unauthenticated responses a source may draw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    pub per_second: u32,
+    pub burst: u32,
+}
+
+/// Lifetimes of the things a client creates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lifetimes {
+    /// Allocation lifetime when the client asks for none or for less (RFC 8656 §7.2: 600 s).
+    pub allocation_default: Duration,
+    /// Longest allocation lifetime granted (RFC 8656 recommends 3600 s).
+    pub allocation_max: Duration,
+    /// Permission lifetime (RFC 8656 §9: 300 s, not negotiable).
+    pub permission: Duration,
+    /// Channel binding lifetime (RFC 8656 §12: 600 s).
+    pub channel: Duration,
+    /// After a channel expires its number and peer stay reserved this long (RFC 8656 §12: 5 min).
+    pub channel_cooldown: Duration,
+    /// How long a nonce stays valid; long enough that busy clients are not churned.
+    pub nonce: Duration,
+    /// How long a response is kept to answer a retransmitted request (RFC 8489 §6.3.1: 40 s).
+    pub transaction: Duration,
+}
+
+impl Default for Lifetimes {
+    fn default() -> Self {
+        Self {
+            allocation_default: Duration::from_secs(600),
+            allocation_max: Duration::from_secs(3600),
+            permission: Duration::from_secs(300),
+            channel: Duration::from_secs(600),
+            channel_cooldown: Duration::from_secs(300),
+            nonce: Duration::from_secs(600),
+            transaction: Duration::from_secs(40),
+        }
+    }
+}
+
+/// Limits that keep one user or one allocation from exhausting the relay; exceeding any of
+/// them is answered with 486 (Allocation Quota Reached).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quotas {
+    pub allocations_total: usize,
+    pub allocations_per_user: usize,
+    pub permissions_per_allocation: usize,
+    pub channels_per_allocation: usize,
+    /// Responses kept for retransmissions at once; the oldest are dropped beyond this.
+    pub cached_transactions: usize,
+}
+
+impl Default for Quotas {
+    fn default() -> Self {
+        Self {
+            allocations_total: 16_384,
+            allocations_per_user: 64,
+            permissions_per_allocation: 64,
+            channels_per_allocation: 64,
+            cached_transactions: 65_536,
+        }
+    }
+}
+
+impl Config {
+    /// A configuration with RFC defaults for the given credentials (which carry the realm) and
+    /// peer policy; no relayed address family is offered until one is set.
+    #[must_use]
+    pub fn new(credentials: CredentialStore, policy: PeerPolicy) -> Self {
+        Self {
+            relay_ipv4: None,
+            relay_ipv6: None,
+            relay_ports: 49152..=65535,
+            lifetimes: Lifetimes::default(),
+            quotas: Quotas::default(),
+            credentials,
+            policy,
+            offer_sha256: true,
+            software: None,
+            unauthenticated_rate: RateLimit {
+                per_second: 20,
+                burst: 40,
+            },
+        }
+    }
+}

@@ -1,0 +1,699 @@
+//! The sans-IO TURN server.
+
+mod requests;
+mod respond;
+
+use core::net::{IpAddr, SocketAddr};
+use core::time::Duration;
+use std::collections::{HashMap, VecDeque};
+use std::time::Instant;
+
+use rand::RngCore;
+use turnpike_proto::{
+    AddressFamily, Attribute, ChannelData, ChannelNumber, Class, Message, Method, PacketKind,
+    classify,
+};
+
+use crate::addr::{FiveTuple, RelaySocket};
+use crate::allocation::{Allocation, AllocationId};
+use crate::auth::Authenticator;
+use crate::command::{ChannelRoute, Command, Forward};
+use crate::config::Config;
+use crate::ports::PortPool;
+use crate::ratelimit::UnauthenticatedLimiter;
+use crate::stats::{Drop, Stats};
+use crate::timer::{Timer, TimerQueue};
+use crate::transactions::TransactionCache;
+
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+/// A channel route in the client-to-peer direction.
+#[derive(Debug, Clone, Copy)]
+struct ToPeerRoute {
+    relay: RelaySocket,
+    peer: SocketAddr,
+    expires_at: Instant,
+}
+
+/// A channel route in the peer-to-client direction.
+#[derive(Debug, Clone, Copy)]
+struct ToClientRoute {
+    client: FiveTuple,
+    channel: ChannelNumber,
+    expires_at: Instant,
+}
+
+/// Unix time as an offset from an `Instant`, so the core never reads a clock: the driver
+/// anchors it with [`Server::set_wall_clock`] and every later `now` implies a wall time.
+#[derive(Debug, Clone, Copy)]
+struct WallClock {
+    anchor: Instant,
+    unix_at_anchor: Duration,
+}
+
+impl WallClock {
+    fn unix_seconds(&self, now: Instant) -> u64 {
+        (self.unix_at_anchor + now.saturating_duration_since(self.anchor)).as_secs()
+    }
+}
+
+/// A TURN server (RFC 8656 over RFC 8489, with RFC 6156 IPv6) as a state machine.
+///
+/// # Driving contract
+///
+/// The server opens no socket, reads no clock and draws randomness only from the `R` it was
+/// given. The I/O layer (the driver) feeds it three kinds of input and executes what comes out:
+///
+/// - A datagram from a client on a listening address:
+///   [`handle_client_datagram`](Self::handle_client_datagram). ChannelData and Send
+///   indications are relayed by returning a [`Forward`] inline, which indexes the datagram that
+///   was passed in, so the driver sends the payload without copying it.
+/// - A datagram from a peer on a relayed socket:
+///   [`handle_peer_datagram`](Self::handle_peer_datagram). If a channel is bound, the returned
+///   [`Forward::ToClient`] carries the 4-byte ChannelData header; the driver writes it into
+///   the headroom it kept in front of the payload.
+/// - Time: when [`poll_timeout`](Self::poll_timeout) has passed, call
+///   [`handle_timeout`](Self::handle_timeout).
+///
+/// After **every** call that takes `&mut self`, drain [`next_command`](Self::next_command)
+/// until it returns `None` and execute the commands in order, then re-read
+/// [`poll_timeout`](Self::poll_timeout). The order is what keeps a kernel fast path an exact
+/// mirror of the live state: a channel is installed before the success response that announces
+/// it is sent, and removed (on expiry, deletion or refresh failure) before anything later is
+/// processed.
+///
+/// `now` must never go backwards. Wall-clock time (for credential and nonce expiry) is derived
+/// from `now` and the anchor set with [`set_wall_clock`](Self::set_wall_clock); re-anchor it
+/// now and then so that clock adjustments reach the server.
+///
+/// Protocol errors never escape: they become STUN error responses or are counted in
+/// [`stats`](Self::stats) and dropped.
+#[derive(Debug)]
+pub struct Server<R> {
+    config: Config,
+    rng: R,
+    auth: Authenticator,
+    ports: PortPool,
+    wall_clock: WallClock,
+    next_allocation_id: u64,
+    allocations: HashMap<AllocationId, Allocation>,
+    by_five_tuple: FastMap<FiveTuple, AllocationId>,
+    by_port: FastMap<u16, AllocationId>,
+    allocations_per_user: HashMap<Box<str>, usize>,
+    to_peer: FastMap<(FiveTuple, ChannelNumber), ToPeerRoute>,
+    to_client: FastMap<(u16, SocketAddr), ToClientRoute>,
+    timers: TimerQueue,
+    transactions: TransactionCache,
+    limiter: UnauthenticatedLimiter,
+    commands: VecDeque<Command>,
+    draining: bool,
+    stats: Stats,
+}
+
+impl<R: RngCore> Server<R> {
+    /// Creates a server. `now` and `unix_time` (time since the Unix epoch) anchor the wall
+    /// clock; `rng` chooses relayed ports and the nonce secret.
+    #[must_use]
+    pub fn new(config: Config, mut rng: R, now: Instant, unix_time: Duration) -> Self {
+        let mut nonce_secret = [0; 32];
+        rng.fill_bytes(&mut nonce_secret);
+        let mut hash_seed = [0; 8];
+        rng.fill_bytes(&mut hash_seed);
+        let hash_seed = u64::from_le_bytes(hash_seed);
+        let fast_map = || foldhash::fast::RandomState::default();
+        Self {
+            auth: Authenticator::new(&config, nonce_secret),
+            ports: PortPool::new(config.relay_ports.clone()),
+            transactions: TransactionCache::new(config.quotas.cached_transactions),
+            limiter: UnauthenticatedLimiter::new(config.unauthenticated_rate, hash_seed),
+            config,
+            rng,
+            wall_clock: WallClock {
+                anchor: now,
+                unix_at_anchor: unix_time,
+            },
+            next_allocation_id: 0,
+            allocations: HashMap::new(),
+            by_five_tuple: HashMap::with_hasher(fast_map()),
+            by_port: HashMap::with_hasher(fast_map()),
+            allocations_per_user: HashMap::new(),
+            to_peer: HashMap::with_hasher(fast_map()),
+            to_client: HashMap::with_hasher(fast_map()),
+            timers: TimerQueue::default(),
+            commands: VecDeque::new(),
+            draining: false,
+            stats: Stats::default(),
+        }
+    }
+
+    /// Re-anchors wall-clock time: at `now` it is `unix_time` since the Unix epoch.
+    pub fn set_wall_clock(&mut self, now: Instant, unix_time: Duration) {
+        self.wall_clock = WallClock {
+            anchor: now,
+            unix_at_anchor: unix_time,
+        };
+    }
+
+    /// Marks a relayed port as unusable (the driver could not bind it); it is never handed out.
+    pub fn exclude_relay_port(&mut self, port: u16) {
+        self.ports.take(port);
+    }
+
+    /// Stops accepting new allocations (answered with 486 would mislead; RFC 8656 has no
+    /// "going away" code, so they get 508 Insufficient Capacity and retry elsewhere) while
+    /// existing allocations keep relaying until they end or the process exits.
+    pub fn begin_drain(&mut self) {
+        self.draining = true;
+    }
+
+    /// Ends every allocation now, as at the end of a drain: the fast path gets a remove for
+    /// every channel and permission, and every relayed socket is closed.
+    pub fn shutdown(&mut self) {
+        let ids: Vec<AllocationId> = self.allocations.keys().copied().collect();
+        for id in ids {
+            self.free_allocation(id);
+        }
+    }
+
+    /// The next control-path action; call until `None` after every input.
+    #[must_use]
+    pub fn next_command(&mut self) -> Option<Command> {
+        self.commands.pop_front()
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) must be called next.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match (self.timers.next_deadline(), self.transactions.next_expiry()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Counters for metrics.
+    #[must_use]
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Allocations alive now.
+    #[must_use]
+    pub fn allocation_count(&self) -> usize {
+        self.allocations.len()
+    }
+
+    /// Permissions alive now, over all allocations.
+    #[must_use]
+    pub fn permission_count(&self) -> usize {
+        self.allocations
+            .values()
+            .map(|allocation| allocation.permissions.len())
+            .sum()
+    }
+
+    /// Channels bound and relaying now, over all allocations.
+    #[must_use]
+    pub fn active_channel_count(&self) -> usize {
+        self.to_peer.len()
+    }
+
+    /// Handles a datagram a client sent to one of the relay's listening addresses.
+    ///
+    /// Returns where to relay (part of) `datagram` for ChannelData and Send indications.
+    pub fn handle_client_datagram(
+        &mut self,
+        now: Instant,
+        from: FiveTuple,
+        datagram: &[u8],
+    ) -> Option<Forward> {
+        match classify(datagram) {
+            Ok(PacketKind::ChannelData) => self.handle_channel_data(now, from, datagram),
+            Ok(PacketKind::Stun) => match Message::parse(datagram) {
+                Ok(message) => self.handle_stun(now, from, &message),
+                Err(_) => {
+                    self.stats.drop(Drop::MalformedStun);
+                    None
+                }
+            },
+            Err(_) => {
+                self.stats.drop(Drop::NotTurn);
+                None
+            }
+        }
+    }
+
+    fn handle_channel_data(
+        &mut self,
+        now: Instant,
+        from: FiveTuple,
+        datagram: &[u8],
+    ) -> Option<Forward> {
+        let Ok(message) = ChannelData::parse(datagram) else {
+            self.stats.drop(Drop::MalformedChannelData);
+            return None;
+        };
+        let Some(route) = self.to_peer.get(&(from, message.channel())) else {
+            self.stats.drop(Drop::UnboundChannel);
+            return None;
+        };
+        if route.expires_at <= now {
+            // The timer that removes it has not run yet; it must not relay a packet more.
+            self.stats.drop(Drop::UnboundChannel);
+            return None;
+        }
+        let (relay, peer) = (route.relay, route.peer);
+        let payload = turnpike_proto::CHANNEL_DATA_HEADER_LEN
+            ..turnpike_proto::CHANNEL_DATA_HEADER_LEN + message.payload().len();
+        self.relay_to_peer(now, relay, peer, payload, datagram)
+    }
+
+    /// Sends `datagram[payload]` to `peer` from `relay`, or hands it straight to the allocation
+    /// that owns `peer` when it is one of this relay's own relayed addresses (a hairpin: the
+    /// packet would otherwise leave and come back, or loop in the kernel fast path).
+    fn relay_to_peer(
+        &mut self,
+        now: Instant,
+        relay: RelaySocket,
+        peer: SocketAddr,
+        payload: core::ops::Range<usize>,
+        datagram: &[u8],
+    ) -> Option<Forward> {
+        if self.is_own_relayed_address(peer) {
+            let source = SocketAddr::new(self.relay_ip(relay.family)?, relay.port);
+            let target = RelaySocket {
+                port: peer.port(),
+                family: AddressFamily::of(peer.ip()),
+            };
+            self.stats.hairpinned += 1;
+            return self.deliver_to_client(now, target, source, payload, datagram);
+        }
+        self.stats.relayed_to_peer.add(payload.len());
+        Some(Forward::ToPeer {
+            relay,
+            peer,
+            payload,
+        })
+    }
+
+    fn relay_ip(&self, family: AddressFamily) -> Option<IpAddr> {
+        match family {
+            AddressFamily::V4 => self.config.relay_ipv4.map(IpAddr::V4),
+            AddressFamily::V6 => self.config.relay_ipv6.map(IpAddr::V6),
+        }
+    }
+
+    fn is_own_relayed_address(&self, address: SocketAddr) -> bool {
+        let ip = address.ip().to_canonical();
+        self.ports.contains(address.port())
+            && (self.config.relay_ipv4.map(IpAddr::V4) == Some(ip)
+                || self.config.relay_ipv6.map(IpAddr::V6) == Some(ip))
+    }
+
+    /// Handles a datagram a peer sent to relayed socket `relay`.
+    pub fn handle_peer_datagram(
+        &mut self,
+        now: Instant,
+        relay: RelaySocket,
+        peer: SocketAddr,
+        datagram: &[u8],
+    ) -> Option<Forward> {
+        self.deliver_to_client(now, relay, peer, 0..datagram.len(), datagram)
+    }
+
+    fn deliver_to_client(
+        &mut self,
+        now: Instant,
+        relay: RelaySocket,
+        peer: SocketAddr,
+        payload: core::ops::Range<usize>,
+        datagram: &[u8],
+    ) -> Option<Forward> {
+        if let Some(route) = self.to_client.get(&(relay.port, peer))
+            && route.expires_at > now
+        {
+            let Ok(channel_header) = ChannelData::header(route.channel, payload.len()) else {
+                self.stats.drop(Drop::OversizedPeerData);
+                return None;
+            };
+            self.stats.relayed_to_client.add(payload.len());
+            return Some(Forward::ToClient {
+                client: route.client,
+                channel_header,
+                payload,
+            });
+        }
+        // No channel: a Data indication, if a permission lets the peer in (RFC 8656 §11.4).
+        let Some(&id) = self.by_port.get(&relay.port) else {
+            self.stats.drop(Drop::NoAllocation);
+            return None;
+        };
+        let Some(allocation) = self.allocations.get(&id) else {
+            self.stats.drop(Drop::NoAllocation);
+            return None;
+        };
+        let permitted = allocation
+            .permissions
+            .get(&peer.ip())
+            .is_some_and(|expiry| *expiry > now)
+            && allocation
+                .expiry(relay.family)
+                .is_some_and(|expiry| expiry > now);
+        if !permitted {
+            self.stats.drop(Drop::NoPermission);
+            return None;
+        }
+        let client = allocation.five_tuple;
+        let Some(data) = datagram.get(payload) else {
+            return None;
+        };
+        match respond::data_indication(&mut self.rng, peer, data) {
+            Ok(indication) => {
+                self.stats.relayed_to_client.add(data.len());
+                self.commands.push_back(Command::SendToClient {
+                    to: client,
+                    payload: indication,
+                });
+            }
+            Err(_) => self.stats.drop(Drop::OversizedPeerData),
+        }
+        None
+    }
+
+    /// Expires whatever is due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.transactions.expire(now);
+        while let Some((_, timer)) = self.timers.pop_due(now) {
+            match timer {
+                Timer::Allocation { id, family } => self.expire_family(now, id, family),
+                Timer::Permission { id, peer } => self.expire_permission(now, id, peer),
+                Timer::Channel { id, channel } => self.expire_channel(now, id, channel),
+            }
+        }
+    }
+
+    fn expire_family(&mut self, now: Instant, id: AllocationId, family: AddressFamily) {
+        let Some(allocation) = self.allocations.get(&id) else {
+            return;
+        };
+        if allocation.expiry(family).is_none_or(|expiry| expiry > now) {
+            return;
+        }
+        self.remove_family(id, family);
+    }
+
+    fn expire_permission(&mut self, now: Instant, id: AllocationId, peer: IpAddr) {
+        let Some(allocation) = self.allocations.get_mut(&id) else {
+            return;
+        };
+        if allocation
+            .permissions
+            .get(&peer)
+            .is_none_or(|expiry| *expiry > now)
+        {
+            return;
+        }
+        allocation.permissions.remove(&peer);
+        let relay = allocation.relay_socket(AddressFamily::of(peer));
+        let channels: Vec<ChannelNumber> = allocation
+            .channels
+            .iter()
+            .filter(|(_, channel)| channel.peer.ip() == peer)
+            .map(|(number, _)| *number)
+            .collect();
+        for channel in channels {
+            self.sync_route(now, id, channel);
+        }
+        self.commands
+            .push_back(Command::RemovePermission { relay, peer });
+    }
+
+    fn expire_channel(&mut self, now: Instant, id: AllocationId, number: ChannelNumber) {
+        let Some(allocation) = self.allocations.get(&id) else {
+            return;
+        };
+        let Some(channel) = allocation.channels.get(&number).copied() else {
+            return;
+        };
+        if channel.expires_at > now {
+            return;
+        }
+        self.sync_route(now, id, number);
+        let cooldown_end = channel.expires_at + self.config.lifetimes.channel_cooldown;
+        if cooldown_end <= now {
+            if let Some(allocation) = self.allocations.get_mut(&id) {
+                allocation.channels.remove(&number);
+                allocation.channel_by_peer.remove(&channel.peer);
+            }
+        } else {
+            self.timers.schedule(
+                cooldown_end,
+                Timer::Channel {
+                    id,
+                    channel: number,
+                },
+            );
+        }
+    }
+
+    /// Brings the fast-path routes of one channel in line with the allocation's state at
+    /// `now`: installed (again, with the new expiry) while channel, permission and relayed
+    /// address are all alive, removed otherwise.
+    fn sync_route(&mut self, now: Instant, id: AllocationId, number: ChannelNumber) {
+        let Some(allocation) = self.allocations.get(&id) else {
+            return;
+        };
+        let client = allocation.five_tuple;
+        let key = (client, number);
+        let desired = allocation.channels.get(&number).and_then(|channel| {
+            let expires_at = allocation.route_expiry(channel)?;
+            (expires_at > now).then(|| {
+                let relay = allocation.relay_socket(AddressFamily::of(channel.peer.ip()));
+                (
+                    ChannelRoute {
+                        client,
+                        channel: number,
+                        relay,
+                        peer: channel.peer,
+                    },
+                    expires_at,
+                )
+            })
+        });
+        match desired {
+            Some((route, expires_at)) => {
+                if let Some(old) = self.to_peer.get(&key)
+                    && old.peer != route.peer
+                {
+                    self.to_client.remove(&(old.relay.port, old.peer));
+                }
+                self.to_peer.insert(
+                    key,
+                    ToPeerRoute {
+                        relay: route.relay,
+                        peer: route.peer,
+                        expires_at,
+                    },
+                );
+                self.to_client.insert(
+                    (route.relay.port, route.peer),
+                    ToClientRoute {
+                        client,
+                        channel: number,
+                        expires_at,
+                    },
+                );
+                self.commands.push_back(Command::InstallChannel(route));
+            }
+            None => {
+                if let Some(old) = self.to_peer.remove(&key) {
+                    self.to_client.remove(&(old.relay.port, old.peer));
+                    self.commands
+                        .push_back(Command::RemoveChannel(ChannelRoute {
+                            client,
+                            channel: number,
+                            relay: old.relay,
+                            peer: old.peer,
+                        }));
+                }
+            }
+        }
+    }
+
+    /// Removes one family's relayed address, and the allocation with it if it was the last.
+    fn remove_family(&mut self, id: AllocationId, family: AddressFamily) {
+        let Some(allocation) = self.allocations.get_mut(&id) else {
+            return;
+        };
+        *allocation.expiry_mut(family) = None;
+        let relay = allocation.relay_socket(family);
+        let client = allocation.five_tuple;
+        // Channels and permissions towards peers of this family can no longer be used.
+        let channels: Vec<(ChannelNumber, SocketAddr)> = allocation
+            .channels
+            .iter()
+            .filter(|(_, channel)| AddressFamily::of(channel.peer.ip()) == family)
+            .map(|(number, channel)| (*number, channel.peer))
+            .collect();
+        let permissions: Vec<IpAddr> = allocation
+            .permissions
+            .keys()
+            .copied()
+            .filter(|peer| AddressFamily::of(*peer) == family)
+            .collect();
+        for (number, peer) in &channels {
+            allocation.channels.remove(number);
+            allocation.channel_by_peer.remove(peer);
+        }
+        for peer in &permissions {
+            allocation.permissions.remove(peer);
+        }
+        let emptied = allocation.families().next().is_none();
+        for (number, _) in channels {
+            if let Some(old) = self.to_peer.remove(&(client, number)) {
+                self.to_client.remove(&(old.relay.port, old.peer));
+                self.commands
+                    .push_back(Command::RemoveChannel(ChannelRoute {
+                        client,
+                        channel: number,
+                        relay: old.relay,
+                        peer: old.peer,
+                    }));
+            }
+        }
+        for peer in permissions {
+            self.commands
+                .push_back(Command::RemovePermission { relay, peer });
+        }
+        self.commands.push_back(Command::CloseRelaySocket(relay));
+        if emptied {
+            self.remove_allocation(id);
+        }
+    }
+
+    /// Removes an allocation with all its families, channels and permissions.
+    fn free_allocation(&mut self, id: AllocationId) {
+        for family in [AddressFamily::V4, AddressFamily::V6] {
+            if self
+                .allocations
+                .get(&id)
+                .is_some_and(|allocation| allocation.has_family(family))
+            {
+                self.remove_family(id, family);
+            }
+        }
+        self.remove_allocation(id);
+    }
+
+    /// Drops the bookkeeping of an allocation whose families are all gone.
+    fn remove_allocation(&mut self, id: AllocationId) {
+        let Some(allocation) = self.allocations.remove(&id) else {
+            return;
+        };
+        self.by_five_tuple.remove(&allocation.five_tuple);
+        self.by_port.remove(&allocation.port);
+        self.ports.release(allocation.port);
+        if let Some(count) = self.allocations_per_user.get_mut(&allocation.username) {
+            *count -= 1;
+            if *count == 0 {
+                self.allocations_per_user.remove(&allocation.username);
+            }
+        }
+    }
+
+    fn handle_stun(
+        &mut self,
+        now: Instant,
+        from: FiveTuple,
+        message: &Message<'_>,
+    ) -> Option<Forward> {
+        match (message.class(), message.method()) {
+            (Class::Request, Method::Binding) => self.handle_binding(now, from, message),
+            (
+                Class::Request,
+                Method::Allocate | Method::Refresh | Method::CreatePermission | Method::ChannelBind,
+            ) => {
+                self.handle_authenticated_request(now, from, message);
+            }
+            (Class::Request, _) => self.handle_unknown_method(now, from, message),
+            (Class::Indication, Method::Send) => {
+                return self.handle_send_indication(now, from, message);
+            }
+            // Binding indications are keepalives; responses and other indications have no
+            // business here (RFC 8489 §6.3.2: silently discard).
+            _ => self.stats.drop(Drop::UnexpectedStun),
+        }
+        None
+    }
+
+    fn handle_send_indication(
+        &mut self,
+        now: Instant,
+        from: FiveTuple,
+        message: &Message<'_>,
+    ) -> Option<Forward> {
+        let transaction_id = message.transaction_id();
+        let mut peer = None;
+        let mut data = None;
+        for raw in message.attributes() {
+            match Attribute::decode(raw, &transaction_id) {
+                Ok(Attribute::XorPeerAddress(address)) if peer.is_none() => peer = Some(address),
+                Ok(Attribute::Data(bytes)) if data.is_none() => data = Some(bytes),
+                Ok(_) => {}
+                Err(_) => {
+                    self.stats.drop(Drop::MalformedStun);
+                    return None;
+                }
+            }
+            if raw.kind().is_comprehension_required() && !raw.kind().is_known() {
+                // RFC 8489 §6.3.2: an indication with unknown comprehension-required
+                // attributes is discarded.
+                self.stats.drop(Drop::UnknownAttribute);
+                return None;
+            }
+        }
+        let (Some(peer), Some(data)) = (peer, data) else {
+            self.stats.drop(Drop::MalformedStun);
+            return None;
+        };
+        let Some(&id) = self.by_five_tuple.get(&from) else {
+            self.stats.drop(Drop::NoAllocation);
+            return None;
+        };
+        let allocation = self.allocations.get(&id)?;
+        let family = AddressFamily::of(peer.ip());
+        let permitted = allocation
+            .permissions
+            .get(&peer.ip())
+            .is_some_and(|expiry| *expiry > now)
+            && allocation.expiry(family).is_some_and(|expiry| expiry > now);
+        if !permitted {
+            self.stats.drop(Drop::NoPermission);
+            return None;
+        }
+        let relay = allocation.relay_socket(family);
+        // DATA borrows from the datagram, so its offset is the payload's offset.
+        let start = data.as_ptr() as usize - message.as_bytes().as_ptr() as usize;
+        self.relay_to_peer(
+            now,
+            relay,
+            peer,
+            start..start + data.len(),
+            message.as_bytes(),
+        )
+    }
+
+    /// The attribute types of a request this server does not understand but must (420).
+    fn unknown_required_attributes(message: &Message<'_>) -> Vec<u8> {
+        let mut unknown = Vec::new();
+        for raw in message.attributes() {
+            let kind = raw.kind();
+            if kind.is_comprehension_required() && !kind.is_known() {
+                let bytes = kind.0.to_be_bytes();
+                if !unknown.chunks_exact(2).any(|pair: &[u8]| pair == bytes) {
+                    unknown.extend_from_slice(&bytes);
+                }
+            }
+        }
+        unknown
+    }
+}
