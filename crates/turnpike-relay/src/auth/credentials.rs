@@ -986,6 +986,22 @@ mod tests {
     }
 
     #[test]
+    fn userhash_is_supported_only_when_every_user_is_static() {
+        let static_only =
+            CredentialStore::new("example.org").with_static_user("alice", Password::new("x"));
+        assert!(static_only.supports_userhash());
+        assert!(!CredentialStore::new("example.org").supports_userhash());
+        assert!(!rest_store().supports_userhash());
+        assert!(!firezone_store().supports_userhash());
+        assert!(
+            !rest_store()
+                .with_static_user("alice", Password::new("x"))
+                .supports_userhash(),
+            "ephemeral users could not resolve their hashes"
+        );
+    }
+
+    #[test]
     fn long_term_keys_compare_by_value() {
         let key = |password: &str, algorithm| {
             LongTermKey::derive(algorithm, "alice", "example.org", password)

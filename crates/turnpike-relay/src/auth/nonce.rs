@@ -519,6 +519,25 @@ mod tests {
     }
 
     #[test]
+    fn a_cookie_claiming_other_feature_bits_is_invalid() {
+        let nonces = nonces();
+        let nonce = nonces.issue(client(), NOW, BOTH);
+        for cookie in [
+            "obMatJos2AAAH",
+            "obMatJos2gAAD",
+            "obMatJos2AAAB",
+            "obMatJos2AAAA",
+        ] {
+            let altered = format!("{cookie}{}", &nonce.as_str()[13..]);
+            assert_eq!(
+                nonces.verify(&altered, client(), NOW),
+                Err(NonceError::Invalid),
+                "{altered}"
+            );
+        }
+    }
+
+    #[test]
     fn nonce_is_valid_until_one_second_before_expiry_and_stale_from_expiry() {
         let nonces = nonces().with_lifetime(Duration::from_secs(60));
         let nonce = nonces.issue(client(), NOW, BOTH);
