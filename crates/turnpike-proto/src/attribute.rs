@@ -267,8 +267,8 @@ impl<'a> RawAttribute<'a> {
     }
 }
 
-/// Longest USERNAME RFC 8489 §14.3 allows, in bytes.
-pub(crate) const MAX_USERNAME_LEN: usize = 512;
+/// Longest USERNAME a sender may write: RFC 8489 §14.3 wants fewer than 509 bytes.
+pub(crate) const MAX_USERNAME_LEN: usize = 508;
 /// Longest REALM, NONCE, SOFTWARE, ALTERNATE-DOMAIN and reason phrase: 763 bytes (128
 /// characters of up to 6 bytes each, as RFC 8489 counts them).
 pub(crate) const MAX_TEXT_LEN: usize = 763;
@@ -369,7 +369,8 @@ impl<'a> Attribute<'a> {
             AttributeType::XOR_RELAYED_ADDRESS => {
                 Self::XorRelayedAddress(decode_xor_address(value, transaction_id)?)
             }
-            AttributeType::USERNAME => Self::Username(decode_text(value, MAX_USERNAME_LEN)?),
+            // Receivers must take up to 763 bytes (RFC 8489 §14.3), more than senders may send.
+            AttributeType::USERNAME => Self::Username(decode_text(value, MAX_TEXT_LEN)?),
             AttributeType::REALM => Self::Realm(decode_text(value, MAX_TEXT_LEN)?),
             AttributeType::NONCE => Self::Nonce(decode_text(value, MAX_TEXT_LEN)?),
             AttributeType::SOFTWARE => Self::Software(decode_text(value, MAX_TEXT_LEN)?),
@@ -383,7 +384,7 @@ impl<'a> Attribute<'a> {
                 Self::MessageIntegrity(value.try_into().map_err(|_| AttributeError::BadLength)?)
             }
             AttributeType::MESSAGE_INTEGRITY_SHA256 => {
-                if !(16..=32).contains(&value.len()) || value.len() % 4 != 0 {
+                if !(16..=32).contains(&value.len()) || !value.len().is_multiple_of(4) {
                     return Err(AttributeError::BadLength);
                 }
                 Self::MessageIntegritySha256(value)
@@ -422,7 +423,7 @@ impl<'a> Attribute<'a> {
                 Self::PasswordAlgorithm(algorithm)
             }
             AttributeType::UNKNOWN_ATTRIBUTES => {
-                if value.len() % 2 != 0 {
+                if !value.len().is_multiple_of(2) {
                     return Err(AttributeError::BadLength);
                 }
                 Self::UnknownAttributes(UnknownAttributes { value })
@@ -627,7 +628,7 @@ impl<'a> Attribute<'a> {
     /// # Errors
     /// [`AttributeError::BadLength`] when `encoded` has an odd length.
     pub fn unknown_attributes(encoded: &'a [u8]) -> Result<Self, AttributeError> {
-        if encoded.len() % 2 != 0 {
+        if !encoded.len().is_multiple_of(2) {
             return Err(AttributeError::BadLength);
         }
         Ok(Self::UnknownAttributes(UnknownAttributes {
@@ -770,10 +771,10 @@ mod tests {
     #[test]
     fn text_longer_than_allowed_is_rejected() {
         assert_eq!(
-            decode(AttributeType::USERNAME, &[b'a'; 513]),
+            decode(AttributeType::USERNAME, &[b'a'; 764]),
             Err(AttributeError::TooLong)
         );
-        assert!(decode(AttributeType::USERNAME, &[b'a'; 512]).is_ok());
+        assert!(decode(AttributeType::USERNAME, &[b'a'; 763]).is_ok());
         assert_eq!(
             decode(AttributeType::REALM, &[b'a'; 764]),
             Err(AttributeError::TooLong)

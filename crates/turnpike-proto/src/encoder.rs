@@ -2,7 +2,7 @@
 
 use hmac::Mac;
 
-use crate::attribute::{Attribute, AttributeType, MAX_TEXT_LEN, MAX_USERNAME_LEN};
+use crate::attribute::{Attribute, AttributeType, MAX_TEXT_LEN, MAX_USERNAME_LEN, RawAttribute};
 use crate::integrity::{fingerprint, hmac_sha1, hmac_sha256};
 use crate::message::{HEADER_LEN, MAGIC_COOKIE, MessageType, TransactionId};
 
@@ -20,6 +20,10 @@ pub enum EncodeError {
     /// A MESSAGE-INTEGRITY-SHA256 length other than 16 to 32 in steps of 4.
     #[error("invalid truncation of message-integrity-sha256")]
     InvalidTruncation,
+    /// A value its attribute type cannot carry (e.g. a 3-byte FINGERPRINT passed as
+    /// [`Attribute::Unknown`]); a receiver would reject the message.
+    #[error("value invalid for its attribute type")]
+    InvalidValue,
     /// A value longer than its attribute or the 16-bit message length allows.
     #[error("value too long")]
     ValueTooLong,
@@ -79,9 +83,32 @@ impl<'b> MessageEncoder<'b> {
     pub fn push(&mut self, attribute: &Attribute<'_>) -> Result<(), EncodeError> {
         validate(attribute)?;
         let transaction_id = self.transaction_id;
+        let before = self.len;
         let value = self.reserve(attribute.kind(), attribute.value_len())?;
         attribute.write_value(value, &transaction_id);
+        // Whatever this encoder writes must parse back: decoding the bytes just written is the
+        // one check that covers every variant, including raw values under known types.
+        let written = RawAttribute::new(
+            attribute.kind(),
+            &self.buf[before + 4..before + 4 + attribute.value_len()],
+        );
+        let framing_ok = match attribute.kind() {
+            AttributeType::MESSAGE_INTEGRITY => attribute.value_len() == 20,
+            AttributeType::FINGERPRINT => attribute.value_len() == 4,
+            _ => true,
+        };
+        if !framing_ok || Attribute::decode(written, &transaction_id).is_err() {
+            self.truncate(before);
+            return Err(EncodeError::InvalidValue);
+        }
         Ok(())
+    }
+
+    /// Drops everything after `len`, restoring the header's length field.
+    fn truncate(&mut self, len: usize) {
+        self.len = len;
+        let message_len = u16::try_from(len - HEADER_LEN).unwrap_or(0);
+        self.buf[2..4].copy_from_slice(&message_len.to_be_bytes());
     }
 
     /// Appends MESSAGE-INTEGRITY computed with `key` over everything written so far.
@@ -107,7 +134,7 @@ impl<'b> MessageEncoder<'b> {
         key: &[u8],
         length: usize,
     ) -> Result<(), EncodeError> {
-        if !(16..=32).contains(&length) || length % 4 != 0 {
+        if !(16..=32).contains(&length) || !length.is_multiple_of(4) {
             return Err(EncodeError::InvalidTruncation);
         }
         let offset = self.len;

@@ -208,7 +208,7 @@ impl<'a> Message<'a> {
             return Err(DecodeError::BadMagicCookie);
         }
         let length = usize::from(u16::from_be_bytes([header[2], header[3]]));
-        if length % 4 != 0 {
+        if !length.is_multiple_of(4) {
             return Err(DecodeError::LengthNotAligned);
         }
         if HEADER_LEN + length != datagram.len() {
@@ -364,7 +364,7 @@ fn scan_attributes(bytes: &[u8]) -> Result<Trailers, DecodeError> {
                     trailers.integrity = Some(offset);
                 }
                 AttributeType::MESSAGE_INTEGRITY_SHA256 => {
-                    if !(16..=32).contains(&length) || length % 4 != 0 {
+                    if !(16..=32).contains(&length) || !length.is_multiple_of(4) {
                         return Err(DecodeError::BadIntegrityLength);
                     }
                     trailers.integrity_sha256 = Some(offset);
