@@ -1,0 +1,519 @@
+//! Configuration from flags, environment variables and a TOML file, with one name per setting:
+//! `--relay-ports` is `TURNPIKE_RELAY_PORTS` and `relay-ports = "…"` in the file. Flags win over
+//! the environment (clap), which wins over the file, which wins over the defaults.
+//!
+//! Secrets are never taken from the command line, where every local user can read them in the
+//! process list: they come from files or from the environment.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::ops::RangeInclusive;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use clap::{Parser, ValueEnum};
+use serde::Deserialize;
+use turnpike_relay::auth::credentials::{CredentialStore, Password, SharedSecret};
+use turnpike_relay::policy::{BuiltinDenials, Cidr, PeerDenied, PeerPolicy};
+use turnpike_relay::{Config, Lifetimes, Quotas};
+
+/// The secret `--dev` uses; printed at start, so it protects nothing.
+pub(crate) const DEV_SECRET: &str = "turnpike-development-secret";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum LogFormat {
+    Human,
+    Json,
+}
+
+/// Every setting, all optional so the three sources can be layered.
+#[derive(Debug, Default, Parser, Deserialize)]
+#[command(
+    name = "turnpike",
+    version,
+    about = "A TURN relay (RFC 8656) with an XDP fast path"
+)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub(crate) struct Options {
+    /// TOML file with any of these settings, keyed by their long flag names.
+    #[arg(long, env = "TURNPIKE_CONFIG")]
+    #[serde(skip)]
+    pub(crate) config: Option<PathBuf>,
+    /// Run on loopback with a development secret and print how to connect.
+    #[arg(long, env = "TURNPIKE_DEV")]
+    #[serde(default)]
+    pub(crate) dev: bool,
+    /// Addresses to receive TURN traffic on [default: 0.0.0.0:3478,[::]:3478].
+    #[arg(long, env = "TURNPIKE_LISTEN", value_delimiter = ',')]
+    pub(crate) listen: Option<Vec<SocketAddr>>,
+    /// IPv4 address advertised in relayed addresses (the public address behind a 1:1 NAT).
+    /// Defaults to the IPv4 listen address when that is not 0.0.0.0.
+    #[arg(long, env = "TURNPIKE_PUBLIC_IPV4")]
+    pub(crate) public_ipv4: Option<Ipv4Addr>,
+    /// IPv6 address advertised in relayed addresses. Defaults to the IPv6 listen address when
+    /// that is not [::].
+    #[arg(long, env = "TURNPIKE_PUBLIC_IPV6")]
+    pub(crate) public_ipv6: Option<Ipv6Addr>,
+    /// Relayed ports, as LOW-HIGH [default: 49152-65535].
+    #[arg(long, env = "TURNPIKE_RELAY_PORTS")]
+    pub(crate) relay_ports: Option<String>,
+    /// Realm of the long-term credentials [default: turnpike].
+    #[arg(long, env = "TURNPIKE_REALM")]
+    pub(crate) realm: Option<String>,
+    /// File with REST API shared secrets, one per line; the first signs nothing, all verify
+    /// (rotation). Also TURNPIKE_SECRETS, comma-separated.
+    #[arg(long, env = "TURNPIKE_SECRETS_FILE")]
+    pub(crate) secrets_file: Option<PathBuf>,
+    /// File with static users, one `username:password` per line.
+    #[arg(long, env = "TURNPIKE_USERS_FILE")]
+    pub(crate) users_file: Option<PathBuf>,
+    /// File with the Firezone-scheme secret. Also TURNPIKE_FIREZONE_SECRET.
+    #[arg(long, env = "TURNPIKE_FIREZONE_SECRET_FILE")]
+    pub(crate) firezone_secret_file: Option<PathBuf>,
+    /// Peer CIDRs allowed although denied by default (e.g. 10.0.0.0/8 for a private network).
+    #[arg(long, env = "TURNPIKE_ALLOW_PEERS", value_delimiter = ',')]
+    pub(crate) allow_peers: Option<Vec<String>>,
+    /// Peer CIDRs denied on top of the defaults; a deny beats an allow.
+    #[arg(long, env = "TURNPIKE_DENY_PEERS", value_delimiter = ',')]
+    pub(crate) deny_peers: Option<Vec<String>>,
+    /// Allocations at once, over all users [default: the number of relayed ports].
+    #[arg(long, env = "TURNPIKE_MAX_ALLOCATIONS")]
+    pub(crate) max_allocations: Option<usize>,
+    /// Allocations at once per username [default: 64].
+    #[arg(long, env = "TURNPIKE_MAX_ALLOCATIONS_PER_USER")]
+    pub(crate) max_allocations_per_user: Option<usize>,
+    /// Permissions per allocation [default: 64].
+    #[arg(long, env = "TURNPIKE_MAX_PERMISSIONS")]
+    pub(crate) max_permissions: Option<usize>,
+    /// Channels per allocation [default: 64].
+    #[arg(long, env = "TURNPIKE_MAX_CHANNELS")]
+    pub(crate) max_channels: Option<usize>,
+    /// Allocation lifetime granted by default, in seconds [default: 600].
+    #[arg(long, env = "TURNPIKE_DEFAULT_LIFETIME")]
+    pub(crate) default_lifetime: Option<u64>,
+    /// Longest allocation lifetime granted, in seconds [default: 3600].
+    #[arg(long, env = "TURNPIKE_MAX_LIFETIME")]
+    pub(crate) max_lifetime: Option<u64>,
+    /// How long a nonce stays valid, in seconds [default: 600].
+    #[arg(long, env = "TURNPIKE_NONCE_LIFETIME")]
+    pub(crate) nonce_lifetime: Option<u64>,
+    /// Admin endpoint (health, metrics, log level) [default: 127.0.0.1:9478].
+    #[arg(long, env = "TURNPIKE_ADMIN_LISTEN")]
+    pub(crate) admin_listen: Option<SocketAddr>,
+    /// Log filter, e.g. `info` or `turnpike=debug` [default: info].
+    #[arg(long, env = "TURNPIKE_LOG_LEVEL")]
+    pub(crate) log_level: Option<String>,
+    /// Log format [default: human].
+    #[arg(long, env = "TURNPIKE_LOG_FORMAT")]
+    pub(crate) log_format: Option<LogFormat>,
+    /// Seconds to keep relaying after SIGTERM or SIGINT before exiting [default: 30].
+    #[arg(long, env = "TURNPIKE_DRAIN_SECONDS")]
+    pub(crate) drain_seconds: Option<u64>,
+    /// Relay threads, each with its own share of clients and relayed ports [default: one per
+    /// CPU].
+    #[arg(long, env = "TURNPIKE_THREADS")]
+    pub(crate) threads: Option<usize>,
+    /// Receive and send buffer of every socket, in bytes [default: 4194304].
+    #[arg(long, env = "TURNPIKE_SOCKET_BUFFER")]
+    pub(crate) socket_buffer: Option<usize>,
+    /// SOFTWARE attribute for responses to authenticated requests [default: none].
+    #[arg(long, env = "TURNPIKE_SOFTWARE")]
+    pub(crate) software: Option<String>,
+}
+
+macro_rules! layer {
+    ($high:expr, $low:expr, $($field:ident),* $(,)?) => {
+        Options {
+            config: $high.config,
+            dev: $high.dev || $low.dev,
+            $($field: $high.$field.or($low.$field),)*
+        }
+    };
+}
+
+impl Options {
+    /// Flags and environment, then the file they name.
+    pub(crate) fn load() -> Result<Self> {
+        let cli = Self::parse();
+        let Some(path) = cli.config.clone() else {
+            return Ok(cli);
+        };
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("config: cannot read {}", path.display()))?;
+        let file: Self = toml::from_str(&text)
+            .with_context(|| format!("config: {} is not valid", path.display()))?;
+        Ok(layer!(
+            cli,
+            file,
+            listen,
+            public_ipv4,
+            public_ipv6,
+            relay_ports,
+            realm,
+            secrets_file,
+            users_file,
+            firezone_secret_file,
+            allow_peers,
+            deny_peers,
+            max_allocations,
+            max_allocations_per_user,
+            max_permissions,
+            max_channels,
+            default_lifetime,
+            max_lifetime,
+            nonce_lifetime,
+            admin_listen,
+            log_level,
+            log_format,
+            drain_seconds,
+            threads,
+            socket_buffer,
+            software,
+        ))
+    }
+}
+
+/// The validated settings of the daemon.
+#[derive(Debug)]
+pub(crate) struct Settings {
+    pub(crate) dev: bool,
+    pub(crate) listen: Vec<SocketAddr>,
+    pub(crate) relay_ports: RangeInclusive<u16>,
+    pub(crate) admin_listen: SocketAddr,
+    pub(crate) log_level: String,
+    pub(crate) log_format: LogFormat,
+    pub(crate) drain: Duration,
+    pub(crate) threads: usize,
+    pub(crate) socket_buffer: usize,
+    /// The core's configuration; each relay thread gets a copy with its share of the ports.
+    pub(crate) core: Config,
+}
+
+/// Reads secrets from the environment; `None` when unset.
+fn env_secret(name: &str) -> Option<String> {
+    std::env::var(name)
+        .ok()
+        .filter(|value| !value.trim().is_empty())
+}
+
+fn read_lines(path: &Path, setting: &str) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{setting}: cannot read {}", path.display()))?;
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .map(str::to_owned)
+        .collect())
+}
+
+fn parse_port_range(text: &str) -> Result<RangeInclusive<u16>> {
+    let (low, high) = text
+        .split_once('-')
+        .context("relay-ports: expected LOW-HIGH, e.g. 49152-65535")?;
+    let low: u16 = low
+        .trim()
+        .parse()
+        .context("relay-ports: LOW is not a port number")?;
+    let high: u16 = high
+        .trim()
+        .parse()
+        .context("relay-ports: HIGH is not a port number")?;
+    ensure!(
+        low > 0 && low <= high,
+        "relay-ports: need 0 < LOW <= HIGH, got {low}-{high}"
+    );
+    Ok(low..=high)
+}
+
+fn parse_cidrs(list: Option<Vec<String>>, setting: &str) -> Result<Vec<Cidr>> {
+    list.unwrap_or_default()
+        .iter()
+        .map(|text| {
+            text.trim()
+                .parse::<Cidr>()
+                .with_context(|| format!("{setting}: {text:?} is not a CIDR"))
+        })
+        .collect()
+}
+
+impl Settings {
+    pub(crate) fn from_options(options: Options) -> Result<Self> {
+        let dev = options.dev;
+        let loopback_v4 = SocketAddr::from((Ipv4Addr::LOCALHOST, 3478));
+        let listen = match (&options.listen, dev) {
+            (Some(listen), _) => listen.clone(),
+            (None, true) => vec![loopback_v4],
+            (None, false) => vec![
+                SocketAddr::from((Ipv4Addr::UNSPECIFIED, 3478)),
+                SocketAddr::from((Ipv6Addr::UNSPECIFIED, 3478)),
+            ],
+        };
+        ensure!(!listen.is_empty(), "listen: at least one address is needed");
+        if dev {
+            ensure!(
+                listen.iter().all(|address| address.ip().is_loopback()),
+                "dev: --dev only runs on loopback addresses; drop --dev to listen on {listen:?}"
+            );
+        }
+        let specific = |v4: bool| {
+            listen
+                .iter()
+                .map(SocketAddr::ip)
+                .find(|ip| ip.is_ipv4() == v4 && !ip.is_unspecified())
+        };
+        let public_ipv4 = options.public_ipv4.or_else(|| match specific(true) {
+            Some(IpAddr::V4(ip)) => Some(ip),
+            _ => None,
+        });
+        let public_ipv6 = options.public_ipv6.or_else(|| match specific(false) {
+            Some(IpAddr::V6(ip)) => Some(ip),
+            _ => None,
+        });
+        ensure!(
+            public_ipv4.is_some() || public_ipv6.is_some(),
+            "public-ipv4/public-ipv6: the relay listens on unspecified addresses only, so it does not \
+             know which address to advertise to clients; set --public-ipv4 and/or --public-ipv6"
+        );
+
+        let relay_ports =
+            parse_port_range(options.relay_ports.as_deref().unwrap_or("49152-65535"))?;
+        if let Some(listen_port) = listen
+            .iter()
+            .map(SocketAddr::port)
+            .find(|port| relay_ports.contains(port))
+        {
+            bail!("relay-ports: the range contains the listen port {listen_port}");
+        }
+        let realm = options.realm.unwrap_or_else(|| "turnpike".to_owned());
+        ensure!(
+            !realm.is_empty() && realm.len() <= 763,
+            "realm: must be 1 to 763 bytes"
+        );
+
+        let mut credentials = CredentialStore::new(realm.clone());
+        let mut sources = 0;
+        let mut secrets = Vec::new();
+        if let Some(path) = &options.secrets_file {
+            secrets.extend(read_lines(path, "secrets-file")?);
+            ensure!(
+                !secrets.is_empty(),
+                "secrets-file: {} holds no secret",
+                path.display()
+            );
+        }
+        if let Some(list) = env_secret("TURNPIKE_SECRETS") {
+            secrets.extend(
+                list.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned),
+            );
+        }
+        if dev {
+            secrets.push(DEV_SECRET.to_owned());
+        }
+        for secret in secrets {
+            credentials = credentials.with_rest_secret(SharedSecret::new(secret.into_bytes()));
+            sources += 1;
+        }
+        if let Some(path) = &options.users_file {
+            for (number, line) in read_lines(path, "users-file")?.into_iter().enumerate() {
+                let (user, password) = line.split_once(':').with_context(|| {
+                    format!("users-file: line {} is not `username:password`", number + 1)
+                })?;
+                credentials = credentials.with_static_user(user, Password::new(password));
+                sources += 1;
+            }
+        }
+        let firezone = match &options.firezone_secret_file {
+            Some(path) => read_lines(path, "firezone-secret-file")?.into_iter().next(),
+            None => env_secret("TURNPIKE_FIREZONE_SECRET"),
+        };
+        if let Some(secret) = firezone {
+            credentials = credentials.with_firezone_secret(SharedSecret::new(secret.into_bytes()));
+            sources += 1;
+        }
+        ensure!(
+            sources > 0,
+            "secrets-file/users-file/firezone-secret-file: no credentials configured, so nobody could \
+             allocate; set TURNPIKE_SECRETS or one of these files (or run with --dev)"
+        );
+
+        let mut allowed = parse_cidrs(options.allow_peers, "allow-peers")?;
+        let denied = parse_cidrs(options.deny_peers, "deny-peers")?;
+        let mut builtin = BuiltinDenials::ALL;
+        if dev {
+            // A development relay is tried against peers on the same machine.
+            builtin = builtin.without(PeerDenied::Loopback);
+            allowed.push("127.0.0.0/8".parse().context("dev: loopback range")?);
+        }
+        let own: Vec<IpAddr> = public_ipv4
+            .map(IpAddr::V4)
+            .into_iter()
+            .chain(public_ipv6.map(IpAddr::V6))
+            .collect();
+        let policy = PeerPolicy::new()
+            .with_allowed(allowed)
+            .with_denied(denied)
+            .with_builtin_denials(builtin)
+            .with_relay_own_addresses(own);
+
+        let defaults = Lifetimes::default();
+        let seconds =
+            |value: Option<u64>, default: Duration| value.map_or(default, Duration::from_secs);
+        let lifetimes = Lifetimes {
+            allocation_default: seconds(options.default_lifetime, defaults.allocation_default),
+            allocation_max: seconds(options.max_lifetime, defaults.allocation_max),
+            nonce: seconds(options.nonce_lifetime, defaults.nonce),
+            ..defaults
+        };
+        ensure!(
+            lifetimes.allocation_default <= lifetimes.allocation_max
+                && !lifetimes.allocation_default.is_zero(),
+            "default-lifetime: must be positive and at most max-lifetime"
+        );
+        ensure!(
+            !lifetimes.nonce.is_zero(),
+            "nonce-lifetime: must be positive"
+        );
+        let port_count = relay_ports.clone().count();
+        let default_quotas = Quotas::default();
+        let quotas = Quotas {
+            allocations_total: options.max_allocations.unwrap_or(port_count),
+            allocations_per_user: options
+                .max_allocations_per_user
+                .unwrap_or(default_quotas.allocations_per_user),
+            permissions_per_allocation: options
+                .max_permissions
+                .unwrap_or(default_quotas.permissions_per_allocation),
+            channels_per_allocation: options
+                .max_channels
+                .unwrap_or(default_quotas.channels_per_allocation),
+            ..default_quotas
+        };
+
+        let mut core = Config::new(credentials, policy);
+        core.relay_ipv4 = public_ipv4;
+        core.relay_ipv6 = public_ipv6;
+        core.relay_ports = relay_ports.clone();
+        core.lifetimes = lifetimes;
+        core.quotas = quotas;
+        core.software = options.software;
+
+        let threads = options.threads.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+        });
+        ensure!((1..=256).contains(&threads), "threads: must be 1 to 256");
+        ensure!(
+            port_count >= threads,
+            "relay-ports: fewer ports than threads"
+        );
+
+        Ok(Self {
+            dev,
+            listen,
+            relay_ports,
+            admin_listen: options
+                .admin_listen
+                .unwrap_or(SocketAddr::from((Ipv4Addr::LOCALHOST, 9478))),
+            log_level: options.log_level.unwrap_or_else(|| "info".to_owned()),
+            log_format: options.log_format.unwrap_or(LogFormat::Human),
+            drain: Duration::from_secs(options.drain_seconds.unwrap_or(30)),
+            threads,
+            socket_buffer: options.socket_buffer.unwrap_or(4 << 20),
+            core,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(args: &[&str]) -> Result<Settings> {
+        let mut argv = vec!["turnpike"];
+        argv.extend_from_slice(args);
+        Settings::from_options(Options::try_parse_from(argv)?)
+    }
+
+    #[test]
+    fn dev_mode_listens_on_loopback_and_advertises_it() {
+        let settings = settings(&["--dev"]).unwrap();
+        assert_eq!(settings.listen, ["127.0.0.1:3478".parse().unwrap()]);
+        assert_eq!(settings.core.relay_ipv4, Some(Ipv4Addr::LOCALHOST));
+        assert!(
+            settings
+                .core
+                .policy
+                .check("127.0.0.1".parse().unwrap())
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn unspecified_listen_without_public_address_names_the_setting() {
+        let error = settings(&["--listen", "0.0.0.0:3478"])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("public-ipv4"), "{error}");
+    }
+
+    #[test]
+    fn missing_credentials_name_the_settings() {
+        let error = settings(&["--listen", "192.0.2.1:3478"])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("secrets-file"), "{error}");
+    }
+
+    #[test]
+    fn bad_port_range_names_the_setting() {
+        for range in ["100", "200-100", "0-10", "a-b", "3000-4000"] {
+            let error = settings(&[
+                "--dev",
+                "--listen",
+                "127.0.0.1:3478",
+                "--relay-ports",
+                range,
+            ])
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+            assert!(error.contains("relay-ports"), "{range}: {error}");
+        }
+        let error = settings(&["--dev", "--relay-ports", "3000-4000"])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("listen port"), "{error}");
+    }
+
+    #[test]
+    fn bad_cidr_names_the_setting() {
+        let error = settings(&["--dev", "--allow-peers", "10.0.0.1/8"])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("allow-peers"), "{error}");
+    }
+
+    #[test]
+    fn dev_refuses_a_public_listen_address() {
+        let error = settings(&["--dev", "--listen", "192.0.2.1:3478"])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("dev"), "{error}");
+    }
+
+    #[test]
+    fn toml_keys_are_the_flag_names() {
+        let file: Options = toml::from_str(
+            "listen = [\"127.0.0.1:3478\"]\nrelay-ports = \"50000-50100\"\nmax-allocations = 10\nlog-format = \"json\"\n",
+        )
+        .unwrap();
+        assert_eq!(file.relay_ports.as_deref(), Some("50000-50100"));
+        assert_eq!(file.max_allocations, Some(10));
+        assert_eq!(file.log_format, Some(LogFormat::Json));
+        assert!(toml::from_str::<Options>("no-such-setting = 1").is_err());
+    }
+}

@@ -1,0 +1,249 @@
+//! What the relay threads publish for the admin endpoint, and its Prometheus rendering.
+//!
+//! Each thread owns its counters and copies them here about once a second; the admin endpoint
+//! sums the copies. The data path never takes a lock and never touches an atomic per packet.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use turnpike_relay::Stats;
+
+use crate::udp::SendOutcome;
+
+/// The counters of one relay thread.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ShardMetrics {
+    pub(crate) stats: Stats,
+    pub(crate) allocations: usize,
+    pub(crate) permissions: usize,
+    pub(crate) channels: usize,
+    pub(crate) sends: SendOutcome,
+    pub(crate) receive_errors: u64,
+    pub(crate) truncated: u64,
+    pub(crate) interrupted: u64,
+    pub(crate) no_socket: u64,
+    pub(crate) excluded_ports: usize,
+}
+
+/// State shared between the relay threads, the admin endpoint and the signal handler.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) draining: AtomicBool,
+    pub(crate) stopping: AtomicBool,
+    started: AtomicUsize,
+    threads: usize,
+    shards: Mutex<Vec<ShardMetrics>>,
+}
+
+impl Shared {
+    pub(crate) fn new(threads: usize) -> Self {
+        Self {
+            draining: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
+            started: AtomicUsize::new(0),
+            threads,
+            shards: Mutex::new(vec![ShardMetrics::default(); threads]),
+        }
+    }
+
+    pub(crate) fn shard_started(&self) {
+        self.started.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Ready for traffic: every thread runs and no drain has begun.
+    pub(crate) fn is_ready(&self) -> bool {
+        self.started.load(Ordering::Relaxed) == self.threads
+            && !self.draining.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn publish(&self, index: usize, metrics: &ShardMetrics) {
+        let mut shards = self
+            .shards
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(slot) = shards.get_mut(index) {
+            slot.clone_from(metrics);
+        }
+    }
+
+    /// The sum over all threads.
+    pub(crate) fn total(&self) -> ShardMetrics {
+        let shards = self
+            .shards
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut total = ShardMetrics::default();
+        for shard in shards.iter() {
+            add_stats(&mut total.stats, &shard.stats);
+            total.allocations += shard.allocations;
+            total.permissions += shard.permissions;
+            total.channels += shard.channels;
+            total.sends.sent += shard.sends.sent;
+            total.sends.buffer_full += shard.sends.buffer_full;
+            total.sends.unreachable += shard.sends.unreachable;
+            total.sends.other += shard.sends.other;
+            total.receive_errors += shard.receive_errors;
+            total.truncated += shard.truncated;
+            total.interrupted += shard.interrupted;
+            total.no_socket += shard.no_socket;
+            total.excluded_ports += shard.excluded_ports;
+        }
+        total
+    }
+}
+
+fn add_map<K: Ord + Copy>(into: &mut BTreeMap<K, u64>, from: &BTreeMap<K, u64>) {
+    for (key, value) in from {
+        *into.entry(*key).or_default() += value;
+    }
+}
+
+fn add_stats(into: &mut Stats, from: &Stats) {
+    add_map(&mut into.responses, &from.responses);
+    add_map(&mut into.auth_failures, &from.auth_failures);
+    add_map(&mut into.dropped, &from.dropped);
+    into.relayed_to_peer.packets += from.relayed_to_peer.packets;
+    into.relayed_to_peer.bytes += from.relayed_to_peer.bytes;
+    into.relayed_to_client.packets += from.relayed_to_client.packets;
+    into.relayed_to_client.bytes += from.relayed_to_client.bytes;
+    into.hairpinned += from.hairpinned;
+    into.retransmissions += from.retransmissions;
+}
+
+/// Renders the Prometheus text exposition format. Every label has a small fixed set of values.
+pub(crate) fn render(total: &ShardMetrics) -> String {
+    let mut out = String::new();
+    let mut section = |name: &str, kind: &str, help: &str, samples: Vec<(String, u64)>| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, value) in samples {
+            let _ = writeln!(out, "{name}{labels} {value}");
+        }
+    };
+    let gauge = |value: usize| vec![(String::new(), value as u64)];
+    section(
+        "turnpike_allocations",
+        "gauge",
+        "Allocations alive now.",
+        gauge(total.allocations),
+    );
+    section(
+        "turnpike_permissions",
+        "gauge",
+        "Permissions alive now.",
+        gauge(total.permissions),
+    );
+    section(
+        "turnpike_channels",
+        "gauge",
+        "Channels bound and relaying now.",
+        gauge(total.channels),
+    );
+    section(
+        "turnpike_responses_total",
+        "counter",
+        "Responses sent, by request method and result code (0 for success).",
+        total
+            .stats
+            .responses
+            .iter()
+            .map(|((method, code), value)| {
+                (format!("{{method=\"{method}\",code=\"{code}\"}}"), *value)
+            })
+            .collect(),
+    );
+    section(
+        "turnpike_auth_failures_total",
+        "counter",
+        "Requests that failed authentication, by reason.",
+        total
+            .stats
+            .auth_failures
+            .iter()
+            .map(|(reason, value)| (format!("{{reason=\"{reason}\"}}"), *value))
+            .collect(),
+    );
+    let relayed = &total.stats;
+    section(
+        "turnpike_relayed_packets_total",
+        "counter",
+        "Datagrams relayed, by direction and data path.",
+        vec![
+            (
+                "{direction=\"client_to_peer\",path=\"userspace\"}".to_owned(),
+                relayed.relayed_to_peer.packets,
+            ),
+            (
+                "{direction=\"peer_to_client\",path=\"userspace\"}".to_owned(),
+                relayed.relayed_to_client.packets,
+            ),
+        ],
+    );
+    section(
+        "turnpike_relayed_bytes_total",
+        "counter",
+        "Payload bytes relayed, by direction and data path.",
+        vec![
+            (
+                "{direction=\"client_to_peer\",path=\"userspace\"}".to_owned(),
+                relayed.relayed_to_peer.bytes,
+            ),
+            (
+                "{direction=\"peer_to_client\",path=\"userspace\"}".to_owned(),
+                relayed.relayed_to_client.bytes,
+            ),
+        ],
+    );
+    let mut dropped: Vec<(String, u64)> = total
+        .stats
+        .dropped
+        .iter()
+        .map(|(reason, value)| (format!("{{reason=\"{}\"}}", reason.as_str()), *value))
+        .collect();
+    dropped.push(("{reason=\"truncated\"}".to_owned(), total.truncated));
+    section(
+        "turnpike_dropped_packets_total",
+        "counter",
+        "Datagrams dropped, by reason.",
+        dropped,
+    );
+    section(
+        "turnpike_socket_errors_total",
+        "counter",
+        "Socket errors, by kind; none of them stops the relay.",
+        vec![
+            (
+                "{kind=\"send_buffer_full\"}".to_owned(),
+                total.sends.buffer_full,
+            ),
+            (
+                "{kind=\"send_unreachable\"}".to_owned(),
+                total.sends.unreachable,
+            ),
+            ("{kind=\"send_other\"}".to_owned(), total.sends.other),
+            ("{kind=\"receive\"}".to_owned(), total.receive_errors),
+            ("{kind=\"interrupted\"}".to_owned(), total.interrupted),
+            ("{kind=\"no_socket\"}".to_owned(), total.no_socket),
+        ],
+    );
+    section(
+        "turnpike_hairpinned_packets_total",
+        "counter",
+        "Datagrams relayed between two allocations of this relay.",
+        vec![(String::new(), total.stats.hairpinned)],
+    );
+    section(
+        "turnpike_retransmissions_total",
+        "counter",
+        "Requests answered from the retransmission cache.",
+        vec![(String::new(), total.stats.retransmissions)],
+    );
+    section(
+        "turnpike_excluded_ports",
+        "gauge",
+        "Relayed ports that could not be bound at start.",
+        vec![(String::new(), total.excluded_ports as u64)],
+    );
+    out
+}
