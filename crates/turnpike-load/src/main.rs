@@ -1,1 +1,272 @@
-fn main() {}
+//! `turnpike-load`: measures any TURN server (Turnpike, coturn, ...) by relaying ChannelData
+//! round trips through real allocations to UDP echo peers it runs itself.
+
+mod echo;
+mod run;
+mod turn_client;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail, ensure};
+use clap::{Parser, Subcommand};
+
+use crate::run::{CHANNEL, Load, Progress, Summary};
+
+#[derive(Debug, Parser)]
+#[command(name = "turnpike-load", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Open allocations, bind channels to echo peers and relay round trips through them.
+    Run(RunArgs),
+    /// Run UDP echo peers only (for a peer host of its own).
+    Echo {
+        /// Address to echo on.
+        #[arg(long)]
+        listen: SocketAddr,
+        /// Echo threads sharing the address.
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// The TURN server.
+    #[arg(long)]
+    server: SocketAddr,
+    /// REST API shared secret the server accepts (also TURNPIKE_LOAD_SECRET).
+    #[arg(long, env = "TURNPIKE_LOAD_SECRET", hide_env_values = true)]
+    secret: String,
+    /// Allocations to open, each with one channel to the peer.
+    #[arg(long, default_value_t = 1)]
+    allocations: usize,
+    /// Payload bytes per datagram (at least 20: sequence number and time stamp).
+    #[arg(long, default_value_t = 100)]
+    payload: usize,
+    /// Datagrams per second over all allocations; 0 for as fast as the window allows.
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    /// Datagrams in flight per allocation.
+    #[arg(long, default_value_t = 16)]
+    window: usize,
+    /// Seconds of load.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// Echo peer to bind channels to; without it an echo peer runs in this process.
+    #[arg(long)]
+    peer: Option<SocketAddr>,
+    /// Local address for client sockets [default: the unspecified address of the server's family].
+    #[arg(long)]
+    bind: Option<IpAddr>,
+    /// Load threads.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Keep the allocations open this many seconds after the load (e.g. to read memory).
+    #[arg(long, default_value_t = 0)]
+    hold: u64,
+    /// Also write the JSON summary to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Echo { listen, threads } => {
+            let stop = run::stop_flag();
+            let echoed = Arc::new(AtomicU64::new(0));
+            let address = echo::spawn(
+                listen,
+                threads.max(1),
+                Arc::clone(&stop),
+                Arc::clone(&echoed),
+            )?;
+            eprintln!("echoing on {address}");
+            loop {
+                std::thread::sleep(Duration::from_secs(1));
+                eprintln!("echoed {}", echoed.load(Ordering::Relaxed));
+            }
+        }
+        Command::Run(args) => run_load(&args),
+    }
+}
+
+fn run_load(args: &RunArgs) -> Result<()> {
+    ensure!(
+        args.payload >= 20 && args.payload <= 1400,
+        "--payload must be 20 to 1400 bytes"
+    );
+    ensure!(
+        args.allocations >= 1 && args.window >= 1 && args.threads >= 1,
+        "--allocations, --window and --threads must be at least 1"
+    );
+    let bind_ip = args.bind.unwrap_or(if args.server.is_ipv4() {
+        IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
+    } else {
+        IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
+    });
+    let stop = run::stop_flag();
+    let peer = match args.peer {
+        Some(peer) => peer,
+        None => {
+            // A local peer must be reachable from the relay: use the address the server is on
+            // when the client binds to the unspecified address.
+            let ip = if bind_ip.is_unspecified() {
+                args.server.ip()
+            } else {
+                bind_ip
+            };
+            echo::spawn(
+                SocketAddr::new(ip, 0),
+                1,
+                Arc::clone(&stop),
+                Arc::new(AtomicU64::new(0)),
+            )?
+        }
+    };
+    let expiry = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .context("clock before 1970")?
+        .as_secs()
+        + 4 * 3600;
+
+    let setup_started = Instant::now();
+    let mut allocations = Vec::with_capacity(args.allocations);
+    for index in 0..args.allocations {
+        let (username, password) =
+            turn_client::rest_credentials(&args.secret, &format!("load{index}"), expiry);
+        let allocation = turn_client::allocate_and_bind(
+            SocketAddr::new(bind_ip, 0),
+            args.server,
+            &username,
+            &password,
+            peer,
+            CHANNEL,
+        )
+        .with_context(|| format!("allocation {index}"))?;
+        allocations.push((u32::try_from(index).unwrap_or(u32::MAX), allocation));
+    }
+    eprintln!(
+        "{} allocations (first relayed address {}) with a channel to {peer} ready in {:.1} s",
+        allocations.len(),
+        allocations
+            .first()
+            .map_or_else(String::new, |(_, allocation)| allocation
+                .relayed
+                .to_string()),
+        setup_started.elapsed().as_secs_f64()
+    );
+
+    let load = Load {
+        payload: args.payload,
+        window: args.window,
+        rate: args.rate,
+        duration: Duration::from_secs(args.duration),
+    };
+    let progress = Arc::new(Progress::default());
+    let threads = args.threads.min(allocations.len());
+    let mut shares: Vec<Vec<(u32, turn_client::Allocation)>> =
+        (0..threads).map(|_| Vec::new()).collect();
+    for (position, allocation) in allocations.into_iter().enumerate() {
+        shares[position % threads].push(allocation);
+    }
+    let start = Instant::now();
+    let rate_share = load.rate / threads as u64;
+    let workers: Vec<_> = shares
+        .into_iter()
+        .map(|share| {
+            let progress = Arc::clone(&progress);
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || run::drive(share, load, rate_share, start, &progress, &stop))
+        })
+        .collect();
+
+    let mut last = (0, 0);
+    while start.elapsed() < load.duration {
+        std::thread::sleep(
+            Duration::from_secs(1).min(load.duration.saturating_sub(start.elapsed())),
+        );
+        let sent = progress.sent.load(Ordering::Relaxed);
+        let received = progress.received.load(Ordering::Relaxed);
+        eprintln!(
+            "t={:>4.1}s sent {:>10} received {:>10} round trips/s {:>9}",
+            start.elapsed().as_secs_f64(),
+            sent,
+            received,
+            received - last.1
+        );
+        last = (sent, received);
+    }
+
+    let mut sent = 0;
+    let mut received = 0;
+    let mut malformed = 0;
+    let mut send_errors = 0;
+    let mut histogram = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut finished = Vec::new();
+    for worker in workers {
+        let (measured, allocations) = worker
+            .join()
+            .map_err(|_| anyhow::anyhow!("a load thread panicked"))??;
+        finished.extend(allocations);
+        sent += measured.sent;
+        received += measured.received;
+        malformed += measured.malformed;
+        send_errors += measured.send_errors;
+        histogram.add(&measured.rtt_micros)?;
+    }
+    let seconds = load.duration.as_secs_f64();
+    let summary = Summary {
+        server: args.server,
+        allocations: args.allocations,
+        payload_bytes: args.payload,
+        duration_seconds: seconds,
+        sent,
+        received,
+        loss_percent: if sent == 0 {
+            0.0
+        } else {
+            100.0 * (sent.saturating_sub(received)) as f64 / sent as f64
+        },
+        round_trips_per_second: received as f64 / seconds,
+        relayed_packets_per_second: 2.0 * received as f64 / seconds,
+        mbit_per_second: received as f64 * args.payload as f64 * 8.0 / seconds / 1e6,
+        rtt_micros_p50: histogram.value_at_quantile(0.5),
+        rtt_micros_p90: histogram.value_at_quantile(0.9),
+        rtt_micros_p99: histogram.value_at_quantile(0.99),
+        rtt_micros_p999: histogram.value_at_quantile(0.999),
+        rtt_micros_max: histogram.max(),
+        malformed,
+        send_errors,
+    };
+    println!("{}", summary.line());
+    let json = serde_json::to_string(&summary)?;
+    println!("{json}");
+    if let Some(path) = &args.json {
+        std::fs::write(path, format!("{json}\n"))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    if args.hold > 0 {
+        eprintln!("holding the allocations for {} s", args.hold);
+        std::thread::sleep(Duration::from_secs(args.hold));
+    }
+    let released = finished
+        .into_iter()
+        .map(turn_client::Allocation::release)
+        .filter(Result::is_ok)
+        .count();
+    eprintln!("released {released} allocations");
+    stop.store(true, Ordering::Relaxed);
+    if received == 0 {
+        bail!("no round trip completed: is the peer {peer} allowed by the relay's peer policy?");
+    }
+    Ok(())
+}

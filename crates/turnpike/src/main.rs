@@ -9,7 +9,6 @@ mod config;
 mod logging;
 mod metrics;
 mod shard;
-mod udp;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -53,7 +52,7 @@ async fn run(settings: Settings, log: logging::LogControl) -> Result<()> {
     let needed = (settings.relay_ports.clone().count() * families
         + settings.listen.len() * settings.threads
         + 256) as u64;
-    match udp::raise_file_limit(needed) {
+    match turnpike_io::raise_file_limit(needed) {
         Ok(limit) if limit < needed => {
             bail!(
                 "relay-ports: {needed} file descriptors needed, the hard limit allows {limit}; raise it or shrink the range"

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use turnpike_relay::Stats;
 
-use crate::udp::SendOutcome;
+use turnpike_io::SendOutcome;
 
 /// The counters of one relay thread.
 #[derive(Debug, Clone, Default)]

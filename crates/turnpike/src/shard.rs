@@ -36,7 +36,7 @@ use turnpike_proto::AddressFamily;
 use turnpike_relay::{Command, Config, FiveTuple, Forward, RelaySocket, Server};
 
 use crate::metrics::{ShardMetrics, Shared};
-use crate::udp::{self, HEADROOM, RecvBatch, SendBatch};
+use turnpike_io::{self as udp, HEADROOM, RecvBatch, SendBatch};
 
 /// What one shard is given to run.
 #[derive(Debug)]

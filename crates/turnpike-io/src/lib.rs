@@ -1,4 +1,4 @@
-//! UDP sockets and batched I/O.
+//! UDP sockets and batched I/O, shared by the relay daemon and the load generator.
 //!
 //! Written against libc rather than through a crate: `quinn-udp` batches receives but sends one
 //! destination per call, and `socket2` has no `recvmmsg`. A relay needs both directions batched
@@ -14,25 +14,25 @@ use std::os::fd::{AsRawFd, RawFd};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 /// Bytes kept free in front of every received datagram for a ChannelData header.
-pub(crate) const HEADROOM: usize = 4;
+pub const HEADROOM: usize = 4;
 /// Largest datagram received in full; a longer one is truncated and dropped. Clients keep
 /// TURN traffic under the path MTU, so this covers jumbo frames with room to spare.
-pub(crate) const MAX_DATAGRAM: usize = 9216;
+pub const MAX_DATAGRAM: usize = 9216;
 /// Datagrams received per system call.
-pub(crate) const BATCH: usize = 32;
+pub const BATCH: usize = 32;
 
 const SLOT: usize = HEADROOM + MAX_DATAGRAM;
 
 /// How a socket's buffers turned out.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct BufferSizes {
-    pub(crate) receive: usize,
-    pub(crate) send: usize,
+pub struct BufferSizes {
+    pub receive: usize,
+    pub send: usize,
 }
 
 /// A non-blocking UDP socket bound to `address`, IPv6 ones IPv6-only (so both families can
 /// share a port), with `buffer` bytes of receive and send buffer requested.
-pub(crate) fn bind(
+pub fn bind(
     address: SocketAddr,
     reuse_port: bool,
     buffer: usize,
@@ -88,7 +88,7 @@ fn to_socket_addr(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
 }
 
 /// Receive buffers for one batch, reused for every call.
-pub(crate) struct RecvBatch {
+pub struct RecvBatch {
     slots: Box<[[u8; SLOT]]>,
     addresses: Box<[libc::sockaddr_storage]>,
     lengths: [usize; BATCH],
@@ -105,16 +105,17 @@ impl std::fmt::Debug for RecvBatch {
 }
 
 /// One received datagram, borrowed from a [`RecvBatch`].
-pub(crate) struct Received<'a> {
+#[derive(Debug)]
+pub struct Received<'a> {
     /// The slot: `HEADROOM` free bytes, then the datagram.
-    pub(crate) slot: &'a mut [u8],
-    pub(crate) len: usize,
-    pub(crate) from: Option<SocketAddr>,
-    pub(crate) truncated: bool,
+    pub slot: &'a mut [u8],
+    pub len: usize,
+    pub from: Option<SocketAddr>,
+    pub truncated: bool,
 }
 
 impl RecvBatch {
-    pub(crate) fn new() -> Self {
+    pub fn new() -> Self {
         Self {
             slots: vec![[0; SLOT]; BATCH].into_boxed_slice(),
             // SAFETY: sockaddr_storage is plain data; all zeros is a valid (AF_UNSPEC) value.
@@ -126,7 +127,7 @@ impl RecvBatch {
     }
 
     /// Receives up to [`BATCH`] datagrams; `Ok(0)` when none is waiting. EINTR is retried.
-    pub(crate) fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
+    pub fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
         // SAFETY: iovec and mmsghdr are plain data; zeroed is valid and every pointer field is
         // set below before use.
         let mut iovecs: [libc::iovec; BATCH] = unsafe { zeroed() };
@@ -172,7 +173,7 @@ impl RecvBatch {
         }
     }
 
-    pub(crate) fn get(&mut self, index: usize) -> Option<Received<'_>> {
+    pub fn get(&mut self, index: usize) -> Option<Received<'_>> {
         if index >= self.count {
             return None;
         }
@@ -201,26 +202,26 @@ struct Pending {
 /// so [`SendBatch::flush`] must run before that batch receives again; the event loop does this
 /// after every batch.
 #[derive(Debug, Default)]
-pub(crate) struct SendBatch {
+pub struct SendBatch {
     pending: Vec<Pending>,
 }
 
 /// Counts of send outcomes, for metrics: nothing here stops the relay.
 #[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct SendOutcome {
-    pub(crate) sent: u64,
+pub struct SendOutcome {
+    pub sent: u64,
     /// Kernel buffers full (ENOBUFS, EAGAIN): the datagram is dropped, as a router would.
-    pub(crate) buffer_full: u64,
+    pub buffer_full: u64,
     /// An ICMP error from an earlier send (ECONNREFUSED, EHOSTUNREACH, ...) surfaced here.
-    pub(crate) unreachable: u64,
-    pub(crate) other: u64,
+    pub unreachable: u64,
+    pub other: u64,
 }
 
 impl SendBatch {
     /// Queues `data` to be sent from `socket` to `to`.
     ///
     /// `data` must stay valid and unchanged until the next [`flush`](Self::flush).
-    pub(crate) fn push(&mut self, socket: &impl AsRawFd, to: SocketAddr, data: &[u8]) {
+    pub fn push(&mut self, socket: &impl AsRawFd, to: SocketAddr, data: &[u8]) {
         self.pending.push(Pending {
             fd: socket.as_raw_fd(),
             to: SockAddr::from(to),
@@ -229,12 +230,12 @@ impl SendBatch {
         });
     }
 
-    pub(crate) fn is_empty(&self) -> bool {
+    pub fn is_empty(&self) -> bool {
         self.pending.is_empty()
     }
 
     /// Sends everything queued. Errors are counted per datagram, never returned.
-    pub(crate) fn flush(&mut self, outcome: &mut SendOutcome) {
+    pub fn flush(&mut self, outcome: &mut SendOutcome) {
         let mut start = 0;
         while start < self.pending.len() {
             let fd = self.pending[start].fd;
@@ -316,8 +317,32 @@ fn count_error(error: &io::Error, outcome: &mut SendOutcome) {
     }
 }
 
+/// Waits until `fd` is readable or `timeout` passes; returns whether it is readable.
+pub fn wait_readable(fd: RawFd, timeout: std::time::Duration) -> io::Result<bool> {
+    let mut poll = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let millis = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+    // SAFETY: one valid pollfd, alive for the call.
+    let ready = unsafe { libc::poll(&mut poll, 1, millis) };
+    match ready {
+        0 => Ok(false),
+        1.. => Ok(true),
+        _ => {
+            let error = io::Error::last_os_error();
+            if error.kind() == io::ErrorKind::Interrupted {
+                Ok(false)
+            } else {
+                Err(error)
+            }
+        }
+    }
+}
+
 /// Sends one owned datagram right away (control messages), counting the outcome.
-pub(crate) fn send_now(socket: &UdpSocket, to: SocketAddr, data: &[u8], outcome: &mut SendOutcome) {
+pub fn send_now(socket: &UdpSocket, to: SocketAddr, data: &[u8], outcome: &mut SendOutcome) {
     loop {
         match socket.send_to(data, to) {
             Ok(_) => {
@@ -334,7 +359,7 @@ pub(crate) fn send_now(socket: &UdpSocket, to: SocketAddr, data: &[u8], outcome:
 }
 
 /// Raises the open-file limit to its hard maximum: every relayed port is a socket per family.
-pub(crate) fn raise_file_limit(needed: u64) -> io::Result<u64> {
+pub fn raise_file_limit(needed: u64) -> io::Result<u64> {
     let mut limit = MaybeUninit::<libc::rlimit>::uninit();
     // SAFETY: getrlimit writes a whole rlimit on success, checked before reading.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, limit.as_mut_ptr()) } != 0 {

@@ -1,0 +1,245 @@
+//! The load itself: ChannelData through every allocation to the echo peer and back, with each
+//! round trip timed.
+//!
+//! Every allocation keeps at most `window` datagrams in flight (and, with `--rate`, sends no
+//! faster than its share of the rate). A closed loop like this measures what the relay can
+//! carry instead of how fast the kernel can drop what it cannot.
+
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use turnpike_io::{HEADROOM, RecvBatch, SendBatch, SendOutcome};
+
+use crate::turn_client::Allocation;
+
+/// Channel number every allocation binds to its peer.
+pub(crate) const CHANNEL: u16 = 0x4000;
+/// Sequence number, send time in nanoseconds since the start, allocation index.
+const STAMP_LEN: usize = 8 + 8 + 4;
+/// How long a window may go without an answer before its datagrams count as lost.
+const STALL: Duration = Duration::from_millis(200);
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Load {
+    pub(crate) payload: usize,
+    pub(crate) window: usize,
+    /// Datagrams per second over all allocations; 0 sends as fast as the window allows.
+    pub(crate) rate: u64,
+    pub(crate) duration: Duration,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Progress {
+    pub(crate) sent: AtomicU64,
+    pub(crate) received: AtomicU64,
+}
+
+struct Flow {
+    allocation: Allocation,
+    index: u32,
+    in_flight: usize,
+    last_answer: Instant,
+    sequence: u64,
+}
+
+/// What one worker measured.
+pub(crate) struct Measured {
+    pub(crate) sent: u64,
+    pub(crate) received: u64,
+    pub(crate) malformed: u64,
+    pub(crate) rtt_micros: Histogram<u64>,
+    pub(crate) send_errors: u64,
+}
+
+/// Runs the load on `allocations` until the duration has passed, plus a grace period for the
+/// last answers.
+pub(crate) fn drive(
+    allocations: Vec<(u32, Allocation)>,
+    load: Load,
+    rate_share: u64,
+    start: Instant,
+    progress: &Progress,
+    stop: &AtomicBool,
+) -> Result<(Measured, Vec<Allocation>)> {
+    let now = Instant::now();
+    let mut flows: Vec<Flow> = allocations
+        .into_iter()
+        .map(|(index, allocation)| Flow {
+            allocation,
+            index,
+            in_flight: 0,
+            last_answer: now,
+            sequence: 0,
+        })
+        .collect();
+    let mut measured = Measured {
+        sent: 0,
+        received: 0,
+        malformed: 0,
+        rtt_micros: Histogram::new_with_bounds(1, 60_000_000, 3).context("histogram bounds")?,
+        send_errors: 0,
+    };
+    let message_len = 4 + load.payload;
+    // Every datagram of one round lives here until the flush; never reallocated mid-round.
+    let mut out = vec![0_u8; flows.len() * load.window * message_len];
+    let mut sends = SendBatch::default();
+    let mut outcome = SendOutcome::default();
+    let mut batch = RecvBatch::new();
+    let deadline = start + load.duration;
+    let grace = deadline + Duration::from_millis(500);
+    let mut tokens = 0.0_f64;
+    let mut last_refill = Instant::now();
+    loop {
+        let now = Instant::now();
+        if now >= grace || stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let sending = now < deadline;
+        if rate_share > 0 {
+            tokens = (tokens + now.duration_since(last_refill).as_secs_f64() * rate_share as f64)
+                .min(rate_share as f64 / 100.0 + 1.0);
+            last_refill = now;
+        }
+        let mut used = 0;
+        if sending {
+            for flow in &mut flows {
+                if flow.in_flight > 0 && now.duration_since(flow.last_answer) > STALL {
+                    // Whatever is still out after this long is lost; open the window again.
+                    flow.in_flight = 0;
+                    flow.last_answer = now;
+                }
+                while flow.in_flight < load.window {
+                    if rate_share > 0 {
+                        if tokens < 1.0 {
+                            break;
+                        }
+                        tokens -= 1.0;
+                    }
+                    let message = &mut out[used..used + message_len];
+                    message[..2].copy_from_slice(&CHANNEL.to_be_bytes());
+                    message[2..4].copy_from_slice(
+                        &u16::try_from(load.payload)
+                            .unwrap_or(u16::MAX)
+                            .to_be_bytes(),
+                    );
+                    let sent_at =
+                        u64::try_from(now.duration_since(start).as_nanos()).unwrap_or(u64::MAX);
+                    message[4..12].copy_from_slice(&flow.sequence.to_be_bytes());
+                    message[12..20].copy_from_slice(&sent_at.to_be_bytes());
+                    message[20..24].copy_from_slice(&flow.index.to_be_bytes());
+                    sends.push(&flow.allocation.socket, server_of(flow), message);
+                    used += message_len;
+                    flow.sequence += 1;
+                    flow.in_flight += 1;
+                    measured.sent += 1;
+                }
+            }
+            sends.flush(&mut outcome);
+            progress.sent.store(measured.sent, Ordering::Relaxed);
+        }
+        let mut any = false;
+        for flow in &mut flows {
+            let fd = flow.allocation.socket.as_raw_fd();
+            let count = batch.recv(fd).unwrap_or(0);
+            any |= count > 0;
+            let arrived = Instant::now();
+            for index in 0..count {
+                let Some(received) = batch.get(index) else {
+                    break;
+                };
+                let datagram = &received.slot[HEADROOM..HEADROOM + received.len];
+                let Some(sent_at) = stamp(datagram) else {
+                    measured.malformed += 1;
+                    continue;
+                };
+                let rtt = arrived
+                    .duration_since(start)
+                    .saturating_sub(Duration::from_nanos(sent_at));
+                let micros = u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX).max(1);
+                let _ = measured.rtt_micros.record(micros.min(60_000_000));
+                measured.received += 1;
+                flow.in_flight = flow.in_flight.saturating_sub(1);
+                flow.last_answer = arrived;
+            }
+        }
+        progress
+            .received
+            .store(measured.received, Ordering::Relaxed);
+        if !any && !sending {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        if !any && rate_share > 0 && tokens < 1.0 {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+    measured.send_errors = outcome.buffer_full + outcome.unreachable + outcome.other;
+    Ok((
+        measured,
+        flows.into_iter().map(|flow| flow.allocation).collect(),
+    ))
+}
+
+fn server_of(flow: &Flow) -> SocketAddr {
+    flow.allocation.server
+}
+
+/// The send time stamped into an echoed ChannelData datagram.
+fn stamp(datagram: &[u8]) -> Option<u64> {
+    let channel = u16::from_be_bytes([*datagram.first()?, *datagram.get(1)?]);
+    if channel != CHANNEL || datagram.len() < 4 + STAMP_LEN {
+        return None;
+    }
+    Some(u64::from_be_bytes(datagram.get(12..20)?.try_into().ok()?))
+}
+
+/// The result of a run, as printed in JSON.
+#[derive(Debug, Serialize)]
+pub(crate) struct Summary {
+    pub(crate) server: SocketAddr,
+    pub(crate) allocations: usize,
+    pub(crate) payload_bytes: usize,
+    pub(crate) duration_seconds: f64,
+    pub(crate) sent: u64,
+    pub(crate) received: u64,
+    pub(crate) loss_percent: f64,
+    pub(crate) round_trips_per_second: f64,
+    /// Two relayed datagrams per round trip: client to peer, peer to client.
+    pub(crate) relayed_packets_per_second: f64,
+    /// Payload bits of the answered round trips, one direction.
+    pub(crate) mbit_per_second: f64,
+    pub(crate) rtt_micros_p50: u64,
+    pub(crate) rtt_micros_p90: u64,
+    pub(crate) rtt_micros_p99: u64,
+    pub(crate) rtt_micros_p999: u64,
+    pub(crate) rtt_micros_max: u64,
+    pub(crate) malformed: u64,
+    pub(crate) send_errors: u64,
+}
+
+impl Summary {
+    pub(crate) fn line(&self) -> String {
+        format!(
+            "{} allocations, {} B payload, {:.1} s: {:.0} round trips/s ({:.0} relayed packets/s, {:.1} Mbit/s), loss {:.2} %, rtt p50 {} us p99 {} us max {} us",
+            self.allocations,
+            self.payload_bytes,
+            self.duration_seconds,
+            self.round_trips_per_second,
+            self.relayed_packets_per_second,
+            self.mbit_per_second,
+            self.loss_percent,
+            self.rtt_micros_p50,
+            self.rtt_micros_p99,
+            self.rtt_micros_max,
+        )
+    }
+}
+
+pub(crate) fn stop_flag() -> Arc<AtomicBool> {
+    Arc::new(AtomicBool::new(false))
+}

@@ -1,0 +1,220 @@
+//! Just enough of a TURN client to set up load: Allocate with long-term credentials (learning
+//! realm and nonce from the 401), then ChannelBind to a peer. Blocking, with retransmissions.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use rand::RngCore;
+use turnpike_proto::{
+    Attribute, AttributeType, Class, ErrorCode, Message, MessageEncoder, MessageType, Method,
+    TransactionId,
+};
+use turnpike_relay::auth::credentials::{LongTermKey, PasswordAlgorithm};
+
+/// REST API credentials (draft-uberti-behave-turn-rest): `<expiry>:<user>` and
+/// base64(HMAC-SHA1(secret, username)).
+pub(crate) fn rest_credentials(secret: &str, user: &str, expiry_unix: u64) -> (String, String) {
+    use base64::Engine as _;
+    use hmac::Mac as _;
+    let username = format!("{expiry_unix}:{user}");
+    let mut mac = <hmac::Hmac<sha1::Sha1> as hmac::Mac>::new_from_slice(secret.as_bytes())
+        .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+    mac.update(username.as_bytes());
+    let password = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+    (username, password)
+}
+
+/// One client socket with an allocation on the server.
+#[derive(Debug)]
+pub(crate) struct Allocation {
+    pub(crate) socket: UdpSocket,
+    pub(crate) server: SocketAddr,
+    pub(crate) relayed: SocketAddr,
+    username: String,
+    password: String,
+}
+
+impl Allocation {
+    /// Deletes the allocation (Refresh with LIFETIME 0), so the server frees it now.
+    pub(crate) fn release(self) -> Result<()> {
+        self.socket.set_nonblocking(false)?;
+        let mut session = Session {
+            socket: &self.socket,
+            server: self.server,
+            username: &self.username,
+            password: &self.password,
+            realm: String::new(),
+            nonce: None,
+        };
+        session
+            .transact(Method::Refresh, &[Attribute::Lifetime(0)])
+            .map(drop)
+    }
+}
+
+struct Session<'a> {
+    socket: &'a UdpSocket,
+    server: SocketAddr,
+    username: &'a str,
+    password: &'a str,
+    realm: String,
+    nonce: Option<String>,
+}
+
+impl Session<'_> {
+    fn key(&self) -> LongTermKey {
+        LongTermKey::derive(
+            PasswordAlgorithm::Md5,
+            self.username,
+            &self.realm,
+            self.password.as_bytes(),
+        )
+    }
+
+    /// Sends a request until a response with its transaction ID arrives (up to 7 tries, RFC 8489
+    /// style doubling from 250 ms), re-authenticating once on 401 or 438.
+    fn transact(&mut self, method: Method, attributes: &[Attribute<'_>]) -> Result<Vec<u8>> {
+        for _ in 0..3 {
+            let response = self.exchange(method, attributes)?;
+            let message = Message::parse(&response).context("server sent a malformed response")?;
+            if message.class() == Class::SuccessResponse {
+                return Ok(response);
+            }
+            let transaction_id = message.transaction_id();
+            let mut code = None;
+            for raw in message.attributes() {
+                match Attribute::decode(raw, &transaction_id) {
+                    Ok(Attribute::ErrorCode { code: value, .. }) => code = Some(value),
+                    Ok(Attribute::Realm(realm)) => self.realm = realm.to_owned(),
+                    Ok(Attribute::Nonce(nonce)) => self.nonce = Some(nonce.to_owned()),
+                    _ => {}
+                }
+            }
+            match code {
+                Some(ErrorCode::UNAUTHORIZED | ErrorCode::STALE_NONCE) if self.nonce.is_some() => {}
+                Some(code) => bail!(
+                    "{method:?} failed with {} {}",
+                    code.0,
+                    code.default_reason()
+                ),
+                None => bail!("{method:?} failed without an error code"),
+            }
+        }
+        bail!("{method:?}: the server keeps refusing the credentials")
+    }
+
+    fn exchange(&self, method: Method, attributes: &[Attribute<'_>]) -> Result<Vec<u8>> {
+        let mut id = [0; 12];
+        rand::thread_rng().fill_bytes(&mut id);
+        let transaction_id = TransactionId(id);
+        let mut buf = vec![0; 1500];
+        let mut encoder = MessageEncoder::new(
+            &mut buf,
+            MessageType::new(method, Class::Request),
+            transaction_id,
+        )?;
+        for attribute in attributes {
+            encoder.push(attribute)?;
+        }
+        if let Some(nonce) = &self.nonce {
+            encoder.push(&Attribute::Username(self.username))?;
+            encoder.push(&Attribute::Realm(&self.realm))?;
+            encoder.push(&Attribute::Nonce(nonce))?;
+            encoder.push_message_integrity(self.key().as_bytes())?;
+        }
+        encoder.push_fingerprint()?;
+        let len = encoder.finish();
+        let request = &buf[..len];
+        let mut timeout = Duration::from_millis(250);
+        let mut response = vec![0; 2048];
+        for _ in 0..7 {
+            self.socket
+                .send_to(request, self.server)
+                .context("cannot send to the server")?;
+            self.socket.set_read_timeout(Some(timeout))?;
+            let deadline = std::time::Instant::now() + timeout;
+            while std::time::Instant::now() < deadline {
+                match self.socket.recv_from(&mut response) {
+                    Ok((len, from)) if from == self.server => {
+                        if let Ok(message) = Message::parse(&response[..len])
+                            && message.transaction_id() == transaction_id
+                        {
+                            return Ok(response[..len].to_vec());
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(error)
+                        if matches!(
+                            error.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) =>
+                    {
+                        break;
+                    }
+                    Err(error) => return Err(error).context("cannot receive from the server"),
+                }
+            }
+            timeout = (timeout * 2).min(Duration::from_secs(2));
+        }
+        bail!("no response from {} to {method:?}", self.server)
+    }
+}
+
+/// Allocates on `server` from a new socket bound to `bind`, and binds `channel` to `peer`.
+pub(crate) fn allocate_and_bind(
+    bind: SocketAddr,
+    server: SocketAddr,
+    username: &str,
+    password: &str,
+    peer: SocketAddr,
+    channel: u16,
+) -> Result<Allocation> {
+    let socket =
+        UdpSocket::bind(bind).with_context(|| format!("cannot bind a client socket on {bind}"))?;
+    let mut session = Session {
+        socket: &socket,
+        server,
+        username,
+        password,
+        realm: String::new(),
+        nonce: None,
+    };
+    let family = if peer.is_ipv4() {
+        turnpike_proto::AddressFamily::V4
+    } else {
+        turnpike_proto::AddressFamily::V6
+    };
+    let mut allocate = vec![Attribute::RequestedTransport(17), Attribute::Lifetime(3600)];
+    if family == turnpike_proto::AddressFamily::V6 {
+        allocate.push(Attribute::RequestedAddressFamily(family));
+    }
+    let response = session.transact(Method::Allocate, &allocate)?;
+    let message = Message::parse(&response)?;
+    let relayed = message
+        .attributes()
+        .filter(|raw| raw.kind() == AttributeType::XOR_RELAYED_ADDRESS)
+        .find_map(
+            |raw| match Attribute::decode(raw, &message.transaction_id()) {
+                Ok(Attribute::XorRelayedAddress(address)) => Some(address),
+                _ => None,
+            },
+        )
+        .context("Allocate succeeded without XOR-RELAYED-ADDRESS")?;
+    session.transact(
+        Method::ChannelBind,
+        &[
+            Attribute::ChannelNumber(channel),
+            Attribute::XorPeerAddress(peer),
+        ],
+    )?;
+    socket.set_read_timeout(None)?;
+    socket.set_nonblocking(true)?;
+    Ok(Allocation {
+        socket,
+        server,
+        relayed,
+        username: username.to_owned(),
+        password: password.to_owned(),
+    })
+}

@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark of Turnpike and coturn on a network-namespace topology (as root):
+#
+#   bash scripts/bench.sh [SECONDS]        default 5 seconds per run
+#
+# Both relays run in the relay namespace with the same load from the client namespace, relaying
+# to echo peers in the peer namespace, alternately, in one sitting. Relayed packets are counted
+# where they arrive (the kernel's UDP counters in the client and peer namespaces), not by the
+# load generator; relay CPU is read from /proc/PID/stat. Prints a Markdown table with the
+# Turnpike/coturn ratios; the caller copies it into docs/benchmarks.md.
+#
+# Environment: BENCH_PAYLOADS (default "100 1200"), BENCH_ALLOCATIONS (default "1 16 64"),
+# TURNPIKE_BENCH_XDP=1 adds a Turnpike run with the XDP fast path (once it exists).
+set -euo pipefail
+
+seconds=${1:-5}
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=lib/netns.sh
+source "$root/scripts/lib/netns.sh"
+[[ $EUID -eq 0 ]] || { echo "bench: needs root (network namespaces)" >&2; exit 1; }
+command -v turnserver >/dev/null || { echo "bench: coturn missing; run scripts/setup.sh" >&2; exit 1; }
+
+cargo build --release --quiet -p turnpike -p turnpike-load --manifest-path "$root/Cargo.toml"
+turnpike="$root/target/release/turnpike"
+load="$root/target/release/turnpike-load"
+secret=bench-secret-$RANDOM$RANDOM
+work=$(mktemp -d)
+pids=()
+
+cleanup() {
+    local pid
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    tp_netns_down
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+tp_netns_up
+ip netns exec "$TP_PEER" "$load" echo --listen "$TP_PEER_IP:9000" --threads 1 2>/dev/null &
+pids+=($!)
+
+start_turnpike() {
+    TURNPIKE_SECRETS=$secret ip netns exec "$TP_RELAY" "$turnpike" \
+        --listen "$TP_RELAY_IP:3478" --allow-peers 10.100.3.0/24 --relay-ports 49152-65535 \
+        --admin-listen 127.0.0.1:9478 --log-level warn --drain-seconds 0 >"$work/relay.log" 2>&1 &
+    echo $!
+}
+
+start_coturn() {
+    # coturn's fastest plain-UDP setup: one relay thread per CPU (its default), no TCP/TLS/DTLS,
+    # no CLI, no database; REST API credentials like Turnpike's.
+    cat >"$work/turnserver.conf" <<EOF
+listening-ip=$TP_RELAY_IP
+relay-ip=$TP_RELAY_IP
+listening-port=3478
+min-port=49152
+max-port=65535
+realm=bench
+use-auth-secret
+static-auth-secret=$secret
+allowed-peer-ip=10.100.3.0-10.100.3.255
+no-tcp
+no-tls
+no-dtls
+no-tcp-relay
+no-cli
+no-software-attribute
+no-stdout-log
+log-file=$work/coturn.log
+simple-log
+pidfile=$work/coturn.pid
+userdb=$work/coturn.db
+EOF
+    ip netns exec "$TP_RELAY" turnserver -c "$work/turnserver.conf" >/dev/null 2>&1 &
+    echo $!
+}
+
+wait_for_port() {
+    local i
+    for i in $(seq 1 50); do
+        if ip netns exec "$TP_RELAY" ss -uln | grep -q "$TP_RELAY_IP:3478"; then return 0; fi
+        sleep 0.1
+    done
+    echo "bench: the relay did not start; log:" >&2
+    cat "$work"/*.log >&2 || true
+    return 1
+}
+
+# measure NAME PID ALLOCATIONS PAYLOAD: prints one result line.
+measure() {
+    local name=$1 pid=$2 allocations=$3 payload=$4
+    local hz client0 peer0 cpu0 client1 peer1 cpu1 relayed cpu_seconds summary
+    hz=$(getconf CLK_TCK)
+    client0=$(tp_udp_in "$TP_CLIENT"); peer0=$(tp_udp_in "$TP_PEER"); cpu0=$(tp_cpu_ticks "$pid")
+    summary=$(ip netns exec "$TP_CLIENT" "$load" run --server "$TP_RELAY_IP:3478" --peer "$TP_PEER_IP:9000" \
+        --secret "$secret" --allocations "$allocations" --payload "$payload" --duration "$seconds" \
+        --window 32 2>"$work/load.log" | tail -n 1) || { cat "$work/load.log" >&2; return 1; }
+    client1=$(tp_udp_in "$TP_CLIENT"); peer1=$(tp_udp_in "$TP_PEER"); cpu1=$(tp_cpu_ticks "$pid")
+    relayed=$(( (client1 - client0) + (peer1 - peer0) ))
+    cpu_seconds=$(awk -v t=$((cpu1 - cpu0)) -v hz="$hz" 'BEGIN { printf "%.3f", t / hz }')
+    local p99
+    p99=$(sed -n 's/.*"rtt_micros_p99":\([0-9]*\).*/\1/p' <<<"$summary")
+    awk -v name="$name" -v a="$allocations" -v p="$payload" -v r="$relayed" -v s="$seconds" -v c="$cpu_seconds" -v p99="$p99" \
+        'BEGIN { pps = r / s; us = (r > 0) ? c * 1e6 / r : 0; printf "%s %d %d %.0f %.3f %s\n", name, a, p, pps, us, p99 }'
+}
+
+results="$work/results"
+: >"$results"
+for payload in ${BENCH_PAYLOADS:-100 1200}; do
+    for allocations in ${BENCH_ALLOCATIONS:-1 16 64}; do
+        for server in turnpike coturn; do
+            if [[ $server == turnpike ]]; then pid=$(start_turnpike); else pid=$(start_coturn); fi
+            pids+=("$pid")
+            wait_for_port
+            sleep 0.5
+            measure "$server" "$pid" "$allocations" "$payload" | tee -a "$results" >&2
+            kill "$pid"; wait "$pid" 2>/dev/null || true
+            sleep 0.5
+        done
+    done
+done
+
+echo
+echo "| payload (B) | allocations | Turnpike relayed pkt/s | coturn relayed pkt/s | pkt/s ratio | Turnpike CPU µs/pkt | coturn CPU µs/pkt | CPU ratio | Turnpike rtt p99 µs | coturn rtt p99 µs |"
+echo "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+awk '
+    $1 == "turnpike" { key = $3 " " $2; tp[key] = $4; tc[key] = $5; tl[key] = $6; order[++n] = key }
+    $1 == "coturn"   { key = $3 " " $2; cp[key] = $4; cc[key] = $5; cl[key] = $6 }
+    END {
+        for (i = 1; i <= n; i++) {
+            key = order[i]; split(key, part, " ")
+            printf "| %s | %s | %.0f | %.0f | %.2f | %.2f | %.2f | %.2f | %s | %s |\n", part[1], part[2], tp[key], cp[key], \
+                (cp[key] > 0 ? tp[key] / cp[key] : 0), tc[key], cc[key], (cc[key] > 0 ? tc[key] / cc[key] : 0), tl[key], cl[key]
+        }
+    }' "$results"
