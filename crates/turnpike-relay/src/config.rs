@@ -70,8 +70,9 @@ impl Default for Lifetimes {
     }
 }
 
-/// Limits that keep one user or one allocation from exhausting the relay; exceeding any of
-/// them is answered with 486 (Allocation Quota Reached).
+/// Limits that keep one user or one allocation from exhausting the relay. Exceeding an
+/// allocation limit is answered with 486 (Allocation Quota Reached); exceeding a permission or
+/// channel limit with 508 (Insufficient Capacity), as RFC 8656 §10.2 and §12.2 prescribe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Quotas {
     pub allocations_total: usize,

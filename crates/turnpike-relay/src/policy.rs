@@ -44,7 +44,8 @@
 //! A peer can be another allocation on this same relay. That is not a policy question but a
 //! routing one, so [`PeerPolicy::check`] does not look at it: the server asks
 //! [`PeerPolicy::is_relay_own_address`] first and either delivers the data internally (hairpin)
-//! or refuses it, and calls [`PeerPolicy::check`] for everything else.
+//! or refuses it, and calls [`PeerPolicy::check`] for everything else. Only the plain and
+//! IPv4-mapped forms of an own address count as own; every other form goes through the policy.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -257,15 +258,15 @@ impl PeerPolicy {
         self.check_form(peer, as_given_denial)
     }
 
-    /// Whether `ip`, or an IPv4 address embedded in it, is one of the relay's own addresses.
+    /// Whether `ip` is one of the relay's own addresses, written plainly or IPv4-mapped.
     ///
-    /// This errs on the side of `true`: every embedding listed in the
-    /// [module documentation](self) counts, including a Teredo server address.
+    /// The other embeddings do not count: `64:ff9b::` or `2002:` forms of an own address reach
+    /// the relay only through a translator or tunnel, and a Teredo address embeds the relay's
+    /// address beside another one. Matching them here would let a caller that skips
+    /// [`PeerPolicy::check`] for own addresses skip it for the other embedded address too.
     #[must_use]
     pub fn is_relay_own_address(&self, ip: IpAddr) -> bool {
-        Forms::of(ip)
-            .addresses()
-            .any(|form| self.relay_own_addresses.contains(&form))
+        self.relay_own_addresses.contains(&ip.to_canonical())
     }
 
     /// Rule 3 for one form: an operator allow beats the form's built-in denial.
@@ -921,7 +922,7 @@ mod tests {
     }
 
     #[test]
-    fn relay_own_addresses_are_recognised_in_embedded_forms() {
+    fn relay_own_addresses_are_recognised_plain_or_ipv4_mapped_only() {
         let own = ipv4("52.1.2.3");
         let policy = PeerPolicy::new().with_relay_own_addresses([
             IpAddr::V4(own),
@@ -929,8 +930,10 @@ mod tests {
             ip("::ffff:52.9.9.9"),
         ]);
         for (encoding, peer) in encodings(own) {
-            assert!(policy.is_relay_own_address(peer), "{encoding}");
+            let expected = matches!(encoding, "plain" | "mapped");
+            assert_eq!(policy.is_relay_own_address(peer), expected, "{encoding}");
         }
+        assert!(!policy.is_relay_own_address(teredo(own, ipv4("127.0.0.1"))));
         assert!(policy.is_relay_own_address(ip("2600:1f18::5")));
         assert!(policy.is_relay_own_address(ip("52.9.9.9")));
         assert!(!policy.is_relay_own_address(ip("52.1.2.4")));

@@ -1,6 +1,12 @@
 //! Allocation, permission and channel lifecycles in virtual time, and the fast-path commands
 //! that mirror them.
 
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code, and the harness it shares: a panic is how a test reports a failure"
+)]
+
 mod common;
 
 use std::time::Duration;

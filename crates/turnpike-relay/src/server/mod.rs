@@ -278,7 +278,14 @@ impl<R: RngCore> Server<R> {
         payload: core::ops::Range<usize>,
         datagram: &[u8],
     ) -> Option<Forward> {
-        if self.is_own_relayed_address(peer) {
+        if self.is_relay_ip(peer.ip()) {
+            if !self.ports.contains(peer.port()) {
+                // The relay's own address outside the relayed ports (its listening port, say):
+                // sent there, the payload would come back in as a client datagram from the relay
+                // itself, a way to launder requests through the relay's address.
+                self.stats.drop(Drop::NoPermission);
+                return None;
+            }
             let source = SocketAddr::new(self.relay_ip(relay.family)?, relay.port);
             let target = RelaySocket {
                 port: peer.port(),
@@ -302,11 +309,12 @@ impl<R: RngCore> Server<R> {
         }
     }
 
-    fn is_own_relayed_address(&self, address: SocketAddr) -> bool {
-        let ip = address.ip().to_canonical();
-        self.ports.contains(address.port())
-            && (self.config.relay_ipv4.map(IpAddr::V4) == Some(ip)
-                || self.config.relay_ipv6.map(IpAddr::V6) == Some(ip))
+    /// Whether `ip`, written plainly or IPv4-mapped, is an address relayed addresses are
+    /// advertised with.
+    fn is_relay_ip(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.config.relay_ipv4.map(IpAddr::V4) == Some(ip)
+            || self.config.relay_ipv6.map(IpAddr::V6) == Some(ip)
     }
 
     /// Handles a datagram a peer sent to relayed socket `relay`.
@@ -363,9 +371,7 @@ impl<R: RngCore> Server<R> {
             return None;
         }
         let client = allocation.five_tuple;
-        let Some(data) = datagram.get(payload) else {
-            return None;
-        };
+        let data = datagram.get(payload)?;
         match respond::data_indication(&mut self.rng, peer, data) {
             Ok(indication) => {
                 self.stats.relayed_to_client.add(data.len());
@@ -414,15 +420,7 @@ impl<R: RngCore> Server<R> {
         }
         allocation.permissions.remove(&peer);
         let relay = allocation.relay_socket(AddressFamily::of(peer));
-        let channels: Vec<ChannelNumber> = allocation
-            .channels
-            .iter()
-            .filter(|(_, channel)| channel.peer.ip() == peer)
-            .map(|(number, _)| *number)
-            .collect();
-        for channel in channels {
-            self.sync_route(now, id, channel);
-        }
+        self.sync_routes_to(now, id, peer);
         self.commands
             .push_back(Command::RemovePermission { relay, peer });
     }
@@ -452,6 +450,25 @@ impl<R: RngCore> Server<R> {
                     channel: number,
                 },
             );
+        }
+    }
+
+    /// Brings the routes of every channel to a peer at `ip` in line with the allocation's state:
+    /// they share its permission, so whatever changes the permission changes them all.
+    fn sync_routes_to(&mut self, now: Instant, id: AllocationId, ip: IpAddr) {
+        let Some(allocation) = self.allocations.get(&id) else {
+            return;
+        };
+        let mut channels: Vec<ChannelNumber> = allocation
+            .channels
+            .iter()
+            .filter(|(_, channel)| channel.peer.ip() == ip)
+            .map(|(number, _)| *number)
+            .collect();
+        // In number order, so the commands do not depend on hash order.
+        channels.sort_unstable();
+        for channel in channels {
+            self.sync_route(now, id, channel);
         }
     }
 

@@ -275,15 +275,23 @@ impl<R: RngCore> Server<R> {
             Ok(request) => request,
             Err(code) => return Reply::Error(code),
         };
-        if request.reserve_next_port || request.reservation_token {
-            // Port reservations are not offered: RFC 8656 §7.2 answers requests this server
-            // cannot satisfy with 508.
+        // Port reservations are not offered, so no token is valid and no reservation can be
+        // made: RFC 8656 §7.2 answers both with 508, each at its own step of the checks.
+        if request.reservation_token {
             return Reply::Error(ErrorCode::INSUFFICIENT_CAPACITY);
         }
         let (families, address_error) = match self.allocation_families(&request) {
             Ok(families) => families,
             Err(code) => return Reply::Error(code),
         };
+        if request.reserve_next_port {
+            // Step 8: reserving the next port of a dual allocation is malformed.
+            return Reply::Error(if request.additional_family.is_some() {
+                ErrorCode::BAD_REQUEST
+            } else {
+                ErrorCode::INSUFFICIENT_CAPACITY
+            });
+        }
         if self.draining {
             return Reply::Error(ErrorCode::INSUFFICIENT_CAPACITY);
         }
@@ -480,8 +488,9 @@ impl<R: RngCore> Server<R> {
             return Err(ErrorCode::PEER_ADDRESS_FAMILY_MISMATCH);
         }
         // The relay's own relayed addresses are served as a hairpin inside the relay, whatever
-        // range they are in; everything else goes through the operator's policy.
-        if self.config.policy.is_relay_own_address(peer) {
+        // range they are in; everything else goes through the operator's policy. The addresses
+        // in the config count without the operator listing them in the policy again.
+        if self.is_relay_ip(peer) || self.config.policy.is_relay_own_address(peer) {
             return Ok(());
         }
         self.config.policy.check(peer).map_err(|denied| {
@@ -545,7 +554,9 @@ impl<R: RngCore> Server<R> {
             .filter(|peer| !allocation.permissions.contains_key(peer))
             .count();
         if allocation.permissions.len() + new > self.config.quotas.permissions_per_allocation {
-            return Reply::Error(ErrorCode::ALLOCATION_QUOTA_REACHED);
+            // RFC 8656 §10.2: a capacity limit on a valid request is 508; 486 is for the
+            // allocation quota alone.
+            return Reply::Error(ErrorCode::INSUFFICIENT_CAPACITY);
         }
         for peer in peers {
             self.install_permission(now, id, peer);
@@ -597,14 +608,15 @@ impl<R: RngCore> Server<R> {
         {
             return Reply::Error(ErrorCode::BAD_REQUEST);
         }
+        // RFC 8656 §12.2: a capacity limit on a valid request is 508, as for CreatePermission.
         let quotas = self.config.quotas;
         if bound_peer.is_none() && allocation.channels.len() >= quotas.channels_per_allocation {
-            return Reply::Error(ErrorCode::ALLOCATION_QUOTA_REACHED);
+            return Reply::Error(ErrorCode::INSUFFICIENT_CAPACITY);
         }
         if !allocation.permissions.contains_key(&peer.ip())
             && allocation.permissions.len() >= quotas.permissions_per_allocation
         {
-            return Reply::Error(ErrorCode::ALLOCATION_QUOTA_REACHED);
+            return Reply::Error(ErrorCode::INSUFFICIENT_CAPACITY);
         }
         let expires_at = now + self.config.lifetimes.channel;
         if let Some(allocation) = self.allocations.get_mut(&id) {
@@ -621,8 +633,9 @@ impl<R: RngCore> Server<R> {
             },
         );
         self.install_permission(now, id, peer.ip());
-        // Installs the fast path before the success response is queued behind it.
-        self.sync_route(now, id, number);
+        // Installs the fast path before the success response is queued behind it: this channel
+        // and any other to the same IP, which the refreshed permission may have revived.
+        self.sync_routes_to(now, id, peer.ip());
         Reply::Success(Vec::new())
     }
 }
@@ -673,8 +686,13 @@ impl AllocateRequest {
             Some(UDP) => {}
             Some(_) => return Err(ErrorCode::UNSUPPORTED_TRANSPORT_PROTOCOL),
         }
-        // RFC 8656 §7.2: a reservation token excludes EVEN-PORT and REQUESTED-ADDRESS-FAMILY.
-        if request.reservation_token && (request.even_port || request.requested_family.is_some()) {
+        // RFC 8656 §7.2: a reservation token excludes EVEN-PORT and both address family
+        // attributes.
+        if request.reservation_token
+            && (request.even_port
+                || request.requested_family.is_some()
+                || request.additional_family.is_some())
+        {
             return Err(ErrorCode::BAD_REQUEST);
         }
         Ok(request)

@@ -6,6 +6,10 @@
     unreachable_pub,
     reason = "a test-only module shared by several test binaries, each using a part"
 )]
+#![expect(
+    clippy::wrong_self_convention,
+    reason = "`from_client` and `from_peer` say where a datagram comes from; no conversion"
+)]
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
