@@ -16,6 +16,11 @@ pub struct Config {
     pub relay_ipv6: Option<Ipv6Addr>,
     /// Ports relayed addresses are drawn from, at random.
     pub relay_ports: RangeInclusive<u16>,
+    /// The part of `relay_ports` this server hands out, when several servers (one per thread)
+    /// share the relay's range; `None` hands out all of it. Relayed addresses outside this part
+    /// but inside `relay_ports` belong to a sibling server: data to them is sent through the
+    /// kernel instead of being hairpinned here.
+    pub shard_ports: Option<RangeInclusive<u16>>,
     pub lifetimes: Lifetimes,
     pub quotas: Quotas,
     pub credentials: CredentialStore,
@@ -71,8 +76,9 @@ impl Default for Lifetimes {
 }
 
 /// Limits that keep one user or one allocation from exhausting the relay. Exceeding an
-/// allocation limit is answered with 486 (Allocation Quota Reached); exceeding a permission or
-/// channel limit with 508 (Insufficient Capacity), as RFC 8656 §10.2 and §12.2 prescribe.
+/// limit is answered with 486 (Allocation Quota Reached): they are the operator's limits on what
+/// one client may hold, which a client can act on by releasing something, unlike 508
+/// (Insufficient Capacity), which RFC 8656 keeps for the relay running out of resources.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Quotas {
     pub allocations_total: usize,
@@ -104,6 +110,7 @@ impl Config {
             relay_ipv4: None,
             relay_ipv6: None,
             relay_ports: 49152..=65535,
+            shard_ports: None,
             lifetimes: Lifetimes::default(),
             quotas: Quotas::default(),
             credentials,

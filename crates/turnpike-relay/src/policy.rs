@@ -200,6 +200,20 @@ impl PeerPolicy {
         self
     }
 
+    /// Whether an operator allow CIDR names `ip` (as given or in its canonical IPv4 form) and no
+    /// operator deny does: for choices beyond the built-in ranges, such as relaying to other
+    /// services on the relay's own address, which only such an explicit allow opens.
+    #[must_use]
+    pub fn is_explicitly_allowed(&self, ip: IpAddr) -> bool {
+        let forms = [ip, ip.to_canonical()];
+        forms
+            .iter()
+            .any(|form| self.allowed.iter().any(|cidr| cidr.contains(*form)))
+            && !forms
+                .iter()
+                .any(|form| self.denied.iter().any(|cidr| cidr.contains(*form)))
+    }
+
     /// Adds operator deny CIDRs, which override everything but the unspecified address.
     #[must_use]
     pub fn with_denied(mut self, cidrs: impl IntoIterator<Item = Cidr>) -> Self {

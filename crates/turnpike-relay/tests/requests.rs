@@ -897,7 +897,7 @@ fn create_permission_refuses_bad_requests_and_installs_nothing() {
             ErrorCode::PEER_ADDRESS_FAMILY_MISMATCH,
         ),
         (
-            // RFC 8656 §10.2: a capacity limit on a valid request is 508, not 486.
+            // A per-client quota: 486, like the allocation quotas (see `Quotas`).
             "more permissions than the allocation may hold",
             with(|config| config.quotas.permissions_per_allocation = 2),
             vec![
@@ -905,7 +905,7 @@ fn create_permission_refuses_bad_requests_and_installs_nothing() {
                 xor_peer(OTHER_PEER),
                 xor_peer("192.0.2.12:1"),
             ],
-            ErrorCode::INSUFFICIENT_CAPACITY,
+            ErrorCode::ALLOCATION_QUOTA_REACHED,
         ),
         (
             "an unknown comprehension-required attribute",
@@ -950,7 +950,7 @@ fn create_permission_up_to_the_quota_succeeds_and_refreshing_counts_no_new_permi
     );
     assert_eq!(
         error_code(&response),
-        Some(ErrorCode::INSUFFICIENT_CAPACITY)
+        Some(ErrorCode::ALLOCATION_QUOTA_REACHED)
     );
 }
 
@@ -1116,7 +1116,7 @@ fn channel_bind_refuses_a_number_or_peer_bound_to_something_else() {
 }
 
 #[test]
-fn channel_bind_beyond_the_channel_quota_gets_508_but_rebinding_does_not() {
+fn channel_bind_beyond_the_channel_quota_gets_486_but_rebinding_does_not() {
     let mut harness = Harness::with_config(with(|config| {
         config.quotas.channels_per_allocation = 1;
     }));
@@ -1124,7 +1124,6 @@ fn channel_bind_beyond_the_channel_quota_gets_508_but_rebinding_does_not() {
     let bind = [Attribute::ChannelNumber(0x4001), xor_peer(PEER)];
     let (response, _) = client.send(&mut harness, Method::ChannelBind, &bind);
     assert_eq!(error_code(&response), None);
-    // RFC 8656 §12.2: a capacity limit on a valid request is 508, not 486.
     let (response, commands) = client.send(
         &mut harness,
         Method::ChannelBind,
@@ -1132,7 +1131,7 @@ fn channel_bind_beyond_the_channel_quota_gets_508_but_rebinding_does_not() {
     );
     assert_eq!(
         error_code(&response),
-        Some(ErrorCode::INSUFFICIENT_CAPACITY)
+        Some(ErrorCode::ALLOCATION_QUOTA_REACHED)
     );
     assert_eq!(commands, only_the_response(&client, &response));
     let (response, _) = client.send(&mut harness, Method::ChannelBind, &bind);
@@ -1314,6 +1313,56 @@ fn data_to_the_relays_own_address_outside_the_relayed_ports_is_dropped() {
     let (forward, commands) = harness.from_client(client.five_tuple, &channel_data(0x4001, b"x"));
     assert_eq!(forward, None);
     assert!(commands.is_empty());
+}
+
+#[test]
+fn data_to_the_relays_own_address_is_relayed_when_the_operator_allows_that_address() {
+    let mut harness = Harness::with_config(with(|config| {
+        let own: turnpike_relay::policy::Cidr = RELAY_V4.parse().unwrap();
+        config.policy = config.policy.clone().with_allowed([own]);
+    }));
+    let mut client = allocated(&mut harness, ALICE, &[udp()]);
+    let local_service: std::net::SocketAddr = format!("{RELAY_V4}:5000").parse().unwrap();
+    let (response, _) = client.send(
+        &mut harness,
+        Method::ChannelBind,
+        &[
+            Attribute::ChannelNumber(0x4001),
+            Attribute::XorPeerAddress(local_service),
+        ],
+    );
+    assert_eq!(error_code(&response), None);
+    let (forward, _) = harness.from_client(client.five_tuple, &channel_data(0x4001, b"x"));
+    assert!(
+        matches!(forward, Some(Forward::ToPeer { peer, .. }) if peer == local_service),
+        "{forward:?}"
+    );
+}
+
+#[test]
+fn data_to_a_relayed_port_of_a_sibling_shard_leaves_through_the_kernel() {
+    // This server hands out 50000-50099; its sibling owns 50100-50199 of the relay's range.
+    let mut harness = Harness::with_config(with(|config| {
+        config.relay_ports = 50_000..=50_199;
+        config.shard_ports = Some(50_000..=50_099);
+    }));
+    let mut client = allocated(&mut harness, ALICE, &[udp()]);
+    let sibling: std::net::SocketAddr = format!("{RELAY_V4}:50150").parse().unwrap();
+    let (response, _) = client.send(
+        &mut harness,
+        Method::ChannelBind,
+        &[
+            Attribute::ChannelNumber(0x4001),
+            Attribute::XorPeerAddress(sibling),
+        ],
+    );
+    assert_eq!(error_code(&response), None);
+    let (forward, _) = harness.from_client(client.five_tuple, &channel_data(0x4001, b"x"));
+    assert!(
+        matches!(forward, Some(Forward::ToPeer { peer, .. }) if peer == sibling),
+        "{forward:?}"
+    );
+    assert_eq!(harness.server.stats().hairpinned, 0);
 }
 
 // Peer policy

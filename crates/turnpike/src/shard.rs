@@ -184,7 +184,9 @@ pub(crate) fn run(sockets: ShardSockets, shared: Arc<Shared>) -> Result<()> {
         ..
     } = sockets;
     let mut core = plan.core;
-    core.relay_ports = plan.relay_ports.clone();
+    // The core knows the relay's whole range (to tell its siblings' relayed addresses) and
+    // hands out only this thread's block.
+    core.shard_ports = Some(plan.relay_ports.clone());
     let now = Instant::now();
     let mut server = Server::new(core, StdRng::from_entropy(), now, unix_time());
     for port in &excluded {

@@ -123,7 +123,12 @@ impl<R: RngCore> Server<R> {
         let fast_map = || foldhash::fast::RandomState::default();
         Self {
             auth: Authenticator::new(&config, nonce_secret),
-            ports: PortPool::new(config.relay_ports.clone()),
+            ports: PortPool::new(
+                config
+                    .shard_ports
+                    .clone()
+                    .unwrap_or_else(|| config.relay_ports.clone()),
+            ),
             transactions: TransactionCache::new(config.quotas.cached_transactions),
             limiter: UnauthenticatedLimiter::new(config.unauthenticated_rate, hash_seed),
             config,
@@ -278,14 +283,7 @@ impl<R: RngCore> Server<R> {
         payload: core::ops::Range<usize>,
         datagram: &[u8],
     ) -> Option<Forward> {
-        if self.is_relay_ip(peer.ip()) {
-            if !self.ports.contains(peer.port()) {
-                // The relay's own address outside the relayed ports (its listening port, say):
-                // sent there, the payload would come back in as a client datagram from the relay
-                // itself, a way to launder requests through the relay's address.
-                self.stats.drop(Drop::NoPermission);
-                return None;
-            }
+        if self.is_relay_ip(peer.ip()) && self.ports.contains(peer.port()) {
             let source = SocketAddr::new(self.relay_ip(relay.family)?, relay.port);
             let target = RelaySocket {
                 port: peer.port(),
@@ -293,6 +291,17 @@ impl<R: RngCore> Server<R> {
             };
             self.stats.hairpinned += 1;
             return self.deliver_to_client(now, target, source, payload, datagram);
+        }
+        if self.is_relay_ip(peer.ip())
+            && !self.config.relay_ports.contains(&peer.port())
+            && !self.config.policy.is_explicitly_allowed(peer.ip())
+        {
+            // The relay's own address outside the relayed ports (its listening port, say):
+            // sent there, the payload would come back in as a client datagram from the relay
+            // itself, a way to launder requests through the relay's address, or reach a local
+            // service. Only an operator who allowed that address in so many words gets it.
+            self.stats.drop(Drop::NoPermission);
+            return None;
         }
         self.stats.relayed_to_peer.add(payload.len());
         Some(Forward::ToPeer {

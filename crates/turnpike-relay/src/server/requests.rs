@@ -554,9 +554,8 @@ impl<R: RngCore> Server<R> {
             .filter(|peer| !allocation.permissions.contains_key(peer))
             .count();
         if allocation.permissions.len() + new > self.config.quotas.permissions_per_allocation {
-            // RFC 8656 §10.2: a capacity limit on a valid request is 508; 486 is for the
-            // allocation quota alone.
-            return Reply::Error(ErrorCode::INSUFFICIENT_CAPACITY);
+            // A per-client quota, like the allocation quotas (see `Quotas`).
+            return Reply::Error(ErrorCode::ALLOCATION_QUOTA_REACHED);
         }
         for peer in peers {
             self.install_permission(now, id, peer);
@@ -591,6 +590,9 @@ impl<R: RngCore> Server<R> {
             return Reply::Error(ErrorCode::BAD_REQUEST);
         };
         let Some(number) = ChannelNumber::new(number) else {
+            // RFC 5766 allowed up to 0x7FFF; RFC 8656 keeps 0x5000-0x7FFF for other protocols
+            // sharing the port (RFC 7983), so older clients land here.
+            tracing::debug!(channel = number, "channel number outside 0x4000-0x4FFF");
             return Reply::Error(ErrorCode::BAD_REQUEST);
         };
         if let Err(code) = self.check_peer(id, peer.ip()) {
@@ -611,12 +613,12 @@ impl<R: RngCore> Server<R> {
         // RFC 8656 §12.2: a capacity limit on a valid request is 508, as for CreatePermission.
         let quotas = self.config.quotas;
         if bound_peer.is_none() && allocation.channels.len() >= quotas.channels_per_allocation {
-            return Reply::Error(ErrorCode::INSUFFICIENT_CAPACITY);
+            return Reply::Error(ErrorCode::ALLOCATION_QUOTA_REACHED);
         }
         if !allocation.permissions.contains_key(&peer.ip())
             && allocation.permissions.len() >= quotas.permissions_per_allocation
         {
-            return Reply::Error(ErrorCode::INSUFFICIENT_CAPACITY);
+            return Reply::Error(ErrorCode::ALLOCATION_QUOTA_REACHED);
         }
         let expires_at = now + self.config.lifetimes.channel;
         if let Some(allocation) = self.allocations.get_mut(&id) {
