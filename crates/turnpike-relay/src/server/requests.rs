@@ -485,6 +485,7 @@ impl<R: RngCore> Server<R> {
             .get(&id)
             .ok_or(ErrorCode::ALLOCATION_MISMATCH)?;
         if !allocation.has_family(AddressFamily::of(peer)) {
+            tracing::debug!(peer_family = ?AddressFamily::of(peer), "no relayed address of the peer's family");
             return Err(ErrorCode::PEER_ADDRESS_FAMILY_MISMATCH);
         }
         // The relay's own relayed addresses are served as a hairpin inside the relay, whatever

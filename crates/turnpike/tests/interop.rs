@@ -1,0 +1,451 @@
+//! Interoperability with TURN clients not written here: the webrtc-rs `turn` client (channels,
+//! Send/Data indications, refresh, stale nonces, delete) and coturn's `turnutils_uclient`
+//! (Send/Data indications, IPv6 and dual-stack allocations, client to client), each against a
+//! real `turnpike` process on loopback. Every wait is bounded.
+
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests fail by panicking"
+)]
+
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::net::UdpSocket;
+use turn::client::{Client, ClientConfig};
+use webrtc_util::Conn;
+
+const SECRET: &str = "interop-secret";
+
+/// Ports for one test: listen, admin, an echo peer, and the first of 100 relayed ports; distinct
+/// per test (at most 15 per process) and, likely, per test process.
+fn ports() -> (u16, u16, u16, u16) {
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let index = NEXT.fetch_add(1, Ordering::Relaxed) % 15;
+    let process = u16::try_from(std::process::id() % 20).unwrap();
+    let base = 20_000 + process * 100 + index * 4;
+    (
+        base,
+        base + 1,
+        base + 2,
+        30_000 + process * 1_500 + index * 100,
+    )
+}
+
+struct Relay {
+    child: Child,
+    listen_port: u16,
+    peer_port: u16,
+    admin: SocketAddr,
+}
+
+impl Relay {
+    fn start(extra: &[&str]) -> Self {
+        let (listen_port, admin_port, peer_port, relay_low) = ports();
+        let admin = SocketAddr::from(([127, 0, 0, 1], admin_port));
+        let mut args = vec![
+            format!("--listen=127.0.0.1:{listen_port},[::1]:{listen_port}"),
+            "--public-ipv4=127.0.0.1".to_owned(),
+            "--public-ipv6=::1".to_owned(),
+            format!("--relay-ports={relay_low}-{}", relay_low + 99),
+            format!("--admin-listen={admin}"),
+            "--allow-peers=127.0.0.0/8,::1/128".to_owned(),
+            "--drain-seconds=0".to_owned(),
+            "--log-level=warn".to_owned(),
+        ];
+        args.extend(extra.iter().map(|arg| (*arg).to_owned()));
+        let child = Command::new(env!("CARGO_BIN_EXE_turnpike"))
+            .args(&args)
+            .env("TURNPIKE_SECRETS", SECRET)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("turnpike starts");
+        let relay = Self {
+            child,
+            listen_port,
+            peer_port,
+            admin,
+        };
+        relay.wait_ready();
+        relay
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if self
+                .get("/readyz")
+                .is_some_and(|body| body.starts_with("HTTP/1.1 200"))
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("turnpike did not become ready");
+    }
+
+    fn get(&self, path: &str) -> Option<String> {
+        use std::io::{Read, Write};
+        let mut stream = TcpStream::connect_timeout(&self.admin, Duration::from_secs(1)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).ok()?;
+        Some(response)
+    }
+
+    /// A counter from /metrics, after the relay threads have published (once a second).
+    fn metric(&self, line_start: &str) -> u64 {
+        std::thread::sleep(Duration::from_millis(1200));
+        let body = self.get("/metrics").expect("metrics");
+        body.lines()
+            .find(|line| line.starts_with(line_start))
+            .and_then(|line| line.rsplit(' ').next())
+            .map_or(0, |value| value.parse().unwrap())
+    }
+
+    fn server(&self, ip: &str) -> String {
+        SocketAddr::new(ip.parse().unwrap(), self.listen_port).to_string()
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn rest_credentials(expiry_offset: i64) -> (String, String) {
+    use base64::Engine as _;
+    use hmac::Mac as _;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let username = format!("{}:interop", now.saturating_add_signed(expiry_offset));
+    let mut mac = <hmac::Hmac<sha1::Sha1> as hmac::Mac>::new_from_slice(SECRET.as_bytes()).unwrap();
+    mac.update(username.as_bytes());
+    (
+        username,
+        base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes()),
+    )
+}
+
+async fn client(
+    relay: &Relay,
+    local: &str,
+    server_ip: &str,
+    credentials: (String, String),
+) -> Client {
+    let socket = UdpSocket::bind(SocketAddr::new(local.parse().unwrap(), 0))
+        .await
+        .unwrap();
+    let server = relay.server(server_ip);
+    let client = Client::new(ClientConfig {
+        stun_serv_addr: server.clone(),
+        turn_serv_addr: server,
+        username: credentials.0,
+        password: credentials.1,
+        realm: String::new(),
+        software: String::new(),
+        rto_in_ms: 0,
+        conn: Arc::new(socket),
+        vnet: None,
+    })
+    .await
+    .unwrap();
+    client.listen().await.unwrap();
+    client
+}
+
+/// An echo peer on `ip`; returns its address.
+async fn echo_peer(ip: &str) -> SocketAddr {
+    let socket = UdpSocket::bind(SocketAddr::new(ip.parse().unwrap(), 0))
+        .await
+        .unwrap();
+    let address = socket.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = vec![0; 2048];
+        while let Ok((len, from)) = socket.recv_from(&mut buf).await {
+            let _ = socket.send_to(&buf[..len], from).await;
+        }
+    });
+    address
+}
+
+/// Sends `count` numbered messages through the allocation to the echo peer and checks each
+/// comes back intact.
+async fn round_trips(relay_conn: &impl Conn, peer: SocketAddr, count: usize) {
+    let mut buf = vec![0; 2048];
+    for index in 0..count {
+        let message = format!("interop message {index}");
+        relay_conn.send_to(message.as_bytes(), peer).await.unwrap();
+        let (len, from) =
+            tokio::time::timeout(Duration::from_secs(5), relay_conn.recv_from(&mut buf))
+                .await
+                .expect("the echo came back in time")
+                .unwrap();
+        assert_eq!(from, peer);
+        assert_eq!(&buf[..len], message.as_bytes());
+        // Give the client's channel binding time to complete, so later messages use ChannelData.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn relays_both_ways(client_ip: &str, server_ip: &str) {
+    let relay = Relay::start(&[]);
+    let peer = echo_peer("127.0.0.1").await;
+    let client = client(&relay, client_ip, server_ip, rest_credentials(3600)).await;
+    let relay_conn = client.allocate().await.unwrap();
+    let relayed = relay_conn.local_addr().unwrap();
+    assert_eq!(relayed.ip(), "127.0.0.1".parse::<IpAddr>().unwrap());
+    round_trips(&relay_conn, peer, 30).await;
+    assert!(relay.metric("turnpike_responses_total{method=\"create_permission\",code=\"0\"}") >= 1);
+    assert!(relay.metric("turnpike_responses_total{method=\"channel_bind\",code=\"0\"}") >= 1);
+    let to_peer = relay.metric("turnpike_relayed_packets_total{direction=\"client_to_peer\"");
+    let to_client = relay.metric("turnpike_relayed_packets_total{direction=\"peer_to_client\"");
+    assert!(to_peer >= 30 && to_client >= 30, "{to_peer} {to_client}");
+    // Delete: Refresh with LIFETIME 0.
+    relay_conn.close().await.unwrap();
+    client.close().await.unwrap();
+    assert_eq!(relay.metric("turnpike_allocations "), 0);
+}
+
+// The admin endpoint is read with blocking waits; the client's timers run on other workers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webrtc_rs_client_relays_with_indications_and_channels_over_ipv4() {
+    relays_both_ways("127.0.0.1", "127.0.0.1").await;
+}
+
+// The admin endpoint is read with blocking waits; the client's timers run on other workers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webrtc_rs_client_relays_with_indications_and_channels_over_ipv6() {
+    relays_both_ways("::1", "::1").await;
+}
+
+// The admin endpoint is read with blocking waits; the client's timers run on other workers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webrtc_rs_client_refreshes_and_recovers_from_stale_nonces() {
+    // Short lifetimes: the client refreshes every 2 s, with a nonce that went stale after 1 s.
+    let relay = Relay::start(&[
+        "--default-lifetime=4",
+        "--max-lifetime=4",
+        "--nonce-lifetime=1",
+    ]);
+    let peer = echo_peer("127.0.0.1").await;
+    let client = client(&relay, "127.0.0.1", "127.0.0.1", rest_credentials(3600)).await;
+    let relay_conn = client.allocate().await.unwrap();
+    round_trips(&relay_conn, peer, 5).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    round_trips(&relay_conn, peer, 5).await;
+    assert!(relay.metric("turnpike_responses_total{method=\"refresh\",code=\"438\"}") >= 1);
+    assert!(relay.metric("turnpike_responses_total{method=\"refresh\",code=\"0\"}") >= 1);
+    assert_eq!(
+        relay.metric("turnpike_allocations "),
+        1,
+        "the allocation outlived its first lifetime"
+    );
+    relay_conn.close().await.unwrap();
+    client.close().await.unwrap();
+}
+
+// The admin endpoint is read with blocking waits; the client's timers run on other workers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_credentials_are_refused() {
+    let relay = Relay::start(&[]);
+    let client = client(&relay, "127.0.0.1", "127.0.0.1", rest_credentials(-60)).await;
+    assert!(client.allocate().await.is_err());
+    client.close().await.unwrap();
+    assert!(relay.metric("turnpike_auth_failures_total{reason=\"expired_credentials\"}") >= 1);
+    assert_eq!(relay.metric("turnpike_allocations "), 0);
+}
+
+// The admin endpoint is read with blocking waits; the client's timers run on other workers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forbidden_peers_are_refused() {
+    let relay = Relay::start(&[]);
+    let client = client(&relay, "127.0.0.1", "127.0.0.1", rest_credentials(3600)).await;
+    let relay_conn = client.allocate().await.unwrap();
+    // 10.0.0.1 is private and not allowed: the relay refuses the permission, so nothing is
+    // ever sent there.
+    let _ = relay_conn
+        .send_to(b"probe", "10.0.0.1:9".parse().unwrap())
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        relay.metric("turnpike_responses_total{method=\"create_permission\",code=\"403\"}") >= 1
+    );
+    assert_eq!(
+        relay.metric("turnpike_relayed_packets_total{direction=\"client_to_peer\""),
+        0
+    );
+    relay_conn.close().await.unwrap();
+    client.close().await.unwrap();
+}
+
+/// Runs coturn's test client against the relay; returns whether it succeeded and its output.
+fn try_uclient(relay: &Relay, args: &[&str]) -> (bool, String) {
+    let (username, password) = rest_credentials(3600);
+    let output = Command::new("timeout")
+        .arg("20")
+        .arg("turnutils_uclient")
+        .args([
+            "-u",
+            &username,
+            "-w",
+            &password,
+            "-p",
+            &relay.listen_port.to_string(),
+        ])
+        .args(args)
+        .output()
+        .expect("turnutils_uclient runs (coturn is installed by scripts/setup.sh)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (
+        output.status.success() && text.contains("Total lost packets"),
+        text,
+    )
+}
+
+fn uclient(relay: &Relay, args: &[&str]) -> String {
+    let (succeeded, text) = try_uclient(relay, args);
+    assert!(succeeded, "uclient failed: {text}");
+    text
+}
+
+fn assert_no_loss(output: &str) {
+    let line = output
+        .lines()
+        .find(|line| line.contains("Total lost packets"))
+        .unwrap_or_else(|| panic!("{output}"));
+    assert!(line.contains("Total lost packets 0 (0.000000%)"), "{line}");
+}
+
+/// An echo peer from coturn's tools on `ip`:`port`.
+fn coturn_peer(ip: &str, port: u16) -> Child {
+    let child = Command::new("turnutils_peer")
+        .args(["-L", ip, "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("turnutils_peer runs");
+    std::thread::sleep(Duration::from_millis(200));
+    child
+}
+
+struct Reaper(Child);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+// coturn's client numbers channels anywhere in 0x4000-0x7FFF (RFC 5766); RFC 8656 keeps
+// 0x5000-0x7FFF for other protocols and this relay refuses them, so these runs use Send and
+// Data indications (-s) and no RTCP port reservation (-c).
+
+#[test]
+fn coturn_client_relays_with_send_and_data_indications_over_ipv4() {
+    let relay = Relay::start(&[]);
+    let peer_port = relay.peer_port;
+    let _peer = Reaper(coturn_peer("127.0.0.1", peer_port));
+    let output = uclient(
+        &relay,
+        &[
+            "-c",
+            "-s",
+            "-n",
+            "30",
+            "-m",
+            "2",
+            "-e",
+            "127.0.0.1",
+            "-r",
+            &peer_port.to_string(),
+            "127.0.0.1",
+        ],
+    );
+    assert_no_loss(&output);
+    assert!(relay.metric("turnpike_relayed_packets_total{direction=\"peer_to_client\"") >= 60);
+}
+
+#[test]
+fn coturn_client_gets_an_ipv6_relayed_address_over_ipv6() {
+    let relay = Relay::start(&[]);
+    let peer_port = relay.peer_port;
+    let _peer = Reaper(coturn_peer("::1", peer_port));
+    let output = uclient(
+        &relay,
+        &[
+            "-c",
+            "-s",
+            "-x",
+            "-n",
+            "20",
+            "-e",
+            "::1",
+            "-r",
+            &peer_port.to_string(),
+            "::1",
+        ],
+    );
+    assert_no_loss(&output);
+    assert!(relay.metric("turnpike_relayed_packets_total{direction=\"client_to_peer\"") >= 20);
+}
+
+#[test]
+fn coturn_client_gets_a_dual_stack_allocation() {
+    // In dual mode uclient draws, per run, ADDITIONAL-ADDRESS-FAMILY IPv6, IPv4 or nothing, and
+    // then refreshes the IPv6 family whatever it got; the relay rightly answers 400 to the
+    // second (RFC 8656 §7.2) and 443 to the refresh of a family it never allocated (§7.3). So:
+    // run until a draw asks for a dual allocation, which then must relay without loss.
+    let relay = Relay::start(&[]);
+    let peer_port = relay.peer_port;
+    let _peer = Reaper(coturn_peer("127.0.0.1", peer_port));
+    let succeeded = (0..30).find_map(|_| {
+        let (succeeded, output) = try_uclient(
+            &relay,
+            &[
+                "-Z",
+                "-s",
+                "-n",
+                "10",
+                "-e",
+                "127.0.0.1",
+                "-r",
+                &peer_port.to_string(),
+                "127.0.0.1",
+            ],
+        );
+        succeeded.then_some(output)
+    });
+    let output =
+        succeeded.expect("one of 30 runs drew a dual allocation (probability of none: 5e-6)");
+    assert_no_loss(&output);
+    assert!(relay.metric("turnpike_responses_total{method=\"allocate\",code=\"0\"}") >= 1);
+}
+
+#[test]
+fn coturn_clients_relay_to_each_other_through_one_relay() {
+    let relay = Relay::start(&[]);
+    let output = uclient(
+        &relay,
+        &["-c", "-s", "-y", "-n", "20", "-m", "2", "127.0.0.1"],
+    );
+    assert_no_loss(&output);
+}
