@@ -20,6 +20,18 @@ pub const HEADROOM: usize = 4;
 pub const MAX_DATAGRAM: usize = 9216;
 /// Datagrams received per system call.
 pub const BATCH: usize = 32;
+/// [`BATCH`] as the kernel's integer type (checked at compile time, not cast).
+#[expect(clippy::cast_possible_truncation, reason = "the assertion bounds the value")]
+const BATCH_C: libc::c_uint = {
+    assert!(BATCH <= 1024);
+    BATCH as libc::c_uint
+};
+/// The size of `sockaddr_storage` as the kernel's length type.
+#[expect(clippy::cast_possible_truncation, reason = "the assertion bounds the value")]
+const SOCKADDR_STORAGE_LEN: libc::socklen_t = {
+    assert!(size_of::<libc::sockaddr_storage>() <= 1024);
+    size_of::<libc::sockaddr_storage>() as libc::socklen_t
+};
 
 const SLOT: usize = HEADROOM + MAX_DATAGRAM;
 
@@ -114,6 +126,12 @@ pub struct Received<'a> {
     pub truncated: bool,
 }
 
+impl Default for RecvBatch {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl RecvBatch {
     pub fn new() -> Self {
         Self {
@@ -138,7 +156,7 @@ impl RecvBatch {
             header.msg_hdr.msg_iov = iovec;
             header.msg_hdr.msg_iovlen = 1;
             header.msg_hdr.msg_name = std::ptr::from_mut(&mut self.addresses[index]).cast();
-            header.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            header.msg_hdr.msg_namelen = SOCKADDR_STORAGE_LEN;
         }
         loop {
             // SAFETY: every header points at a live iovec, slot and address of this batch, all
@@ -147,7 +165,7 @@ impl RecvBatch {
                 libc::recvmmsg(
                     fd,
                     headers.as_mut_ptr(),
-                    BATCH as libc::c_uint,
+                    BATCH_C,
                     libc::MSG_DONTWAIT,
                     std::ptr::null_mut(),
                 )
@@ -286,7 +304,7 @@ impl SendBatch {
                 libc::sendmmsg(
                     fd,
                     headers.as_mut_ptr(),
-                    count as libc::c_uint,
+                    libc::c_uint::try_from(count).unwrap_or(BATCH_C),
                     libc::MSG_DONTWAIT,
                 )
             };

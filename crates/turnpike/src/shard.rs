@@ -324,7 +324,7 @@ impl Shard {
             let Some(socket) = self.relays.get(slot).and_then(Option::as_ref) else {
                 return false;
             };
-            let family = if slot % 2 == 0 {
+            let family = if slot.is_multiple_of(2) {
                 AddressFamily::V4
             } else {
                 AddressFamily::V6
