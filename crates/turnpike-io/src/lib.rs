@@ -21,13 +21,19 @@ pub const MAX_DATAGRAM: usize = 9216;
 /// Datagrams received per system call.
 pub const BATCH: usize = 32;
 /// [`BATCH`] as the kernel's integer type (checked at compile time, not cast).
-#[expect(clippy::cast_possible_truncation, reason = "the assertion bounds the value")]
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "the assertion bounds the value"
+)]
 const BATCH_C: libc::c_uint = {
     assert!(BATCH <= 1024);
     BATCH as libc::c_uint
 };
 /// The size of `sockaddr_storage` as the kernel's length type.
-#[expect(clippy::cast_possible_truncation, reason = "the assertion bounds the value")]
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "the assertion bounds the value"
+)]
 const SOCKADDR_STORAGE_LEN: libc::socklen_t = {
     assert!(size_of::<libc::sockaddr_storage>() <= 1024);
     size_of::<libc::sockaddr_storage>() as libc::socklen_t
@@ -99,19 +105,24 @@ fn to_socket_addr(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
     }
 }
 
-/// Receive buffers for one batch, reused for every call.
+/// A pool of receive slots, filled a batch at a time and emptied all at once.
+///
+/// A driver can receive from several sockets into one pool before sending anything, so that the
+/// datagrams relayed from all of them go out in as few `sendmmsg` calls as possible; the
+/// [`SendBatch`] that points into the slots must be flushed before [`RecvBatch::clear`].
 pub struct RecvBatch {
     slots: Box<[[u8; SLOT]]>,
     addresses: Box<[libc::sockaddr_storage]>,
-    lengths: [usize; BATCH],
-    flags: [i32; BATCH],
-    count: usize,
+    lengths: Box<[usize]>,
+    flags: Box<[i32]>,
+    used: usize,
 }
 
 impl std::fmt::Debug for RecvBatch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RecvBatch")
-            .field("count", &self.count)
+            .field("capacity", &self.slots.len())
+            .field("used", &self.used)
             .finish_non_exhaustive()
     }
 }
@@ -133,24 +144,50 @@ impl Default for RecvBatch {
 }
 
 impl RecvBatch {
+    /// A pool of one batch.
     pub fn new() -> Self {
+        Self::with_capacity(BATCH)
+    }
+
+    /// A pool of `slots` slots (at least one batch).
+    pub fn with_capacity(slots: usize) -> Self {
+        let slots = slots.max(BATCH);
         Self {
-            slots: vec![[0; SLOT]; BATCH].into_boxed_slice(),
+            slots: vec![[0; SLOT]; slots].into_boxed_slice(),
             // SAFETY: sockaddr_storage is plain data; all zeros is a valid (AF_UNSPEC) value.
-            addresses: (0..BATCH).map(|_| unsafe { zeroed() }).collect(),
-            lengths: [0; BATCH],
-            flags: [0; BATCH],
-            count: 0,
+            addresses: (0..slots).map(|_| unsafe { zeroed() }).collect(),
+            lengths: vec![0; slots].into_boxed_slice(),
+            flags: vec![0; slots].into_boxed_slice(),
+            used: 0,
         }
     }
 
-    /// Receives up to [`BATCH`] datagrams; `Ok(0)` when none is waiting. EINTR is retried.
-    pub fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
+    /// Slots not holding a datagram.
+    pub fn free(&self) -> usize {
+        self.slots.len() - self.used
+    }
+
+    /// Forgets every datagram held; their slots are reused by the next receive.
+    pub fn clear(&mut self) {
+        self.used = 0;
+    }
+
+    /// Receives up to [`BATCH`] datagrams (fewer if fewer slots are free) after those already
+    /// held, returning the indexes of the new ones; empty when none is waiting. EINTR is retried.
+    pub fn recv(&mut self, fd: RawFd) -> io::Result<std::ops::Range<usize>> {
+        let start = self.used;
+        let wanted = self.free().min(BATCH);
         // SAFETY: iovec and mmsghdr are plain data; zeroed is valid and every pointer field is
         // set below before use.
         let mut iovecs: [libc::iovec; BATCH] = unsafe { zeroed() };
         let mut headers: [libc::mmsghdr; BATCH] = unsafe { zeroed() };
-        for (index, (iovec, header)) in iovecs.iter_mut().zip(headers.iter_mut()).enumerate() {
+        for (offset, (iovec, header)) in iovecs
+            .iter_mut()
+            .zip(headers.iter_mut())
+            .take(wanted)
+            .enumerate()
+        {
+            let index = start + offset;
             iovec.iov_base = self.slots[index][HEADROOM..].as_mut_ptr().cast();
             iovec.iov_len = MAX_DATAGRAM;
             header.msg_hdr.msg_iov = iovec;
@@ -158,41 +195,39 @@ impl RecvBatch {
             header.msg_hdr.msg_name = std::ptr::from_mut(&mut self.addresses[index]).cast();
             header.msg_hdr.msg_namelen = SOCKADDR_STORAGE_LEN;
         }
+        let wanted_c = libc::c_uint::try_from(wanted).unwrap_or(BATCH_C);
         loop {
-            // SAFETY: every header points at a live iovec, slot and address of this batch, all
-            // of which outlive the call; the kernel writes at most the lengths given.
+            // SAFETY: the first `wanted` headers point at a live iovec, slot and address of this
+            // pool, all of which outlive the call; the kernel writes at most the lengths given.
             let received = unsafe {
                 libc::recvmmsg(
                     fd,
                     headers.as_mut_ptr(),
-                    BATCH_C,
+                    wanted_c,
                     libc::MSG_DONTWAIT,
                     std::ptr::null_mut(),
                 )
             };
             if received >= 0 {
                 let count = usize::try_from(received).unwrap_or(0);
-                for (index, header) in headers.iter().take(count).enumerate() {
-                    self.lengths[index] = header.msg_len as usize;
-                    self.flags[index] = header.msg_hdr.msg_flags;
+                for (offset, header) in headers.iter().take(count).enumerate() {
+                    self.lengths[start + offset] = header.msg_len as usize;
+                    self.flags[start + offset] = header.msg_hdr.msg_flags;
                 }
-                self.count = count;
-                return Ok(count);
+                self.used += count;
+                return Ok(start..self.used);
             }
             let error = io::Error::last_os_error();
             match error.kind() {
                 io::ErrorKind::Interrupted => continue,
-                io::ErrorKind::WouldBlock => {
-                    self.count = 0;
-                    return Ok(0);
-                }
+                io::ErrorKind::WouldBlock => return Ok(start..start),
                 _ => return Err(error),
             }
         }
     }
 
     pub fn get(&mut self, index: usize) -> Option<Received<'_>> {
-        if index >= self.count {
+        if index >= self.used {
             return None;
         }
         Some(Received {

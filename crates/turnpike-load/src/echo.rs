@@ -23,8 +23,10 @@ pub(crate) fn echo(
         if !turnpike_io::wait_readable(fd, Duration::from_millis(100))? {
             continue;
         }
-        let count = batch.recv(fd)?;
-        for index in 0..count {
+        batch.clear();
+        let received = batch.recv(fd)?;
+        let count = received.len();
+        for index in received {
             let Some(received) = batch.get(index) else {
                 break;
             };

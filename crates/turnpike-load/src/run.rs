@@ -146,10 +146,11 @@ pub(crate) fn drive(
         let mut any = false;
         for flow in &mut flows {
             let fd = flow.allocation.socket.as_raw_fd();
-            let count = batch.recv(fd).unwrap_or(0);
-            any |= count > 0;
+            batch.clear();
+            let received = batch.recv(fd).unwrap_or(0..0);
+            any |= !received.is_empty();
             let arrived = Instant::now();
-            for index in 0..count {
+            for index in received {
                 let Some(received) = batch.get(index) else {
                     break;
                 };

@@ -38,6 +38,9 @@ use turnpike_relay::{Command, Config, FiveTuple, Forward, RelaySocket, Server};
 use crate::metrics::{ShardMetrics, Shared};
 use turnpike_io::{self as udp, HEADROOM, RecvBatch, SendBatch};
 
+/// Datagrams received in one round before anything is sent: eight batches.
+const RECEIVE_POOL: usize = 8 * udp::BATCH;
+
 /// What one shard is given to run.
 #[derive(Debug)]
 pub(crate) struct ShardPlan {
@@ -226,7 +229,7 @@ pub(crate) fn run(sockets: ShardSockets, shared: Arc<Shared>) -> Result<()> {
         relay_low: *plan.relay_ports.start(),
         ready: VecDeque::new(),
         queued: vec![false; tokens],
-        recv: RecvBatch::new(),
+        recv: RecvBatch::with_capacity(RECEIVE_POOL),
         sends: SendBatch::default(),
         metrics: ShardMetrics {
             excluded_ports: excluded.len(),
@@ -285,7 +288,8 @@ impl Shard {
                 self.server.handle_timeout(now);
                 self.run_commands();
             }
-            // One round: every socket ready now gets one batch.
+            // One round: every socket ready now gets one batch, and what they relay goes out
+            // together at the end.
             for _ in 0..self.ready.len() {
                 let Some(token) = self.ready.pop_front() else {
                     break;
@@ -297,6 +301,7 @@ impl Shard {
                     self.queued[token] = false;
                 }
             }
+            self.flush();
             if now.duration_since(last_publish) >= Duration::from_secs(1) {
                 last_publish = now;
                 self.server.set_wall_clock(now, unix_time());
@@ -332,8 +337,11 @@ impl Shard {
             let port = self.relay_low + u16::try_from(slot / 2).unwrap_or(0);
             (socket.as_raw_fd(), Some(RelaySocket { port, family }))
         };
-        let count = match self.recv.recv(fd) {
-            Ok(count) => count,
+        if self.recv.free() < udp::BATCH {
+            self.flush();
+        }
+        let received = match self.recv.recv(fd) {
+            Ok(received) => received,
             Err(error) => {
                 // ICMP errors from earlier sends surface on receive too; none stops the relay.
                 tracing::trace!(%error, "receive failed");
@@ -347,7 +355,8 @@ impl Shard {
             relays: &self.relays,
             relay_low: self.relay_low,
         };
-        for index in 0..count {
+        let count = received.len();
+        for index in received {
             let Some(received) = self.recv.get(index) else {
                 break;
             };
@@ -375,11 +384,16 @@ impl Shard {
             }
             execute_commands(&sockets, &mut self.server, &mut self.metrics);
         }
-        // The queued datagrams point into `self.recv`: send them before it receives again.
+        count == udp::BATCH
+    }
+
+    /// Sends what the served batches queued; they point into `self.recv`, which may receive
+    /// again only after this.
+    fn flush(&mut self) {
         if !self.sends.is_empty() {
             self.sends.flush(&mut self.metrics.sends);
         }
-        count == udp::BATCH
+        self.recv.clear();
     }
 
     fn run_commands(&mut self) {
