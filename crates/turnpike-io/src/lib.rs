@@ -243,20 +243,52 @@ impl RecvBatch {
 #[derive(Debug)]
 struct Pending {
     fd: RawFd,
-    to: SockAddr,
+    to: SocketAddr,
     data: *const u8,
     len: usize,
 }
 
-/// Outgoing datagrams collected while one receive batch is processed, then sent with as few
-/// `sendmmsg` calls as consecutive runs to the same socket allow.
+/// One message of a `sendmmsg` call: a single datagram, or with `segment` a run of datagrams
+/// to the same destination that the kernel splits (UDP GSO).
+#[derive(Debug)]
+struct Outgoing {
+    fd: RawFd,
+    to: SockAddr,
+    data: *const u8,
+    len: usize,
+    segment: Option<u16>,
+    datagrams: usize,
+}
+
+/// Most datagrams the kernel takes in one GSO send (`UDP_MAX_SEGMENTS`).
+const MAX_SEGMENTS: usize = 64;
+/// Most bytes in one GSO send: an IP datagram's limit, less room for headers.
+const MAX_GSO_BYTES: usize = 65_000;
+
+/// Outgoing datagrams collected while a round of receive batches is processed, then sent with
+/// as few system calls and as few trips through the network stack as the kernel allows.
 ///
-/// The datagrams point into the receive batch (and into owned buffers for control messages),
-/// so [`SendBatch::flush`] must run before that batch receives again; the event loop does this
-/// after every batch.
-#[derive(Debug, Default)]
+/// At the flush, datagrams are grouped by socket and destination (keeping their order within a
+/// destination); a run of equal-sized datagrams to one destination becomes one UDP GSO send,
+/// which the stack routes once and splits at the end, and the messages of one socket go out in
+/// one `sendmmsg`. The datagrams point into the receive pool (and into owned buffers for
+/// control messages), so [`SendBatch::flush`] must run before that pool receives again.
+#[derive(Debug)]
 pub struct SendBatch {
     pending: Vec<Pending>,
+    /// Copies of GSO runs, contiguous as the kernel wants them.
+    arena: Vec<u8>,
+    gso: bool,
+}
+
+impl Default for SendBatch {
+    fn default() -> Self {
+        Self {
+            pending: Vec::new(),
+            arena: Vec::new(),
+            gso: true,
+        }
+    }
 }
 
 /// Counts of send outcomes, for metrics: nothing here stops the relay.
@@ -268,6 +300,8 @@ pub struct SendOutcome {
     /// An ICMP error from an earlier send (ECONNREFUSED, EHOSTUNREACH, ...) surfaced here.
     pub unreachable: u64,
     pub other: u64,
+    /// GSO sends (each carrying several datagrams).
+    pub segmented: u64,
 }
 
 impl SendBatch {
@@ -277,7 +311,7 @@ impl SendBatch {
     pub fn push(&mut self, socket: &impl AsRawFd, to: SocketAddr, data: &[u8]) {
         self.pending.push(Pending {
             fd: socket.as_raw_fd(),
-            to: SockAddr::from(to),
+            to,
             data: data.as_ptr(),
             len: data.len(),
         });
@@ -287,29 +321,56 @@ impl SendBatch {
         self.pending.is_empty()
     }
 
+    /// Turns UDP GSO off (it is on by default and turns itself off if the kernel refuses it).
+    pub fn disable_gso(&mut self) {
+        self.gso = false;
+    }
+
     /// Sends everything queued. Errors are counted per datagram, never returned.
     pub fn flush(&mut self, outcome: &mut SendOutcome) {
+        if self.pending.is_empty() {
+            return;
+        }
+        // Stable: datagrams to one destination keep their order.
+        self.pending.sort_by(|a, b| (a.fd, a.to).cmp(&(b.fd, b.to)));
+        let outgoing = self.plan();
         let mut start = 0;
-        while start < self.pending.len() {
-            let fd = self.pending[start].fd;
-            let end = self.pending[start..]
+        while start < outgoing.len() {
+            let fd = outgoing[start].fd;
+            let end = outgoing[start..]
                 .iter()
-                .position(|p| p.fd != fd)
-                .map_or(self.pending.len(), |n| start + n);
+                .position(|o| o.fd != fd)
+                .map_or(outgoing.len(), |n| start + n);
             let mut offset = start;
             while offset < end {
                 let chunk = (end - offset).min(BATCH);
-                match self.send_run(fd, offset, chunk) {
+                match send_messages(fd, &outgoing[offset..offset + chunk]) {
+                    Ok(0) => {
+                        outcome.other += outgoing[offset].datagrams as u64;
+                        offset += 1;
+                    }
                     Ok(sent) => {
-                        outcome.sent += sent as u64;
-                        offset += sent.max(1);
-                        if sent == 0 {
-                            outcome.other += 1;
+                        for message in &outgoing[offset..offset + sent] {
+                            outcome.sent += message.datagrams as u64;
+                            outcome.segmented += u64::from(message.segment.is_some());
                         }
+                        offset += sent;
                     }
                     Err(error) => {
-                        count_error(&error, outcome);
-                        // Skip the datagram that failed; the rest of the run is tried again.
+                        let message = &outgoing[offset];
+                        if message.segment.is_some()
+                            && matches!(
+                                error.raw_os_error(),
+                                Some(libc::EIO | libc::EINVAL | libc::ENOPROTOOPT)
+                            )
+                        {
+                            // This kernel or device cannot segment: never try again.
+                            self.gso = false;
+                        }
+                        for _ in 0..message.datagrams {
+                            count_error(&error, outcome);
+                        }
+                        // Skip the message that failed; the rest of the run is tried again.
                         offset += 1;
                     }
                 }
@@ -317,39 +378,138 @@ impl SendBatch {
             start = end;
         }
         self.pending.clear();
+        self.arena.clear();
     }
 
-    fn send_run(&self, fd: RawFd, start: usize, count: usize) -> io::Result<usize> {
-        // SAFETY: plain data, every pointer set below.
-        let mut iovecs: [libc::iovec; BATCH] = unsafe { zeroed() };
-        let mut headers: [libc::mmsghdr; BATCH] = unsafe { zeroed() };
-        for (index, pending) in self.pending[start..start + count].iter().enumerate() {
-            iovecs[index].iov_base = pending.data.cast_mut().cast();
-            iovecs[index].iov_len = pending.len;
-            headers[index].msg_hdr.msg_iov = &mut iovecs[index];
-            headers[index].msg_hdr.msg_iovlen = 1;
-            headers[index].msg_hdr.msg_name = pending.to.as_ptr().cast_mut().cast();
-            headers[index].msg_hdr.msg_namelen = pending.to.len();
+    /// Groups the sorted pending datagrams into messages, copying GSO runs into the arena.
+    fn plan(&mut self) -> Vec<Outgoing> {
+        let mut runs: Vec<(usize, usize)> = Vec::new();
+        let mut index = 0;
+        while index < self.pending.len() {
+            let first = &self.pending[index];
+            let mut end = index + 1;
+            if self.gso {
+                let mut bytes = first.len;
+                while end < self.pending.len() && end - index < MAX_SEGMENTS {
+                    let next = &self.pending[end];
+                    // Every segment but the last has the first one's size; the last may be shorter.
+                    let same_destination = next.fd == first.fd && next.to == first.to;
+                    let previous_full = self.pending[end - 1].len == first.len;
+                    if !same_destination
+                        || !previous_full
+                        || next.len > first.len
+                        || bytes + next.len > MAX_GSO_BYTES
+                    {
+                        break;
+                    }
+                    bytes += next.len;
+                    end += 1;
+                }
+            }
+            runs.push((index, end));
+            index = end;
         }
-        loop {
-            // SAFETY: the headers point at iovecs and addresses alive for the call, and the
-            // data pointers are valid by the contract of `push` (flush runs before the buffers
-            // are reused). sendmmsg only reads them.
-            let sent = unsafe {
-                libc::sendmmsg(
-                    fd,
-                    headers.as_mut_ptr(),
-                    libc::c_uint::try_from(count).unwrap_or(BATCH_C),
-                    libc::MSG_DONTWAIT,
-                )
-            };
-            if sent >= 0 {
-                return Ok(usize::try_from(sent).unwrap_or(0));
+        let arena_len: usize = runs
+            .iter()
+            .filter(|(start, end)| end - start > 1)
+            .map(|(start, end)| {
+                self.pending[*start..*end]
+                    .iter()
+                    .map(|p| p.len)
+                    .sum::<usize>()
+            })
+            .sum();
+        self.arena.clear();
+        // Reserved once, so the pointers taken below stay valid while the arena fills.
+        self.arena.reserve(arena_len);
+        let mut outgoing = Vec::with_capacity(runs.len());
+        for (start, end) in runs {
+            let first = &self.pending[start];
+            if end - start == 1 || first.len == 0 {
+                for pending in &self.pending[start..end] {
+                    outgoing.push(Outgoing {
+                        fd: pending.fd,
+                        to: SockAddr::from(pending.to),
+                        data: pending.data,
+                        len: pending.len,
+                        segment: None,
+                        datagrams: 1,
+                    });
+                }
+                continue;
             }
-            let error = io::Error::last_os_error();
-            if error.kind() != io::ErrorKind::Interrupted {
-                return Err(error);
+            let offset = self.arena.len();
+            for pending in &self.pending[start..end] {
+                // SAFETY: `push`'s contract keeps every pending datagram valid until the flush.
+                self.arena.extend_from_slice(unsafe {
+                    std::slice::from_raw_parts(pending.data, pending.len)
+                });
             }
+            let len = self.arena.len() - offset;
+            outgoing.push(Outgoing {
+                fd: first.fd,
+                to: SockAddr::from(first.to),
+                data: self.arena[offset..].as_ptr(),
+                len,
+                segment: u16::try_from(first.len).ok(),
+                datagrams: end - start,
+            });
+        }
+        outgoing
+    }
+}
+
+/// Sends up to [`BATCH`] messages of one socket with one `sendmmsg`.
+fn send_messages(fd: RawFd, messages: &[Outgoing]) -> io::Result<usize> {
+    const CONTROL: usize = 32;
+    // SAFETY: plain data, every pointer set below.
+    let mut iovecs: [libc::iovec; BATCH] = unsafe { zeroed() };
+    let mut headers: [libc::mmsghdr; BATCH] = unsafe { zeroed() };
+    // u64 keeps the control buffers aligned for cmsghdr.
+    let mut controls = [[0_u64; CONTROL / 8]; BATCH];
+    let count = messages.len().min(BATCH);
+    for index in 0..count {
+        let message = &messages[index];
+        iovecs[index].iov_base = message.data.cast_mut().cast();
+        iovecs[index].iov_len = message.len;
+        let header = &mut headers[index].msg_hdr;
+        header.msg_iov = &mut iovecs[index];
+        header.msg_iovlen = 1;
+        header.msg_name = message.to.as_ptr().cast_mut().cast();
+        header.msg_namelen = message.to.len();
+        if let Some(segment) = message.segment {
+            header.msg_control = controls[index].as_mut_ptr().cast();
+            // SAFETY: CMSG_SPACE is a pure size computation.
+            header.msg_controllen = unsafe { libc::CMSG_SPACE(2) } as usize;
+            // SAFETY: the control buffer is CONTROL bytes, aligned, and at least CMSG_SPACE(2)
+            // long, so CMSG_FIRSTHDR returns a valid header inside it, with room for the u16.
+            unsafe {
+                let cmsg = libc::CMSG_FIRSTHDR(header);
+                (*cmsg).cmsg_level = libc::SOL_UDP;
+                (*cmsg).cmsg_type = libc::UDP_SEGMENT;
+                (*cmsg).cmsg_len = libc::CMSG_LEN(2) as usize;
+                std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<u16>(), segment);
+            }
+        }
+    }
+    loop {
+        // SAFETY: the headers point at iovecs, addresses and control buffers alive for the call,
+        // and the data pointers are valid by the contract of `SendBatch::push` (and the arena is
+        // not touched until the flush ends). sendmmsg only reads them.
+        let sent = unsafe {
+            libc::sendmmsg(
+                fd,
+                headers.as_mut_ptr(),
+                libc::c_uint::try_from(count).unwrap_or(BATCH_C),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if sent >= 0 {
+            return Ok(usize::try_from(sent).unwrap_or(0));
+        }
+        let error = io::Error::last_os_error();
+        if error.kind() != io::ErrorKind::Interrupted {
+            return Err(error);
         }
     }
 }

@@ -84,6 +84,7 @@ impl Shared {
             total.sends.buffer_full += shard.sends.buffer_full;
             total.sends.unreachable += shard.sends.unreachable;
             total.sends.other += shard.sends.other;
+            total.sends.segmented += shard.sends.segmented;
             total.receive_errors += shard.receive_errors;
             total.truncated += shard.truncated;
             total.interrupted += shard.interrupted;
