@@ -332,7 +332,7 @@ impl SendBatch {
             return;
         }
         // Stable: datagrams to one destination keep their order.
-        self.pending.sort_by(|a, b| (a.fd, a.to).cmp(&(b.fd, b.to)));
+        self.pending.sort_by_key(|pending| (pending.fd, pending.to));
         let outgoing = self.plan();
         let mut start = 0;
         while start < outgoing.len() {
