@@ -10,11 +10,7 @@ use anyhow::{Context, Result};
 use turnpike_io::{HEADROOM, RecvBatch, SendBatch, SendOutcome};
 
 /// Echoes on `socket` until `stop` is set; returns how many datagrams it echoed.
-pub(crate) fn echo(
-    socket: &std::net::UdpSocket,
-    stop: &AtomicBool,
-    echoed: &AtomicU64,
-) -> Result<()> {
+pub fn echo(socket: &std::net::UdpSocket, stop: &AtomicBool, echoed: &AtomicU64) -> Result<()> {
     let fd = socket.as_raw_fd();
     let mut batch = RecvBatch::new();
     let mut sends = SendBatch::default();
@@ -46,7 +42,7 @@ pub(crate) fn echo(
 
 /// Binds `threads` echo sockets on `listen` (sharing it with SO_REUSEPORT) and runs them until
 /// `stop`; returns the bound address.
-pub(crate) fn spawn(
+pub fn spawn(
     listen: SocketAddr,
     threads: usize,
     stop: Arc<AtomicBool>,

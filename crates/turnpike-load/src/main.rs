@@ -1,9 +1,7 @@
 //! `turnpike-load`: measures any TURN server (Turnpike, coturn, ...) by relaying ChannelData
 //! round trips through real allocations to UDP echo peers it runs itself.
 
-mod echo;
-mod run;
-mod turn_client;
+use turnpike_load::{echo, run, turn_client};
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -14,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result, bail, ensure};
 use clap::{Parser, Subcommand};
 
-use crate::run::{CHANNEL, Load, Progress, Summary};
+use turnpike_load::run::{CHANNEL, Load, Progress, Summary};
 
 #[derive(Debug, Parser)]
 #[command(name = "turnpike-load", version, about)]
@@ -100,6 +98,9 @@ fn main() -> Result<()> {
 }
 
 fn run_load(args: &RunArgs) -> Result<()> {
+    // One socket per allocation: thousands of them need more than the usual 1,024 descriptors.
+    turnpike_io::raise_file_limit(args.allocations as u64 + 256)
+        .context("cannot raise the open-file limit")?;
     ensure!(
         args.payload >= 20 && args.payload <= 1400,
         "--payload must be 20 to 1400 bytes"
@@ -212,11 +213,13 @@ fn run_load(args: &RunArgs) -> Result<()> {
     let mut send_errors = 0;
     let mut histogram = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     let mut finished = Vec::new();
+    let mut per_allocation = Vec::new();
     for worker in workers {
         let (measured, allocations) = worker
             .join()
             .map_err(|_| anyhow::anyhow!("a load thread panicked"))??;
         finished.extend(allocations);
+        per_allocation.extend(measured.per_allocation.iter().map(|(_, count)| *count));
         sent += measured.sent;
         received += measured.received;
         malformed += measured.malformed;
@@ -246,6 +249,8 @@ fn run_load(args: &RunArgs) -> Result<()> {
         rtt_micros_max: histogram.max(),
         malformed,
         send_errors,
+        min_allocation_round_trips: per_allocation.iter().copied().min().unwrap_or(0),
+        max_allocation_round_trips: per_allocation.iter().copied().max().unwrap_or(0),
     };
     println!("{}", summary.line());
     let json = serde_json::to_string(&summary)?;

@@ -19,47 +19,51 @@ use turnpike_io::{HEADROOM, RecvBatch, SendBatch, SendOutcome};
 use crate::turn_client::Allocation;
 
 /// Channel number every allocation binds to its peer.
-pub(crate) const CHANNEL: u16 = 0x4000;
+pub const CHANNEL: u16 = 0x4000;
 /// Sequence number, send time in nanoseconds since the start, allocation index.
 const STAMP_LEN: usize = 8 + 8 + 4;
 /// How long a window may go without an answer before its datagrams count as lost.
 const STALL: Duration = Duration::from_millis(200);
 
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Load {
-    pub(crate) payload: usize,
-    pub(crate) window: usize,
+pub struct Load {
+    pub payload: usize,
+    pub window: usize,
     /// Datagrams per second over all allocations; 0 sends as fast as the window allows.
-    pub(crate) rate: u64,
-    pub(crate) duration: Duration,
+    pub rate: u64,
+    pub duration: Duration,
 }
 
 #[derive(Debug, Default)]
-pub(crate) struct Progress {
-    pub(crate) sent: AtomicU64,
-    pub(crate) received: AtomicU64,
+pub struct Progress {
+    pub sent: AtomicU64,
+    pub received: AtomicU64,
 }
 
 struct Flow {
     allocation: Allocation,
     index: u32,
+    completed: u64,
     in_flight: usize,
     last_answer: Instant,
     sequence: u64,
 }
 
 /// What one worker measured.
-pub(crate) struct Measured {
-    pub(crate) sent: u64,
-    pub(crate) received: u64,
-    pub(crate) malformed: u64,
-    pub(crate) rtt_micros: Histogram<u64>,
-    pub(crate) send_errors: u64,
+#[derive(Debug)]
+pub struct Measured {
+    pub sent: u64,
+    pub received: u64,
+    pub malformed: u64,
+    pub rtt_micros: Histogram<u64>,
+    pub send_errors: u64,
+    /// Round trips completed, per allocation index.
+    pub per_allocation: Vec<(u32, u64)>,
 }
 
 /// Runs the load on `allocations` until the duration has passed, plus a grace period for the
 /// last answers.
-pub(crate) fn drive(
+pub fn drive(
     allocations: Vec<(u32, Allocation)>,
     load: Load,
     rate_share: u64,
@@ -73,6 +77,7 @@ pub(crate) fn drive(
         .map(|(index, allocation)| Flow {
             allocation,
             index,
+            completed: 0,
             in_flight: 0,
             last_answer: now,
             sequence: 0,
@@ -84,6 +89,7 @@ pub(crate) fn drive(
         malformed: 0,
         rtt_micros: Histogram::new_with_bounds(1, 60_000_000, 3).context("histogram bounds")?,
         send_errors: 0,
+        per_allocation: Vec::new(),
     };
     let message_len = 4 + load.payload;
     // Every datagram of one round lives here until the flush; never reallocated mid-round.
@@ -165,6 +171,7 @@ pub(crate) fn drive(
                 let micros = u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX).max(1);
                 let _ = measured.rtt_micros.record(micros.min(60_000_000));
                 measured.received += 1;
+                flow.completed += 1;
                 flow.in_flight = flow.in_flight.saturating_sub(1);
                 flow.last_answer = arrived;
             }
@@ -180,6 +187,10 @@ pub(crate) fn drive(
         }
     }
     measured.send_errors = outcome.buffer_full + outcome.unreachable + outcome.other;
+    measured.per_allocation = flows
+        .iter()
+        .map(|flow| (flow.index, flow.completed))
+        .collect();
     Ok((
         measured,
         flows.into_iter().map(|flow| flow.allocation).collect(),
@@ -201,30 +212,34 @@ fn stamp(datagram: &[u8]) -> Option<u64> {
 
 /// The result of a run, as printed in JSON.
 #[derive(Debug, Serialize)]
-pub(crate) struct Summary {
-    pub(crate) server: SocketAddr,
-    pub(crate) allocations: usize,
-    pub(crate) payload_bytes: usize,
-    pub(crate) duration_seconds: f64,
-    pub(crate) sent: u64,
-    pub(crate) received: u64,
-    pub(crate) loss_percent: f64,
-    pub(crate) round_trips_per_second: f64,
+pub struct Summary {
+    pub server: SocketAddr,
+    pub allocations: usize,
+    pub payload_bytes: usize,
+    pub duration_seconds: f64,
+    pub sent: u64,
+    pub received: u64,
+    pub loss_percent: f64,
+    pub round_trips_per_second: f64,
     /// Two relayed datagrams per round trip: client to peer, peer to client.
-    pub(crate) relayed_packets_per_second: f64,
+    pub relayed_packets_per_second: f64,
     /// Payload bits of the answered round trips, one direction.
-    pub(crate) mbit_per_second: f64,
-    pub(crate) rtt_micros_p50: u64,
-    pub(crate) rtt_micros_p90: u64,
-    pub(crate) rtt_micros_p99: u64,
-    pub(crate) rtt_micros_p999: u64,
-    pub(crate) rtt_micros_max: u64,
-    pub(crate) malformed: u64,
-    pub(crate) send_errors: u64,
+    pub mbit_per_second: f64,
+    pub rtt_micros_p50: u64,
+    pub rtt_micros_p90: u64,
+    pub rtt_micros_p99: u64,
+    pub rtt_micros_p999: u64,
+    pub rtt_micros_max: u64,
+    pub malformed: u64,
+    pub send_errors: u64,
+    /// Round trips of the allocation that completed the fewest, and the most: how evenly the
+    /// relay served them.
+    pub min_allocation_round_trips: u64,
+    pub max_allocation_round_trips: u64,
 }
 
 impl Summary {
-    pub(crate) fn line(&self) -> String {
+    pub fn line(&self) -> String {
         format!(
             "{} allocations, {} B payload, {:.1} s: {:.0} round trips/s ({:.0} relayed packets/s, {:.1} Mbit/s), loss {:.2} %, rtt p50 {} us p99 {} us max {} us",
             self.allocations,
@@ -241,6 +256,6 @@ impl Summary {
     }
 }
 
-pub(crate) fn stop_flag() -> Arc<AtomicBool> {
+pub fn stop_flag() -> Arc<AtomicBool> {
     Arc::new(AtomicBool::new(false))
 }

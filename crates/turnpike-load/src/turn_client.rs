@@ -14,7 +14,7 @@ use turnpike_relay::auth::credentials::{LongTermKey, PasswordAlgorithm};
 
 /// REST API credentials (draft-uberti-behave-turn-rest): `<expiry>:<user>` and
 /// base64(HMAC-SHA1(secret, username)).
-pub(crate) fn rest_credentials(secret: &str, user: &str, expiry_unix: u64) -> (String, String) {
+pub fn rest_credentials(secret: &str, user: &str, expiry_unix: u64) -> (String, String) {
     use base64::Engine as _;
     use hmac::Mac as _;
     let username = format!("{expiry_unix}:{user}");
@@ -27,17 +27,17 @@ pub(crate) fn rest_credentials(secret: &str, user: &str, expiry_unix: u64) -> (S
 
 /// One client socket with an allocation on the server.
 #[derive(Debug)]
-pub(crate) struct Allocation {
-    pub(crate) socket: UdpSocket,
-    pub(crate) server: SocketAddr,
-    pub(crate) relayed: SocketAddr,
+pub struct Allocation {
+    pub socket: UdpSocket,
+    pub server: SocketAddr,
+    pub relayed: SocketAddr,
     username: String,
     password: String,
 }
 
 impl Allocation {
     /// Deletes the allocation (Refresh with LIFETIME 0), so the server frees it now.
-    pub(crate) fn release(self) -> Result<()> {
+    pub fn release(self) -> Result<()> {
         self.socket.set_nonblocking(false)?;
         let mut session = Session {
             socket: &self.socket,
@@ -162,7 +162,7 @@ impl Session<'_> {
 }
 
 /// Allocates on `server` from a new socket bound to `bind`, and binds `channel` to `peer`.
-pub(crate) fn allocate_and_bind(
+pub fn allocate_and_bind(
     bind: SocketAddr,
     server: SocketAddr,
     username: &str,

@@ -3,6 +3,8 @@
 use core::net::{Ipv4Addr, Ipv6Addr};
 use core::ops::RangeInclusive;
 use core::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::auth::credentials::CredentialStore;
 use crate::policy::PeerPolicy;
@@ -33,13 +35,80 @@ pub struct Config {
     /// Unauthenticated responses (Binding, 401, 438, 400) allowed per source, per second, with
     /// the burst allowed on top; these cap what a spoofed flood can reflect at one victim.
     pub unauthenticated_rate: RateLimit,
+    /// A total of allocations shared with sibling servers (one per thread), checked on top of
+    /// `quotas.allocations_total`, so that an operator's limit holds for the whole relay however
+    /// unevenly clients spread over the threads.
+    pub shared_budget: Option<Arc<AllocationBudget>>,
 }
 
-/// How many unauthenticated responses a source may draw.
+/// A number of allocations several servers draw from.
+///
+/// The one piece of state servers share; an atomic counter, so no server ever waits on another.
+#[derive(Debug)]
+pub struct AllocationBudget {
+    limit: usize,
+    used: AtomicUsize,
+}
+
+impl AllocationBudget {
+    #[must_use]
+    pub fn new(limit: usize) -> Arc<Self> {
+        Arc::new(Self {
+            limit,
+            used: AtomicUsize::new(0),
+        })
+    }
+
+    /// Takes one allocation from the budget, unless it is spent.
+    pub(crate) fn try_take(&self) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                (used < self.limit).then_some(used + 1)
+            })
+            .is_ok()
+    }
+
+    /// Returns one allocation taken with `try_take`.
+    pub(crate) fn give_back(&self) {
+        let _ = self
+            .used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_sub(1)
+            });
+    }
+
+    /// Allocations taken now, over all servers.
+    #[must_use]
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Acquire)
+    }
+}
+
+/// How many unauthenticated responses a source (an IPv4 address or an IPv6 /64) may draw.
+///
+/// The default, 100 a second with bursts of 200, lets a NAT with hundreds of users start calls
+/// at once while capping what a spoofed flood reflects at one victim to some 10 kB/s per relay
+/// thread. `per_second` 0 means no limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RateLimit {
     pub per_second: u32,
     pub burst: u32,
+}
+
+impl RateLimit {
+    pub const UNLIMITED: Self = Self {
+        per_second: 0,
+        burst: 0,
+    };
+
+    /// `per_second` with a burst of twice that.
+    #[must_use]
+    pub const fn per_second(per_second: u32) -> Self {
+        Self {
+            per_second,
+            burst: per_second.saturating_mul(2),
+        }
+    }
 }
 
 /// Lifetimes of the things a client creates.
@@ -117,10 +186,8 @@ impl Config {
             policy,
             offer_sha256: true,
             software: None,
-            unauthenticated_rate: RateLimit {
-                per_second: 20,
-                burst: 40,
-            },
+            unauthenticated_rate: RateLimit::per_second(100),
+            shared_budget: None,
         }
     }
 }

@@ -22,6 +22,6 @@ mod transactions;
 
 pub use addr::{FiveTuple, RelaySocket, Transport};
 pub use command::{ChannelRoute, Command, Forward};
-pub use config::{Config, Lifetimes, Quotas, RateLimit};
+pub use config::{AllocationBudget, Config, Lifetimes, Quotas, RateLimit};
 pub use server::Server;
 pub use stats::{Drop, Relayed, Stats, method_label};

@@ -45,6 +45,9 @@ impl UnauthenticatedLimiter {
 
     /// Whether a response to `source` may be sent now; takes a token if so.
     pub(crate) fn allow(&mut self, source: IpAddr, now: Instant) -> bool {
+        if self.limit.per_second == 0 {
+            return true;
+        }
         let per_second = u64::from(self.limit.per_second.max(1));
         let capacity = u64::from(self.limit.burst.max(1)) * per_second;
         let mut hasher = self.hasher.build_hasher();
@@ -95,6 +98,13 @@ mod tests {
         assert_eq!((0..20).filter(|_| limiter.allow(source, start)).count(), 5);
         let later = start + Duration::from_millis(500);
         assert_eq!((0..20).filter(|_| limiter.allow(source, later)).count(), 5);
+    }
+
+    #[test]
+    fn a_zero_rate_means_no_limit() {
+        let mut limiter = UnauthenticatedLimiter::new(RateLimit::UNLIMITED, 1);
+        let now = Instant::now();
+        assert!((0..10_000).all(|_| limiter.allow("203.0.113.9".parse().unwrap(), now)));
     }
 
     #[test]

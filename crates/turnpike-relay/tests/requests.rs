@@ -1517,3 +1517,27 @@ fn binding_a_channel_revives_the_other_channels_to_the_same_ip_with_the_permissi
     let (forward, _) = harness.from_client(client.five_tuple, &channel_data(0x4000, b"x"));
     assert!(forward.is_some(), "the first channel relays again");
 }
+
+#[test]
+fn servers_sharing_a_budget_hold_its_total_between_them() {
+    let budget = turnpike_relay::AllocationBudget::new(1);
+    let shared = || with(|config| config.shared_budget = Some(std::sync::Arc::clone(&budget)));
+    let mut first = Harness::with_config(shared());
+    let mut second = Harness::with_config(shared());
+    let mut alice = allocated(&mut first, ALICE, &[udp()]);
+    let mut other = Client::new("203.0.113.77:4000");
+    let (response, _) = other.send(&mut second, Method::Allocate, &[udp()]);
+    assert_eq!(
+        error_code(&response),
+        Some(ErrorCode::ALLOCATION_QUOTA_REACHED)
+    );
+    let (response, _) = alice.send(&mut first, Method::Refresh, &[Attribute::Lifetime(0)]);
+    assert_eq!(error_code(&response), None);
+    assert_eq!(budget.used(), 0);
+    let (response, _) = other.send(&mut second, Method::Allocate, &[udp()]);
+    assert_eq!(
+        error_code(&response),
+        None,
+        "the freed allocation is available to the sibling"
+    );
+}

@@ -15,7 +15,7 @@ use clap::{Parser, ValueEnum};
 use serde::Deserialize;
 use turnpike_relay::auth::credentials::{CredentialStore, Password, SharedSecret};
 use turnpike_relay::policy::{BuiltinDenials, Cidr, PeerDenied, PeerPolicy};
-use turnpike_relay::{Config, Lifetimes, Quotas};
+use turnpike_relay::{Config, Lifetimes, Quotas, RateLimit};
 
 /// The secret `--dev` uses; printed at start, so it protects nothing.
 pub(crate) const DEV_SECRET: &str = "turnpike-development-secret";
@@ -117,6 +117,10 @@ pub(crate) struct Options {
     /// Receive and send buffer of every socket, in bytes [default: 4194304].
     #[arg(long, env = "TURNPIKE_SOCKET_BUFFER")]
     pub(crate) socket_buffer: Option<usize>,
+    /// Unauthenticated responses (Binding, challenges) per second to one source address (an
+    /// IPv4 address or IPv6 /64), bursts of twice that; 0 for no limit [default: 100].
+    #[arg(long, env = "TURNPIKE_UNAUTHENTICATED_RATE")]
+    pub(crate) unauthenticated_rate: Option<u32>,
     /// SOFTWARE attribute for responses to authenticated requests [default: none].
     #[arg(long, env = "TURNPIKE_SOFTWARE")]
     pub(crate) software: Option<String>,
@@ -169,6 +173,7 @@ impl Options {
             drain_seconds,
             threads,
             socket_buffer,
+            unauthenticated_rate,
             software,
         ))
     }
@@ -401,6 +406,13 @@ impl Settings {
         core.lifetimes = lifetimes;
         core.quotas = quotas;
         core.software = options.software;
+        if let Some(rate) = options.unauthenticated_rate {
+            core.unauthenticated_rate = if rate == 0 {
+                RateLimit::UNLIMITED
+            } else {
+                RateLimit::per_second(rate)
+            };
+        }
 
         let threads = options.threads.unwrap_or_else(|| {
             std::thread::available_parallelism().map_or(1, std::num::NonZero::get)

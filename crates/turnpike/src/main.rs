@@ -64,14 +64,15 @@ async fn run(settings: Settings, log: logging::LogControl) -> Result<()> {
 
     let admin = admin::bind(settings.admin_listen).await?;
     let shared = Arc::new(Shared::new(settings.threads));
+    let budget = turnpike_relay::AllocationBudget::new(settings.core.quotas.allocations_total);
     let mut bound = Vec::new();
     for (index, relay_ports) in port_blocks(&settings.relay_ports, settings.threads)
         .into_iter()
         .enumerate()
     {
         let mut core = settings.core.clone();
-        core.quotas.allocations_total =
-            (settings.core.quotas.allocations_total / settings.threads).max(1);
+        // The total is enforced across threads through the shared budget.
+        core.shared_budget = Some(Arc::clone(&budget));
         let plan = ShardPlan {
             index,
             listen: settings.listen.clone(),

@@ -618,6 +618,9 @@ impl<R: RngCore> Server<R> {
         self.by_five_tuple.remove(&allocation.five_tuple);
         self.by_port.remove(&allocation.port);
         self.ports.release(allocation.port);
+        if let Some(budget) = &self.config.shared_budget {
+            budget.give_back();
+        }
         if let Some(count) = self.allocations_per_user.get_mut(&allocation.username) {
             *count -= 1;
             if *count == 0 {

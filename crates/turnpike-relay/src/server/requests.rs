@@ -314,6 +314,12 @@ impl<R: RngCore> Server<R> {
         let Some(port) = port else {
             return Reply::Error(ErrorCode::INSUFFICIENT_CAPACITY);
         };
+        if let Some(budget) = &self.config.shared_budget
+            && !budget.try_take()
+        {
+            self.ports.release(port);
+            return Reply::Error(ErrorCode::ALLOCATION_QUOTA_REACHED);
+        }
 
         let lifetime = self.granted_lifetime(request.lifetime);
         let expires_at = now + lifetime;

@@ -1,0 +1,138 @@
+//! A real `turnpike` process on loopback for the daemon's tests, with bounded waits.
+
+#![allow(
+    dead_code,
+    unreachable_pub,
+    reason = "a test-only module shared by test binaries, each using a part"
+)]
+
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+pub const SECRET: &str = "interop-secret";
+
+/// Ports for one test: listen, admin, an echo peer, and the first of 100 relayed ports; distinct
+/// per test (at most 15 per process) and, likely, per test process.
+pub fn ports() -> (u16, u16, u16, u16) {
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let index = NEXT.fetch_add(1, Ordering::Relaxed) % 15;
+    let process = u16::try_from(std::process::id() % 20).unwrap();
+    let base = 20_000 + process * 100 + index * 4;
+    (
+        base,
+        base + 1,
+        base + 2,
+        30_000 + process * 1_500 + index * 100,
+    )
+}
+
+pub struct Relay {
+    child: Child,
+    pub listen_port: u16,
+    pub peer_port: u16,
+    pub admin: SocketAddr,
+}
+
+impl Relay {
+    pub fn start(extra: &[&str]) -> Self {
+        Self::start_with_ports(100, extra)
+    }
+
+    /// A relay with `relay_ports` relayed ports.
+    pub fn start_with_ports(relay_ports: u16, extra: &[&str]) -> Self {
+        let (listen_port, admin_port, peer_port, relay_low) = ports();
+        let admin = SocketAddr::from(([127, 0, 0, 1], admin_port));
+        let mut args = vec![
+            format!("--listen=127.0.0.1:{listen_port},[::1]:{listen_port}"),
+            "--public-ipv4=127.0.0.1".to_owned(),
+            "--public-ipv6=::1".to_owned(),
+            format!("--relay-ports={relay_low}-{}", relay_low + relay_ports - 1),
+            format!("--admin-listen={admin}"),
+            "--allow-peers=127.0.0.0/8,::1/128".to_owned(),
+            "--drain-seconds=0".to_owned(),
+            "--log-level=warn".to_owned(),
+        ];
+        args.extend(extra.iter().map(|arg| (*arg).to_owned()));
+        let child = Command::new(env!("CARGO_BIN_EXE_turnpike"))
+            .args(&args)
+            .env("TURNPIKE_SECRETS", SECRET)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("turnpike starts");
+        let relay = Self {
+            child,
+            listen_port,
+            peer_port,
+            admin,
+        };
+        relay.wait_ready();
+        relay
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if self
+                .get("/readyz")
+                .is_some_and(|body| body.starts_with("HTTP/1.1 200"))
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("turnpike did not become ready");
+    }
+
+    pub fn get(&self, path: &str) -> Option<String> {
+        use std::io::{Read, Write};
+        let mut stream = TcpStream::connect_timeout(&self.admin, Duration::from_secs(1)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).ok()?;
+        Some(response)
+    }
+
+    /// A counter from /metrics, after the relay threads have published (once a second).
+    pub fn metric(&self, line_start: &str) -> u64 {
+        std::thread::sleep(Duration::from_millis(1200));
+        let body = self.get("/metrics").expect("metrics");
+        body.lines()
+            .find(|line| line.starts_with(line_start))
+            .and_then(|line| line.rsplit(' ').next())
+            .map_or(0, |value| value.parse().unwrap())
+    }
+
+    pub fn server(&self, ip: &str) -> String {
+        SocketAddr::new(ip.parse().unwrap(), self.listen_port).to_string()
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn rest_credentials(expiry_offset: i64) -> (String, String) {
+    use base64::Engine as _;
+    use hmac::Mac as _;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let username = format!("{}:interop", now.saturating_add_signed(expiry_offset));
+    let mut mac = <hmac::Hmac<sha1::Sha1> as hmac::Mac>::new_from_slice(SECRET.as_bytes()).unwrap();
+    mac.update(username.as_bytes());
+    (
+        username,
+        base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes()),
+    )
+}
