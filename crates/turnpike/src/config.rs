@@ -147,9 +147,14 @@ impl Options {
             .with_context(|| format!("config: cannot read {}", path.display()))?;
         let file: Self = toml::from_str(&text)
             .with_context(|| format!("config: {} is not valid", path.display()))?;
-        Ok(layer!(
-            cli,
-            file,
+        Ok(Self::layered(cli, file))
+    }
+
+    /// `high` where it has a value, `low` where it has not.
+    fn layered(high: Self, low: Self) -> Self {
+        layer!(
+            high,
+            low,
             listen,
             public_ipv4,
             public_ipv6,
@@ -175,7 +180,7 @@ impl Options {
             socket_buffer,
             unauthenticated_rate,
             software,
-        ))
+        )
     }
 }
 
@@ -515,6 +520,16 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("dev"), "{error}");
+    }
+
+    #[test]
+    fn flags_and_environment_win_over_the_file() {
+        let cli = Options::try_parse_from(["turnpike", "--relay-ports", "50000-50100"]).unwrap();
+        let file: Options =
+            toml::from_str("relay-ports = \"40000-40100\"\nrealm = \"from-file\"\n").unwrap();
+        let layered = Options::layered(cli, file);
+        assert_eq!(layered.relay_ports.as_deref(), Some("50000-50100"));
+        assert_eq!(layered.realm.as_deref(), Some("from-file"));
     }
 
     #[test]

@@ -142,7 +142,8 @@ async fn run(settings: Settings, log: logging::LogControl) -> Result<()> {
         tokio::select! {
             () = &mut drain => break,
             _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {
-                if shared.total().allocations == 0 {
+                // The budget's count is exact; the published metrics may be a second old.
+                if budget.used() == 0 {
                     tracing::info!("no allocations left");
                     break;
                 }

@@ -54,6 +54,9 @@ impl Relay {
             "--drain-seconds=0".to_owned(),
             "--log-level=warn".to_owned(),
         ];
+        // A setting given in `extra` replaces the default above.
+        let name = |arg: &str| arg.split('=').next().unwrap_or(arg).to_owned();
+        args.retain(|arg| !extra.iter().any(|given| name(given) == name(arg)));
         args.extend(extra.iter().map(|arg| (*arg).to_owned()));
         let child = Command::new(env!("CARGO_BIN_EXE_turnpike"))
             .args(&args)
@@ -61,7 +64,7 @@ impl Relay {
             .stdout(Stdio::null())
             .spawn()
             .expect("turnpike starts");
-        let relay = Self {
+        let mut relay = Self {
             child,
             listen_port,
             peer_port,
@@ -71,9 +74,12 @@ impl Relay {
         relay
     }
 
-    fn wait_ready(&self) {
+    fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(15);
         while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("turnpike exited at start: {status}");
+            }
             if self
                 .get("/readyz")
                 .is_some_and(|body| body.starts_with("HTTP/1.1 200"))
@@ -83,6 +89,38 @@ impl Relay {
             std::thread::sleep(Duration::from_millis(50));
         }
         panic!("turnpike did not become ready");
+    }
+
+    /// POSTs `body` to the admin endpoint, returning the raw response.
+    pub fn post(&self, path: &str, body: &str) -> Option<String> {
+        use std::io::{Read, Write};
+        let mut stream = TcpStream::connect_timeout(&self.admin, Duration::from_secs(1)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        write!(
+            stream,
+            "POST {path} HTTP/1.1\r\nHost: admin\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).ok()?;
+        Some(response)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits (at most `within`) for the process to exit, returning its status.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
     }
 
     pub fn get(&self, path: &str) -> Option<String> {
