@@ -73,6 +73,15 @@ impl Allocation {
         }
     }
 
+    /// Whether data may pass between the allocation's `family` address and `peer` at `now`: a
+    /// live permission for the peer and a live relayed address of that family.
+    pub(crate) fn permits(&self, peer: IpAddr, family: AddressFamily, now: Instant) -> bool {
+        self.permissions
+            .get(&peer)
+            .is_some_and(|expiry| *expiry > now)
+            && self.expiry(family).is_some_and(|expiry| expiry > now)
+    }
+
     /// Until when `peer` may be relayed to through a channel: the earliest of the channel's,
     /// the permission's and the relayed address's expiry. `None` if any of them is missing.
     pub(crate) fn route_expiry(&self, channel: &Channel) -> Option<Instant> {

@@ -368,14 +368,7 @@ impl<R: RngCore> Server<R> {
             self.stats.drop(Drop::NoAllocation);
             return None;
         };
-        let permitted = allocation
-            .permissions
-            .get(&peer.ip())
-            .is_some_and(|expiry| *expiry > now)
-            && allocation
-                .expiry(relay.family)
-                .is_some_and(|expiry| expiry > now);
-        if !permitted {
+        if !allocation.permits(peer.ip(), relay.family, now) {
             self.stats.drop(Drop::NoPermission);
             return None;
         }
@@ -530,18 +523,21 @@ impl<R: RngCore> Server<R> {
                 );
                 self.commands.push_back(Command::InstallChannel(route));
             }
-            None => {
-                if let Some(old) = self.to_peer.remove(&key) {
-                    self.to_client.remove(&(old.relay.port, old.peer));
-                    self.commands
-                        .push_back(Command::RemoveChannel(ChannelRoute {
-                            client,
-                            channel: number,
-                            relay: old.relay,
-                            peer: old.peer,
-                        }));
-                }
-            }
+            None => self.remove_route(client, number),
+        }
+    }
+
+    /// Removes a channel's fast-path routes, if installed, and tells the driver.
+    fn remove_route(&mut self, client: FiveTuple, number: ChannelNumber) {
+        if let Some(old) = self.to_peer.remove(&(client, number)) {
+            self.to_client.remove(&(old.relay.port, old.peer));
+            self.commands
+                .push_back(Command::RemoveChannel(ChannelRoute {
+                    client,
+                    channel: number,
+                    relay: old.relay,
+                    peer: old.peer,
+                }));
         }
     }
 
@@ -575,16 +571,7 @@ impl<R: RngCore> Server<R> {
         }
         let emptied = allocation.families().next().is_none();
         for (number, _) in channels {
-            if let Some(old) = self.to_peer.remove(&(client, number)) {
-                self.to_client.remove(&(old.relay.port, old.peer));
-                self.commands
-                    .push_back(Command::RemoveChannel(ChannelRoute {
-                        client,
-                        channel: number,
-                        relay: old.relay,
-                        peer: old.peer,
-                    }));
-            }
+            self.remove_route(client, number);
         }
         for peer in permissions {
             self.commands
@@ -690,12 +677,7 @@ impl<R: RngCore> Server<R> {
         };
         let allocation = self.allocations.get(&id)?;
         let family = AddressFamily::of(peer.ip());
-        let permitted = allocation
-            .permissions
-            .get(&peer.ip())
-            .is_some_and(|expiry| *expiry > now)
-            && allocation.expiry(family).is_some_and(|expiry| expiry > now);
-        if !permitted {
+        if !allocation.permits(peer.ip(), family, now) {
             self.stats.drop(Drop::NoPermission);
             return None;
         }
