@@ -590,3 +590,37 @@ pub fn raise_file_limit(needed: u64) -> io::Result<u64> {
     }
     Ok(limit.rlim_cur)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transient_send_errors_are_counted_by_kind() {
+        let mut outcome = SendOutcome::default();
+        for errno in [libc::ENOBUFS, libc::EAGAIN] {
+            count_error(&io::Error::from_raw_os_error(errno), &mut outcome);
+        }
+        for errno in [
+            libc::ECONNREFUSED,
+            libc::EHOSTUNREACH,
+            libc::ENETUNREACH,
+            libc::EMSGSIZE,
+        ] {
+            count_error(&io::Error::from_raw_os_error(errno), &mut outcome);
+        }
+        count_error(&io::Error::from_raw_os_error(libc::EPERM), &mut outcome);
+        assert_eq!(
+            (outcome.buffer_full, outcome.unreachable, outcome.other),
+            (2, 4, 1)
+        );
+    }
+
+    #[test]
+    fn receiving_from_an_empty_socket_returns_no_datagrams() {
+        let (socket, _) = bind("127.0.0.1:0".parse().unwrap(), false, 1 << 16).unwrap();
+        let mut pool = RecvBatch::new();
+        assert_eq!(pool.recv(socket.as_raw_fd()).unwrap(), 0..0);
+        assert_eq!(pool.free(), BATCH);
+    }
+}
