@@ -88,6 +88,10 @@ pub struct Stats {
     pub dropped: BTreeMap<Drop, u64>,
     pub relayed_to_peer: Relayed,
     pub relayed_to_client: Relayed,
+    /// Of `relayed_to_peer`, what came in Send indications rather than ChannelData.
+    pub indications_to_peer: Relayed,
+    /// Of `relayed_to_client`, what went out in Data indications rather than ChannelData.
+    pub indications_to_client: Relayed,
     /// Packets relayed between two allocations of this relay without leaving it.
     pub hairpinned: u64,
     /// Requests answered from the retransmission cache.

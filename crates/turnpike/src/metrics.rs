@@ -109,6 +109,10 @@ fn add_stats(into: &mut Stats, from: &Stats) {
     into.relayed_to_peer.bytes += from.relayed_to_peer.bytes;
     into.relayed_to_client.packets += from.relayed_to_client.packets;
     into.relayed_to_client.bytes += from.relayed_to_client.bytes;
+    into.indications_to_peer.packets += from.indications_to_peer.packets;
+    into.indications_to_peer.bytes += from.indications_to_peer.bytes;
+    into.indications_to_client.packets += from.indications_to_client.packets;
+    into.indications_to_client.bytes += from.indications_to_client.bytes;
     into.hairpinned += from.hairpinned;
     into.retransmissions += from.retransmissions;
 }
@@ -193,6 +197,21 @@ pub(crate) fn render(total: &ShardMetrics) -> String {
             (
                 "{direction=\"peer_to_client\",path=\"userspace\"}".to_owned(),
                 relayed.relayed_to_client.bytes,
+            ),
+        ],
+    );
+    section(
+        "turnpike_relayed_indication_packets_total",
+        "counter",
+        "Of the relayed datagrams, those carried in Send or Data indications instead of ChannelData.",
+        vec![
+            (
+                "{direction=\"client_to_peer\"}".to_owned(),
+                relayed.indications_to_peer.packets,
+            ),
+            (
+                "{direction=\"peer_to_client\"}".to_owned(),
+                relayed.indications_to_client.packets,
             ),
         ],
     );

@@ -96,6 +96,19 @@ async fn relays_both_ways(client_ip: &str, server_ip: &str) {
     let to_peer = relay.metric("turnpike_relayed_packets_total{direction=\"client_to_peer\"");
     let to_client = relay.metric("turnpike_relayed_packets_total{direction=\"peer_to_client\"");
     assert!(to_peer >= 30 && to_client >= 30, "{to_peer} {to_client}");
+    // Once its channel is bound the client sends ChannelData, and the relay answers in kind.
+    let indications_out =
+        relay.metric("turnpike_relayed_indication_packets_total{direction=\"client_to_peer\"}");
+    let indications_in =
+        relay.metric("turnpike_relayed_indication_packets_total{direction=\"peer_to_client\"}");
+    assert!(
+        indications_out < to_peer,
+        "no ChannelData to the peer: {indications_out} of {to_peer}"
+    );
+    assert!(
+        indications_in < to_client,
+        "no ChannelData to the client: {indications_in} of {to_client}"
+    );
     // Delete: Refresh with LIFETIME 0.
     relay_conn.close().await.unwrap();
     client.close().await.unwrap();
@@ -263,7 +276,15 @@ fn coturn_client_relays_with_send_and_data_indications_over_ipv4() {
         ],
     );
     assert_no_loss(&output);
-    assert!(relay.metric("turnpike_relayed_packets_total{direction=\"peer_to_client\"") >= 60);
+    // Without channels everything travels in Send and Data indications.
+    assert!(
+        relay.metric("turnpike_relayed_indication_packets_total{direction=\"client_to_peer\"}")
+            >= 60
+    );
+    assert!(
+        relay.metric("turnpike_relayed_indication_packets_total{direction=\"peer_to_client\"}")
+            >= 60
+    );
 }
 
 #[test]

@@ -377,6 +377,7 @@ impl<R: RngCore> Server<R> {
         match respond::data_indication(&mut self.rng, peer, data) {
             Ok(indication) => {
                 self.stats.relayed_to_client.add(data.len());
+                self.stats.indications_to_client.add(data.len());
                 self.commands.push_back(Command::SendToClient {
                     to: client,
                     payload: indication,
@@ -684,13 +685,17 @@ impl<R: RngCore> Server<R> {
         let relay = allocation.relay_socket(family);
         // DATA borrows from the datagram, so its offset is the payload's offset.
         let start = data.as_ptr() as usize - message.as_bytes().as_ptr() as usize;
-        self.relay_to_peer(
+        let forward = self.relay_to_peer(
             now,
             relay,
             peer,
             start..start + data.len(),
             message.as_bytes(),
-        )
+        );
+        if matches!(forward, Some(Forward::ToPeer { .. })) {
+            self.stats.indications_to_peer.add(data.len());
+        }
+        forward
     }
 
     /// The attribute types of a request this server does not understand but must (420).
