@@ -45,7 +45,10 @@ sections=$(readelf -S --wide "$elf" | sed -n 's/^ *\[ *[0-9]*\] \([^ ]*\) .*/\1/
 grep -qx '\.BTF' <<<"$sections" ||
     die "$elf has no .BTF section: bpf-linker must get '-C debuginfo=2 -C link-arg=--btf' (crates/turnpike-xdp/.cargo/config.toml)"
 grep -qx 'xdp' <<<"$sections" || die "$elf has no 'xdp' section: the #[xdp] program is missing"
-readelf -s --wide "$elf" | awk '$4 == "FUNC" && $8 == "turnpike_pass" { found = 1 } END { exit !found }' ||
-    die "$elf has no turnpike_pass function symbol"
+# Every program user space and the tests ask for by name (turnpike-xdp-common's `programs`).
+symbols=$(readelf -s --wide "$elf" | awk '$4 == "FUNC" { print $8 }')
+for program in turnpike_relay turnpike_pass turnpike_bench_swap; do
+    grep -qx "$program" <<<"$symbols" || die "$elf has no $program function symbol"
+done
 
 echo "$elf"

@@ -1,20 +1,87 @@
 //! Turnpike's eBPF/XDP programs (kernel side).
 //!
-//! For now this holds only `turnpike_pass`, which lets every packet through. It exists because a
-//! veth drops frames that an XDP program sends back out with `XDP_TX` unless the *peer* end of
-//! that veth also has an XDP program attached (or GRO enabled, which is less reliable). Our
-//! network-namespace tests run the relay's XDP program on one end of a veth pair, so they attach
-//! `turnpike_pass` to the other (router-side) end to make `XDP_TX` deliver there as it would on a
-//! real NIC. The relay's data-plane program will be `turnpike_relay`; keep the names distinct.
+//! - `turnpike_relay` is the relay's data plane: it relays ChannelData from clients to peers and
+//!   UDP from peers to clients for channels bound in its maps, rewriting each frame in place and
+//!   sending it back out with `XDP_TX`, and passes everything else up unchanged (`relay.rs` says
+//!   what and why). It never drops.
+//! - `turnpike_pass` lets every packet through. It exists because a veth drops frames that an XDP
+//!   program sends back out with `XDP_TX` unless the *peer* end of that veth also has an XDP
+//!   program attached (or GRO enabled, which is less reliable). Network-namespace tests attach it
+//!   to the router-side end of the veth whose other end runs `turnpike_relay`.
+//! - `turnpike_bench_swap` swaps addresses and ports and returns `XDP_TX`: the least work any
+//!   relaying program must do, the baseline the relay's in-kernel cost is measured against.
+//!
+//! The map layouts are defined in `turnpike-xdp-common`, shared with user space.
 #![no_std]
 #![no_main]
 
-use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+mod bench;
+mod packet;
+mod relay;
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    macros::{map, xdp},
+    maps::{Array, HashMap, PerCpuArray},
+    programs::XdpContext,
+};
+use turnpike_xdp_common::{
+    ClientChannel, Counter, Outcome, OwnAddresses, PeerBinding, XdpConfig,
+    maps::DEFAULT_MAX_CHANNELS,
+};
+
+/// The relay configuration (one entry; all zeros until user space writes it).
+#[map]
+static CONFIG: Array<XdpConfig> = Array::with_max_entries(1, 0);
+
+/// The relay's own address per family (one entry), written by user space.
+#[map]
+static OWN_ADDRESSES: Array<OwnAddresses> = Array::with_max_entries(1, 0);
+
+/// Client to peer: (client, port, channel) → (peer, port, relayed port).
+#[map]
+static CHANNEL_TO_PEER: HashMap<ClientChannel, PeerBinding> =
+    HashMap::with_max_entries(DEFAULT_MAX_CHANNELS, 0);
+
+/// Peer to client: (peer, port, relayed port) → (client, port, channel).
+#[map]
+static PEER_TO_CHANNEL: HashMap<PeerBinding, ClientChannel> =
+    HashMap::with_max_entries(DEFAULT_MAX_CHANNELS, 0);
+
+/// Packets and bytes per [`Outcome`], per CPU.
+#[map]
+static COUNTERS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(Outcome::COUNT, 0);
+
+/// The relay's data plane (see the module documentation).
+#[xdp]
+pub fn turnpike_relay(ctx: XdpContext) -> u32 {
+    let len = packet::frame_len(&ctx) as u64;
+    let outcome = relay::relay(&ctx);
+    if let Some(counter) = COUNTERS.get_ptr_mut(outcome.index()) {
+        // SAFETY: a per-CPU array slot of this CPU, which nothing else writes while the program
+        // runs (XDP programs are not preempted on their CPU).
+        unsafe {
+            (*counter).packets += 1;
+            (*counter).bytes += len;
+        }
+    }
+    if outcome.is_relayed() {
+        xdp_action::XDP_TX
+    } else {
+        xdp_action::XDP_PASS
+    }
+}
 
 /// Passes every frame to the kernel stack unchanged (see the module documentation for why).
 #[xdp]
 pub fn turnpike_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
+}
+
+/// Swaps MACs, IP addresses and UDP ports and sends the frame back: the benchmark baseline.
+#[xdp]
+pub fn turnpike_bench_swap(ctx: XdpContext) -> u32 {
+    bench::swap(&ctx)
 }
 
 // eBPF has no unwinding and no way to report a panic; the verifier rejects programs that could
@@ -24,8 +91,8 @@ fn panic(_info: &core::panic::PanicInfo<'_>) -> ! {
     loop {}
 }
 
-/// The kernel refuses GPL-only helpers (used later for maps, logging and checksums) to programs
-/// whose license string is not GPL-compatible; "Dual MIT/GPL" is, and matches Cargo.toml.
+/// The kernel refuses GPL-only helpers (`bpf_check_mtu`, among others) to programs whose license
+/// string is not GPL-compatible; "Dual MIT/GPL" is, and matches Cargo.toml.
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
 static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,146 @@
+//! The relay's own address per family, for translated paths and hairpin detection.
+//!
+//! When a datagram changes family on its way through the relay (an IPv4 client bound to an IPv6
+//! peer, or the reverse), the outgoing source address cannot be the incoming destination: it is
+//! of the wrong family. It must be the relay's own address of the outgoing family, the one the
+//! far side knows the relay by. The kernel program reads it from this one-entry array, which user
+//! space fills from the interface's addresses (discovered, not configured).
+//!
+//! Why user space and not the kernel learns it: learning it in the kernel from the destination of
+//! incoming packets (a) happens per CPU if the map is per-CPU, leaving CPUs that have seen no
+//! packet of a family without an address, and (b) learns whatever a packet was sent to,
+//! including broadcast, multicast and link-local destinations. An ordinary (not per-CPU) array
+//! written by user space from the interface's unicast addresses is the same on every CPU and
+//! holds only addresses the relay can be reached at.
+//!
+//! A family whose field is all zeros is unset (neither `0.0.0.0` nor `::` is ever an address
+//! the relay sends from). An unset family makes translated paths towards that family go to user
+//! space; it never causes a drop, and it does not affect same-family paths, so a single-stack
+//! relay relays at full speed.
+
+use core::fmt;
+use core::net::{Ipv4Addr, Ipv6Addr};
+
+/// The relay's own IPv4 and IPv6 address, each all zeros when unknown.
+#[repr(C)]
+#[derive(Clone, Copy, PartialEq, Eq, Default)]
+pub struct OwnAddresses {
+    /// The relay's IPv4 address in network order, or zeros.
+    ipv4: [u8; 4],
+    /// The relay's IPv6 address in network order, or zeros.
+    ipv6: [u8; 16],
+}
+
+impl OwnAddresses {
+    /// No address known: what the kernel reads before user space writes the map.
+    pub const UNSET: Self = Self {
+        ipv4: [0; 4],
+        ipv6: [0; 16],
+    };
+
+    /// Builds the value; `None` (or an unspecified address) leaves that family unset.
+    pub fn new(ipv4: Option<Ipv4Addr>, ipv6: Option<Ipv6Addr>) -> Self {
+        Self {
+            ipv4: ipv4.map_or([0; 4], |ip| ip.octets()),
+            ipv6: ipv6.map_or([0; 16], |ip| ip.octets()),
+        }
+    }
+
+    /// The IPv4 address bytes (zeros when unset).
+    #[inline(always)]
+    pub const fn ipv4_octets(&self) -> &[u8; 4] {
+        &self.ipv4
+    }
+
+    /// The IPv6 address bytes (zeros when unset).
+    #[inline(always)]
+    pub const fn ipv6_octets(&self) -> &[u8; 16] {
+        &self.ipv6
+    }
+
+    /// The IPv4 address, if set.
+    pub fn ipv4(&self) -> Option<Ipv4Addr> {
+        let ip = Ipv4Addr::from(self.ipv4);
+        (!ip.is_unspecified()).then_some(ip)
+    }
+
+    /// The IPv6 address, if set.
+    pub fn ipv6(&self) -> Option<Ipv6Addr> {
+        let ip = Ipv6Addr::from(self.ipv6);
+        (!ip.is_unspecified()).then_some(ip)
+    }
+}
+
+impl fmt::Debug for OwnAddresses {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OwnAddresses")
+            .field("ipv4", &self.ipv4())
+            .field("ipv6", &self.ipv6())
+            .finish()
+    }
+}
+
+// SAFETY: `#[repr(C)]`, `Copy`, made only of `u8` arrays (no padding, every bit pattern valid),
+// no pointers.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for OwnAddresses {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layout::{bytes_of, from_bytes};
+    use core::mem::{align_of, offset_of, size_of};
+    use core::str::FromStr;
+    use std::format;
+
+    #[test]
+    fn own_addresses_layout_is_pinned() {
+        assert_eq!(size_of::<OwnAddresses>(), 20);
+        assert_eq!(align_of::<OwnAddresses>(), 1);
+        assert_eq!(offset_of!(OwnAddresses, ipv4), 0);
+        assert_eq!(offset_of!(OwnAddresses, ipv6), 4);
+    }
+
+    #[test]
+    fn own_addresses_round_trip_through_their_bytes() {
+        let own = OwnAddresses::new(
+            Some(Ipv4Addr::new(192, 0, 2, 10)),
+            Some(Ipv6Addr::from_str("2001:db8::10").unwrap()),
+        );
+        let bytes = bytes_of(&own);
+        assert_eq!(
+            bytes,
+            [
+                192, 0, 2, 10, // IPv4
+                0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10, // IPv6
+            ]
+        );
+        let back: OwnAddresses = from_bytes(bytes);
+        assert_eq!(back, own);
+        assert_eq!(back.ipv4(), Some(Ipv4Addr::new(192, 0, 2, 10)));
+        assert_eq!(
+            back.ipv6(),
+            Some(Ipv6Addr::from_str("2001:db8::10").unwrap())
+        );
+    }
+
+    #[test]
+    fn all_zero_own_addresses_are_unset_per_family() {
+        let never_written: OwnAddresses = from_bytes(&[0; 20]);
+        assert_eq!(never_written, OwnAddresses::UNSET);
+        assert_eq!(never_written.ipv4(), None);
+        assert_eq!(never_written.ipv6(), None);
+        let v4_only = OwnAddresses::new(Some(Ipv4Addr::new(192, 0, 2, 10)), None);
+        assert_eq!(v4_only.ipv6(), None);
+        assert_eq!(v4_only.ipv4(), Some(Ipv4Addr::new(192, 0, 2, 10)));
+    }
+
+    #[test]
+    fn debug_shows_addresses() {
+        let own = OwnAddresses::new(Some(Ipv4Addr::new(192, 0, 2, 10)), None);
+        assert_eq!(
+            format!("{own:?}"),
+            "OwnAddresses { ipv4: Some(192.0.2.10), ipv6: None }"
+        );
+    }
+}

@@ -1,0 +1,973 @@
+//! The relay program under `BPF_PROG_TEST_RUN`: every direction and family pair relayed byte for
+//! byte as the user-space relay would send it, and every reason to pass a frame up, with the
+//! frame unchanged and its counter counted.
+//!
+//! Needs root and `TURNPIKE_XDP_ELF` (see `common::load_relay`).
+
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a panic is how a test reports a failure"
+)]
+#![expect(
+    clippy::wrong_self_convention,
+    reason = "`from_client` and `to_peer` say where a frame comes from and goes; no conversion"
+)]
+
+mod common;
+
+use std::net::{IpAddr, SocketAddr};
+use std::str::FromStr;
+
+use common::{
+    CLIENT_MAC, IpFields, RELAY_MAC, assert_checksums_valid, channel_data, load_relay, payload,
+    udp_frame,
+};
+use turnpike_proto::{AddressFamily, ChannelNumber};
+use turnpike_relay::{ChannelRoute, FiveTuple, RelaySocket};
+use turnpike_xdp_user::{
+    Outcome, OwnAddresses, Program, TestOutput, XdpAction, XdpConfig, XdpRelay,
+};
+
+const LISTEN_PORT: u16 = 3478;
+const RELAY_PORT: u16 = 50000;
+const CHANNEL: u16 = 0x4001;
+const TTL: u8 = 61;
+const HOP_LIMIT: u8 = 62;
+
+fn addr(text: &str) -> SocketAddr {
+    SocketAddr::from_str(text).unwrap()
+}
+
+fn ip(text: &str) -> IpAddr {
+    IpAddr::from_str(text).unwrap()
+}
+
+/// The addresses of one binding between a client of one family and a peer of another (or the
+/// same).
+#[derive(Debug, Clone, Copy)]
+struct Scenario {
+    client: SocketAddr,
+    /// The relay's listening address the client talks to.
+    listen: SocketAddr,
+    /// The relay's relayed address the peer talks to.
+    relayed: SocketAddr,
+    peer: SocketAddr,
+}
+
+impl Scenario {
+    fn new(client_v6: bool, peer_v6: bool) -> Self {
+        let (client, listen) = if client_v6 {
+            (addr("[2001:db8:c::10]:40000"), addr("[2001:db8:1::1]:3478"))
+        } else {
+            (addr("198.51.100.10:40000"), addr("192.0.2.1:3478"))
+        };
+        let (peer, relayed) = if peer_v6 {
+            (addr("[2001:db8:2::20]:5000"), addr("[2001:db8:1::1]:50000"))
+        } else {
+            (addr("203.0.113.20:5000"), addr("192.0.2.1:50000"))
+        };
+        Self {
+            client,
+            listen,
+            relayed,
+            peer,
+        }
+    }
+
+    fn route(&self) -> ChannelRoute {
+        ChannelRoute {
+            client: FiveTuple::udp(self.client, SocketAddr::new(self.listen.ip(), 3478)),
+            channel: ChannelNumber::new(CHANNEL).unwrap(),
+            relay: RelaySocket {
+                port: RELAY_PORT,
+                family: AddressFamily::of(self.peer.ip()),
+            },
+            peer: self.peer,
+        }
+    }
+
+    /// ChannelData from the client, as it arrives.
+    fn from_client(&self, data: &[u8], padding: usize, fields: IpFields) -> Vec<u8> {
+        udp_frame(
+            RELAY_MAC,
+            CLIENT_MAC,
+            self.client,
+            self.listen,
+            fields,
+            &channel_data(CHANNEL, data, padding),
+            true,
+        )
+    }
+
+    /// The datagram to the peer the relay must send for it.
+    fn to_peer(&self, data: &[u8], input: IpFields) -> Vec<u8> {
+        udp_frame(
+            CLIENT_MAC,
+            RELAY_MAC,
+            self.relayed,
+            self.peer,
+            expected_fields(self.client.is_ipv6(), self.peer.is_ipv6(), input),
+            data,
+            true,
+        )
+    }
+
+    /// A datagram from the peer, as it arrives.
+    fn from_peer(&self, data: &[u8], fields: IpFields) -> Vec<u8> {
+        udp_frame(
+            RELAY_MAC,
+            CLIENT_MAC,
+            self.peer,
+            self.relayed,
+            fields,
+            data,
+            true,
+        )
+    }
+
+    /// The ChannelData datagram to the client the relay must send for it.
+    fn to_client(&self, data: &[u8], input: IpFields) -> Vec<u8> {
+        udp_frame(
+            CLIENT_MAC,
+            RELAY_MAC,
+            self.listen,
+            self.client,
+            expected_fields(self.peer.is_ipv6(), self.client.is_ipv6(), input),
+            &channel_data(CHANNEL, data, 0),
+            true,
+        )
+    }
+}
+
+/// The IP fields of a relayed datagram, by the rules of `relay.rs`: traffic class copied, TTL or
+/// hop limit from the configuration, flow label zero, IPv4 identification and DF copied from
+/// IPv4 and zero / set from IPv6.
+fn expected_fields(in_v6: bool, out_v6: bool, input: IpFields) -> IpFields {
+    IpFields {
+        traffic_class: input.traffic_class,
+        hop_limit: if out_v6 { HOP_LIMIT } else { TTL },
+        id: if in_v6 { 0 } else { input.id },
+        dont_fragment: if in_v6 { true } else { input.dont_fragment },
+        flow_label: 0,
+    }
+}
+
+/// A relay with the test configuration, both own addresses, and the scenario's binding.
+fn relay_with(scenario: &Scenario) -> Option<XdpRelay> {
+    let relay = load_relay()?;
+    relay
+        .configure(XdpConfig::new(LISTEN_PORT, 49152, 65535).with_hop_limits(TTL, HOP_LIMIT))
+        .unwrap();
+    relay
+        .set_own_addresses(OwnAddresses::new(
+            Some("192.0.2.1".parse().unwrap()),
+            Some("2001:db8:1::1".parse().unwrap()),
+        ))
+        .unwrap();
+    relay.install_channel(&scenario.route()).unwrap();
+    Some(relay)
+}
+
+fn run(relay: &XdpRelay, frame: &[u8]) -> TestOutput {
+    relay.test_run(Program::Relay, frame).unwrap()
+}
+
+/// Asserts the relay sent `expected` and counted it under `outcome`.
+fn assert_relayed(relay: &XdpRelay, input: &[u8], expected: &[u8], outcome: Outcome) {
+    let output = run(relay, input);
+    assert_eq!(output.action, XdpAction::Tx, "{outcome}: action");
+    assert_checksums_valid(&output.frame);
+    assert_eq!(hex(&output.frame), hex(expected), "{outcome}: frame");
+    let counters = relay.counters().unwrap();
+    assert_eq!(counters.get(outcome).packets, 1, "{outcome}: counter");
+    assert_eq!(
+        counters.get(outcome).bytes,
+        input.len() as u64,
+        "{outcome}: bytes"
+    );
+    assert_eq!(
+        counters.relayed().packets,
+        1,
+        "{outcome}: nothing else relayed"
+    );
+    assert_eq!(counters.passed().packets, 0, "{outcome}: nothing passed");
+}
+
+/// Asserts the relay passed `input` up unchanged and counted it under `outcome`.
+fn assert_passed(relay: &XdpRelay, input: &[u8], outcome: Outcome) {
+    let output = run(relay, input);
+    assert_eq!(output.action, XdpAction::Pass, "{outcome}: action");
+    assert_eq!(
+        hex(&output.frame),
+        hex(input),
+        "{outcome}: frame must be unchanged"
+    );
+    let counters = relay.counters().unwrap();
+    assert_eq!(
+        counters.get(outcome).packets,
+        1,
+        "{outcome}: counter; all: {counters:?}"
+    );
+    assert_eq!(counters.passed().packets, 1, "{outcome}: counted once");
+    assert_eq!(counters.relayed().packets, 0, "{outcome}: nothing relayed");
+}
+
+/// Frames as hex lines of 16 bytes, so a mismatch shows where.
+fn hex(frame: &[u8]) -> String {
+    frame
+        .chunks(16)
+        .map(|line| {
+            line.iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn client_to_peer(client_v6: bool, peer_v6: bool, outcome: Outcome) {
+    let scenario = Scenario::new(client_v6, peer_v6);
+    let Some(relay) = relay_with(&scenario) else {
+        return;
+    };
+    let data = payload(101);
+    let input = scenario.from_client(&data, 0, IpFields::default());
+    let expected = scenario.to_peer(&data, IpFields::default());
+    assert_relayed(&relay, &input, &expected, outcome);
+}
+
+fn peer_to_client(client_v6: bool, peer_v6: bool, outcome: Outcome) {
+    let scenario = Scenario::new(client_v6, peer_v6);
+    let Some(relay) = relay_with(&scenario) else {
+        return;
+    };
+    let data = payload(101);
+    let input = scenario.from_peer(&data, IpFields::default());
+    let expected = scenario.to_client(&data, IpFields::default());
+    assert_relayed(&relay, &input, &expected, outcome);
+}
+
+#[test]
+fn channel_data_from_an_ipv4_client_goes_to_an_ipv4_peer() {
+    client_to_peer(false, false, Outcome::ClientToPeer4To4);
+}
+
+#[test]
+fn channel_data_from_an_ipv4_client_goes_to_an_ipv6_peer() {
+    client_to_peer(false, true, Outcome::ClientToPeer4To6);
+}
+
+#[test]
+fn channel_data_from_an_ipv6_client_goes_to_an_ipv4_peer() {
+    client_to_peer(true, false, Outcome::ClientToPeer6To4);
+}
+
+#[test]
+fn channel_data_from_an_ipv6_client_goes_to_an_ipv6_peer() {
+    client_to_peer(true, true, Outcome::ClientToPeer6To6);
+}
+
+#[test]
+fn data_from_an_ipv4_peer_goes_to_an_ipv4_client() {
+    peer_to_client(false, false, Outcome::PeerToClient4To4);
+}
+
+#[test]
+fn data_from_an_ipv6_peer_goes_to_an_ipv4_client() {
+    peer_to_client(false, true, Outcome::PeerToClient6To4);
+}
+
+#[test]
+fn data_from_an_ipv4_peer_goes_to_an_ipv6_client() {
+    peer_to_client(true, false, Outcome::PeerToClient4To6);
+}
+
+#[test]
+fn data_from_an_ipv6_peer_goes_to_an_ipv6_client() {
+    peer_to_client(true, true, Outcome::PeerToClient6To6);
+}
+
+#[test]
+fn padded_channel_data_is_relayed_without_its_padding() {
+    // Every padding length, payload lengths of every parity, both output families, so that the
+    // padding bytes land in both halves of a checksum word.
+    for peer_v6 in [false, true] {
+        for len in [1usize, 2, 3, 5, 6, 7, 100] {
+            let padding = (4 - len % 4) % 4;
+            let scenario = Scenario::new(false, peer_v6);
+            let Some(relay) = relay_with(&scenario) else {
+                return;
+            };
+            let data = payload(len);
+            let input = scenario.from_client(&data, padding, IpFields::default());
+            let expected = scenario.to_peer(&data, IpFields::default());
+            assert_relayed(
+                &relay,
+                &input,
+                &expected,
+                Outcome::client_to_peer(false, peer_v6),
+            );
+        }
+    }
+}
+
+#[test]
+fn short_frames_lose_their_ethernet_padding() {
+    // A 2-byte payload makes frames under the 60-byte Ethernet minimum; the sender pads them
+    // with zeros after the IP packet, and the relayed frame must end where its IP packet ends.
+    let scenario = Scenario::new(false, false);
+    let Some(relay) = relay_with(&scenario) else {
+        return;
+    };
+    let data = payload(2);
+    let mut input = scenario.from_peer(&data, IpFields::default());
+    input.resize(60, 0);
+    let expected = scenario.to_client(&data, IpFields::default());
+    assert_relayed(&relay, &input, &expected, Outcome::PeerToClient4To4);
+
+    let Some(relay) = relay_with(&scenario) else {
+        return;
+    };
+    let mut input = scenario.from_client(&data, 2, IpFields::default());
+    input.resize(60, 0);
+    let expected = scenario.to_peer(&data, IpFields::default());
+    assert_relayed(&relay, &input, &expected, Outcome::ClientToPeer4To4);
+}
+
+#[test]
+fn empty_payloads_are_relayed_both_ways() {
+    for (client_v6, peer_v6) in [(false, false), (false, true), (true, false), (true, true)] {
+        let scenario = Scenario::new(client_v6, peer_v6);
+        let Some(relay) = relay_with(&scenario) else {
+            return;
+        };
+        let input = scenario.from_client(&[], 0, IpFields::default());
+        let expected = scenario.to_peer(&[], IpFields::default());
+        assert_relayed(
+            &relay,
+            &input,
+            &expected,
+            Outcome::client_to_peer(client_v6, peer_v6),
+        );
+
+        let Some(relay) = relay_with(&scenario) else {
+            return;
+        };
+        let input = scenario.from_peer(&[], IpFields::default());
+        let expected = scenario.to_client(&[], IpFields::default());
+        assert_relayed(
+            &relay,
+            &input,
+            &expected,
+            Outcome::peer_to_client(peer_v6, client_v6),
+        );
+    }
+}
+
+#[test]
+fn ipv4_fields_are_carried_over_as_the_rules_say() {
+    // DF clear and a different TOS and identification must survive IPv4 to IPv4.
+    let fields = IpFields {
+        traffic_class: 0x02,
+        hop_limit: 1,
+        id: 0xbeef,
+        dont_fragment: false,
+        flow_label: 0,
+    };
+    let scenario = Scenario::new(false, false);
+    let Some(relay) = relay_with(&scenario) else {
+        return;
+    };
+    let data = payload(33);
+    let input = scenario.from_client(&data, 3, fields);
+    let expected = scenario.to_peer(&data, fields);
+    assert_relayed(&relay, &input, &expected, Outcome::ClientToPeer4To4);
+}
+
+#[test]
+fn ipv4_without_checksum_stays_without_one_to_ipv4() {
+    let scenario = Scenario::new(false, false);
+    let data = payload(20);
+
+    let Some(relay) = relay_with(&scenario) else {
+        return;
+    };
+    let message = channel_data(CHANNEL, &data, 0);
+    let input = udp_frame(
+        RELAY_MAC,
+        CLIENT_MAC,
+        scenario.client,
+        scenario.listen,
+        IpFields::default(),
+        &message,
+        false,
+    );
+    let fields = expected_fields(false, false, IpFields::default());
+    let expected = udp_frame(
+        CLIENT_MAC,
+        RELAY_MAC,
+        scenario.relayed,
+        scenario.peer,
+        fields,
+        &data,
+        false,
+    );
+    assert_relayed(&relay, &input, &expected, Outcome::ClientToPeer4To4);
+
+    let Some(relay) = relay_with(&scenario) else {
+        return;
+    };
+    let input = udp_frame(
+        RELAY_MAC,
+        CLIENT_MAC,
+        scenario.peer,
+        scenario.relayed,
+        IpFields::default(),
+        &data,
+        false,
+    );
+    let expected = udp_frame(
+        CLIENT_MAC,
+        RELAY_MAC,
+        scenario.listen,
+        scenario.client,
+        fields,
+        &message,
+        false,
+    );
+    assert_relayed(&relay, &input, &expected, Outcome::PeerToClient4To4);
+}
+
+#[test]
+fn a_corrupt_datagram_keeps_a_wrong_checksum() {
+    // The update is incremental: a payload corrupted on the way in must not leave with a checksum
+    // that vouches for it.
+    let scenario = Scenario::new(false, true);
+    let Some(relay) = relay_with(&scenario) else {
+        return;
+    };
+    let data = payload(64);
+    let mut input = scenario.from_peer(&data, IpFields::default());
+    let last = input.len() - 1;
+    input[last] ^= 0x55;
+    let output = run(&relay, &input);
+    assert_eq!(output.action, XdpAction::Tx);
+    let result = std::panic::catch_unwind(|| assert_checksums_valid(&output.frame));
+    assert!(
+        result.is_err(),
+        "the corrupted payload got a valid checksum"
+    );
+}
+
+// ---- Bindings ------------------------------------------------------------------------------
+
+#[test]
+fn removed_channel_goes_to_user_space_in_both_directions() {
+    let scenario = Scenario::new(false, false);
+    let Some(relay) = relay_with(&scenario) else {
+        return;
+    };
+    relay.remove_channel(&scenario.route()).unwrap();
+    assert_eq!(relay.channel_count().unwrap(), 0);
+    // Removing twice is not an error.
+    relay.remove_channel(&scenario.route()).unwrap();
+    let input = scenario.from_client(&payload(10), 2, IpFields::default());
+    assert_passed(&relay, &input, Outcome::NoChannel);
+}
+
+#[test]
+fn rebinding_a_channel_to_another_peer_forgets_the_old_peer() {
+    let scenario = Scenario::new(false, false);
+    let Some(relay) = relay_with(&scenario) else {
+        return;
+    };
+    let mut moved = scenario;
+    moved.peer = addr("203.0.113.99:6000");
+    relay.install_channel(&moved.route()).unwrap();
+    assert_eq!(relay.channel_count().unwrap(), 1);
+    // The old peer no longer reaches the client through the channel.
+    let input = scenario.from_peer(&payload(10), IpFields::default());
+    assert_passed(&relay, &input, Outcome::NoPeerBinding);
+}
+
+#[test]
+fn reinstalling_the_same_channel_is_idempotent() {
+    let scenario = Scenario::new(true, false);
+    let Some(relay) = relay_with(&scenario) else {
+        return;
+    };
+    relay.install_channel(&scenario.route()).unwrap();
+    relay.install_channel(&scenario.route()).unwrap();
+    assert_eq!(relay.channel_count().unwrap(), 1);
+    let data = payload(7);
+    let input = scenario.from_peer(&data, IpFields::default());
+    let expected = scenario.to_client(&data, IpFields::default());
+    assert_relayed(&relay, &input, &expected, Outcome::PeerToClient4To6);
+}
+
+// ---- Reasons to pass -----------------------------------------------------------------------
+
+#[test]
+fn channel_data_without_a_binding_is_passed() {
+    let scenario = Scenario::new(false, false);
+    let Some(relay) = relay_with(&scenario) else {
+        return;
+    };
+    let mut other = scenario;
+    other.client = addr("198.51.100.11:40000");
+    let input = other.from_client(&payload(10), 2, IpFields::default());
+    assert_passed(&relay, &input, Outcome::NoChannel);
+}
+
+#[test]
+fn peer_data_without_a_binding_is_passed() {
+    let scenario = Scenario::new(false, true);
+    let Some(relay) = relay_with(&scenario) else {
+        return;
+    };
+    let mut other = scenario;
+    other.peer = addr("[2001:db8:2::21]:5000");
+    let input = other.from_peer(&payload(10), IpFields::default());
+    assert_passed(&relay, &input, Outcome::NoPeerBinding);
+}
+
+#[test]
+fn ipv4_with_options_is_passed() {
+    let scenario = Scenario::new(false, false);
+    let Some(relay) = relay_with(&scenario) else {
+        return;
+    };
+    let plain = scenario.from_client(&payload(12), 0, IpFields::default());
+    // Insert a 4-byte option (NOP NOP NOP EOL) after the 20-byte header: IHL 6.
+    let mut input = plain[..34].to_vec();
+    input.extend_from_slice(&[1, 1, 1, 0]);
+    input.extend_from_slice(&plain[34..]);
+    input[14] = 0x46;
+    let total = u16::from_be_bytes([input[16], input[17]]) + 4;
+    input[16..18].copy_from_slice(&total.to_be_bytes());
+    input[24..26].copy_from_slice(&[0, 0]);
+    let sum = common::internet_checksum(&[&input[14..38]]);
+    input[24..26].copy_from_slice(&sum.to_be_bytes());
+    assert_passed(&relay, &input, Outcome::Ipv4Options);
+}
+
+#[test]
+fn ipv4_fragments_are_passed() {
+    let scenario = Scenario::new(false, false);
+    for (flags, offset) in [(0x20u8, 0u8), (0x00, 0x10), (0x20, 0x01)] {
+        let Some(relay) = relay_with(&scenario) else {
+            return;
+        };
+        let mut input = scenario.from_client(&payload(12), 0, IpFields::default());
+        input[20] = flags;
+        input[21] = offset;
+        assert_passed(&relay, &input, Outcome::Ipv4Fragment);
+    }
+}
+
+#[test]
+fn ipv6_with_an_extension_header_is_passed() {
+    let scenario = Scenario::new(true, true);
+    let Some(relay) = relay_with(&scenario) else {
+        return;
+    };
+    let plain = scenario.from_client(&payload(12), 0, IpFields::default());
+    // A hop-by-hop options header (8 bytes: next header UDP, length 0, PadN) before UDP.
+    let mut input = plain[..54].to_vec();
+    input.extend_from_slice(&[17, 0, 1, 4, 0, 0, 0, 0]);
+    input.extend_from_slice(&plain[54..]);
+    input[20] = 0;
+    let payload_len = u16::from_be_bytes([input[18], input[19]]) + 8;
+    input[18..20].copy_from_slice(&payload_len.to_be_bytes());
+    assert_passed(&relay, &input, Outcome::Ipv6ExtensionHeader);
+}
+
+#[test]
+fn ipv4_without_checksum_is_passed_when_it_would_become_ipv6() {
+    let scenario = Scenario::new(false, true);
+    let Some(relay) = relay_with(&scenario) else {
+        return;
+    };
+    let input = udp_frame(
+        RELAY_MAC,
+        CLIENT_MAC,
+        scenario.client,
+        scenario.listen,
+        IpFields::default(),
+        &channel_data(CHANNEL, &payload(9), 3),
+        false,
+    );
+    assert_passed(&relay, &input, Outcome::ZeroChecksum);
+
+    let scenario = Scenario::new(true, false);
+    let Some(relay) = relay_with(&scenario) else {
+        return;
+    };
+    let input = udp_frame(
+        RELAY_MAC,
+        CLIENT_MAC,
+        scenario.peer,
+        scenario.relayed,
+        IpFields::default(),
+        &payload(9),
+        false,
+    );
+    assert_passed(&relay, &input, Outcome::ZeroChecksum);
+}
+
+#[test]
+fn ipv6_with_a_zero_checksum_is_passed() {
+    let scenario = Scenario::new(true, true);
+    let Some(relay) = relay_with(&scenario) else {
+        return;
+    };
+    let input = udp_frame(
+        RELAY_MAC,
+        CLIENT_MAC,
+        scenario.peer,
+        scenario.relayed,
+        IpFields::default(),
+        &payload(9),
+        false,
+    );
+    assert_passed(&relay, &input, Outcome::ZeroChecksum);
+}
+
+#[test]
+fn a_peer_that_is_the_relay_itself_is_passed() {
+    // Client to peer: the bound peer is one of the relay's own addresses.
+    let mut scenario = Scenario::new(false, true);
+    scenario.peer = addr("[2001:db8:1::1]:50001");
+    let Some(relay) = relay_with(&scenario) else {
+        return;
+    };
+    let input = scenario.from_client(&payload(10), 2, IpFields::default());
+    assert_passed(&relay, &input, Outcome::Hairpin);
+
+    // Peer to client: a datagram from the relay's own address.
+    let Some(relay) = relay_with(&scenario) else {
+        return;
+    };
+    let input = scenario.from_peer(&payload(10), IpFields::default());
+    assert_passed(&relay, &input, Outcome::Hairpin);
+}
+
+#[test]
+fn a_datagram_that_would_be_sent_to_its_own_source_is_passed() {
+    // Without own addresses the hairpin check cannot see it, but the rewritten datagram would go
+    // from the relay's address to the same address: a loop.
+    let mut scenario = Scenario::new(false, false);
+    scenario.peer = addr("192.0.2.1:50001");
+    let Some(relay) = relay_with(&scenario) else {
+        return;
+    };
+    relay.set_own_addresses(OwnAddresses::UNSET).unwrap();
+    let input = scenario.from_client(&payload(10), 2, IpFields::default());
+    assert_passed(&relay, &input, Outcome::PacketLoop);
+
+    let mut scenario = Scenario::new(true, true);
+    scenario.client = addr("[2001:db8:1::1]:40000");
+    let Some(relay) = relay_with(&scenario) else {
+        return;
+    };
+    relay.set_own_addresses(OwnAddresses::UNSET).unwrap();
+    let input = scenario.from_peer(&payload(10), IpFields::default());
+    assert_passed(&relay, &input, Outcome::PacketLoop);
+}
+
+#[test]
+fn nothing_is_relayed_before_the_configuration_is_written() {
+    let scenario = Scenario::new(false, false);
+    let Some(relay) = relay_with(&scenario) else {
+        return;
+    };
+    relay.configure(XdpConfig::UNSET).unwrap();
+    let input = scenario.from_client(&payload(10), 2, IpFields::default());
+    assert_passed(&relay, &input, Outcome::ConfigUnset);
+}
+
+#[test]
+fn a_translated_path_without_own_address_is_passed() {
+    // The outgoing family's own address is the one that matters: it becomes the source.
+    let only_v4 = OwnAddresses::new(Some("192.0.2.1".parse().unwrap()), None);
+    let only_v6 = OwnAddresses::new(None, Some("2001:db8:1::1".parse().unwrap()));
+    for (client_v6, peer_v6) in [(false, true), (true, false)] {
+        let scenario = Scenario::new(client_v6, peer_v6);
+        let (client_family_only, peer_family_only) = if client_v6 {
+            (only_v6, only_v4)
+        } else {
+            (only_v4, only_v6)
+        };
+
+        let Some(relay) = relay_with(&scenario) else {
+            return;
+        };
+        relay.set_own_addresses(client_family_only).unwrap();
+        let input = scenario.from_client(&payload(10), 2, IpFields::default());
+        assert_passed(&relay, &input, Outcome::OwnAddressUnset);
+
+        let Some(relay) = relay_with(&scenario) else {
+            return;
+        };
+        relay.set_own_addresses(peer_family_only).unwrap();
+        let input = scenario.from_peer(&payload(10), IpFields::default());
+        assert_passed(&relay, &input, Outcome::OwnAddressUnset);
+    }
+}
+
+#[test]
+fn a_single_stack_relay_relays_its_own_family() {
+    // The Firezone flaw: an unset address of the other family must not stop same-family paths.
+    let scenario = Scenario::new(false, false);
+    let Some(relay) = relay_with(&scenario) else {
+        return;
+    };
+    relay
+        .set_own_addresses(OwnAddresses::new(Some("192.0.2.1".parse().unwrap()), None))
+        .unwrap();
+    let data = payload(10);
+    let input = scenario.from_client(&data, 2, IpFields::default());
+    let expected = scenario.to_peer(&data, IpFields::default());
+    assert_relayed(&relay, &input, &expected, Outcome::ClientToPeer4To4);
+}
+
+#[test]
+fn tcp_is_passed() {
+    let scenario = Scenario::new(false, false);
+    let Some(relay) = relay_with(&scenario) else {
+        return;
+    };
+    let mut input = scenario.from_client(&payload(10), 2, IpFields::default());
+    input[23] = 6;
+    assert_passed(&relay, &input, Outcome::NotUdp);
+
+    let scenario = Scenario::new(true, true);
+    let Some(relay) = relay_with(&scenario) else {
+        return;
+    };
+    let mut input = scenario.from_client(&payload(10), 2, IpFields::default());
+    input[20] = 6;
+    assert_passed(&relay, &input, Outcome::NotUdp);
+}
+
+#[test]
+fn arp_is_passed() {
+    let scenario = Scenario::new(false, false);
+    let Some(relay) = relay_with(&scenario) else {
+        return;
+    };
+    let mut input = vec![0xff; 6];
+    input.extend_from_slice(&CLIENT_MAC);
+    input.extend_from_slice(&[0x08, 0x06]);
+    input.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+    input.resize(60, 0);
+    assert_passed(&relay, &input, Outcome::NotIp);
+}
+
+#[test]
+fn udp_to_other_ports_is_passed() {
+    let mut scenario = Scenario::new(false, false);
+    scenario.listen = addr("192.0.2.1:53");
+    let Some(relay) = relay_with(&scenario) else {
+        return;
+    };
+    let input = scenario.from_client(&payload(10), 2, IpFields::default());
+    assert_passed(&relay, &input, Outcome::OtherPort);
+}
+
+#[test]
+fn stun_on_the_listening_port_is_passed() {
+    let scenario = Scenario::new(false, false);
+    let Some(relay) = relay_with(&scenario) else {
+        return;
+    };
+    // A Binding request header: type 0x0001, length 0, magic cookie, transaction ID.
+    let mut stun = vec![0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xa4, 0x42];
+    stun.extend_from_slice(&[7; 12]);
+    let input = udp_frame(
+        RELAY_MAC,
+        CLIENT_MAC,
+        scenario.client,
+        scenario.listen,
+        IpFields::default(),
+        &stun,
+        true,
+    );
+    assert_passed(&relay, &input, Outcome::NotChannelData);
+}
+
+#[test]
+fn channel_data_whose_length_does_not_fit_is_passed() {
+    let scenario = Scenario::new(false, false);
+    // Length field larger than the payload.
+    let Some(relay) = relay_with(&scenario) else {
+        return;
+    };
+    let mut message = channel_data(CHANNEL, &payload(8), 0);
+    message[2..4].copy_from_slice(&9u16.to_be_bytes());
+    let input = udp_frame(
+        RELAY_MAC,
+        CLIENT_MAC,
+        scenario.client,
+        scenario.listen,
+        IpFields::default(),
+        &message,
+        true,
+    );
+    assert_passed(&relay, &input, Outcome::BadChannelData);
+
+    // More than 3 bytes after the data.
+    let Some(relay) = relay_with(&scenario) else {
+        return;
+    };
+    let input = scenario.from_client(&payload(8), 4, IpFields::default());
+    assert_passed(&relay, &input, Outcome::BadChannelData);
+}
+
+#[test]
+fn udp_length_disagreeing_with_ip_is_passed() {
+    let scenario = Scenario::new(false, false);
+    let Some(relay) = relay_with(&scenario) else {
+        return;
+    };
+    let mut input = scenario.from_client(&payload(8), 0, IpFields::default());
+    let udp_len = u16::from_be_bytes([input[38], input[39]]) - 1;
+    input[38..40].copy_from_slice(&udp_len.to_be_bytes());
+    assert_passed(&relay, &input, Outcome::Malformed);
+}
+
+#[test]
+fn a_datagram_that_would_outgrow_the_mtu_is_passed() {
+    // The MTU check looks at the receiving device, so the frame must "arrive" on one with a
+    // small MTU: a veth in a network namespace private to this test's thread.
+    let scenario = Scenario::new(false, false);
+    let Some(relay) = relay_with(&scenario) else {
+        return;
+    };
+    let Some(ifindex) = small_mtu_interface(1280) else {
+        return;
+    };
+    // 20 + 8 + 1250 = 1278 bytes of IP; with the ChannelData header 1282, over 1280.
+    let input = scenario.from_peer(&payload(1250), IpFields::default());
+    let output = relay.test_run_on(Program::Relay, &input, ifindex).unwrap();
+    assert_eq!(output.action, XdpAction::Pass);
+    assert_eq!(output.frame, input);
+    assert_eq!(relay.counters().unwrap().get(Outcome::TooBig).packets, 1);
+    // Exactly 1280 still fits.
+    let data = payload(1248);
+    let input = scenario.from_peer(&data, IpFields::default());
+    let output = relay.test_run_on(Program::Relay, &input, ifindex).unwrap();
+    assert_eq!(output.action, XdpAction::Tx);
+    assert_eq!(
+        hex(&output.frame),
+        hex(&scenario.to_client(&data, IpFields::default()))
+    );
+}
+
+/// Moves this thread into a new network namespace and creates a veth pair there with the given
+/// MTU; returns the index of one end. The namespace dies with the thread.
+fn small_mtu_interface(mtu: u16) -> Option<u32> {
+    // SAFETY: `unshare` affects only the calling thread's namespaces; this thread is the test's
+    // own and ends with it.
+    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+        eprintln!(
+            "skipped: unshare(CLONE_NEWNET): {}",
+            std::io::Error::last_os_error()
+        );
+        return None;
+    }
+    let status = std::process::Command::new("ip")
+        .args([
+            "link",
+            "add",
+            "tp-mtu0",
+            "mtu",
+            &mtu.to_string(),
+            "type",
+            "veth",
+        ])
+        .args(["peer", "name", "tp-mtu1"])
+        .status()
+        .expect("ip runs");
+    assert!(status.success(), "ip link add failed");
+    let name = std::ffi::CString::new("tp-mtu0").unwrap();
+    // SAFETY: `name` is a valid NUL-terminated string.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    assert_ne!(
+        index, 0,
+        "the veth was not created in this thread's namespace"
+    );
+    Some(index)
+}
+
+// ---- The other programs --------------------------------------------------------------------
+
+#[test]
+fn the_swap_program_mirrors_a_frame() {
+    let Some(mut relay) = load_relay() else {
+        return;
+    };
+    relay.load_program(Program::BenchSwap).unwrap();
+    for (client_v6, peer_v6) in [(false, false), (true, true)] {
+        let scenario = Scenario::new(client_v6, peer_v6);
+        let data = payload(50);
+        let input = scenario.from_peer(&data, IpFields::default());
+        let output = relay.test_run(Program::BenchSwap, &input).unwrap();
+        assert_eq!(output.action, XdpAction::Tx);
+        let expected = udp_frame(
+            CLIENT_MAC,
+            RELAY_MAC,
+            scenario.relayed,
+            scenario.peer,
+            IpFields::default(),
+            &data,
+            true,
+        );
+        assert_eq!(hex(&output.frame), hex(&expected));
+    }
+}
+
+#[test]
+fn the_pass_program_passes() {
+    let Some(mut relay) = load_relay() else {
+        return;
+    };
+    relay.load_program(Program::Pass).unwrap();
+    let input = Scenario::new(false, false).from_peer(&payload(5), IpFields::default());
+    let output = relay.test_run(Program::Pass, &input).unwrap();
+    assert_eq!(output.action, XdpAction::Pass);
+    assert_eq!(output.frame, input);
+}
+
+#[test]
+fn counters_count_bytes_as_received() {
+    let scenario = Scenario::new(false, false);
+    let Some(relay) = relay_with(&scenario) else {
+        return;
+    };
+    let a = scenario.from_client(&payload(10), 2, IpFields::default());
+    let b = scenario.from_peer(&payload(30), IpFields::default());
+    run(&relay, &a);
+    run(&relay, &b);
+    run(&relay, &b);
+    let counters = relay.counters().unwrap();
+    assert_eq!(
+        counters.get(Outcome::ClientToPeer4To4).bytes,
+        a.len() as u64
+    );
+    assert_eq!(counters.get(Outcome::PeerToClient4To4).packets, 2);
+    assert_eq!(
+        counters.get(Outcome::PeerToClient4To4).bytes,
+        2 * b.len() as u64
+    );
+    assert_eq!(counters.relayed().packets, 3);
+}
+
+#[test]
+fn unknown_ip_address_text_is_rejected_by_the_test_helpers() {
+    // Guards the helpers themselves: a typo in a test address must fail loudly, not relay.
+    assert!(IpAddr::from_str("192.0.2.300").is_err());
+    assert_eq!(ip("192.0.2.1"), IpAddr::from([192, 0, 2, 1]));
+}

@@ -1,0 +1,710 @@
+//! The relay's data plane: ChannelData from clients out as UDP to peers, UDP from peers out as
+//! ChannelData to clients, for channels user space has bound in the maps.
+//!
+//! # What is relayed here and what goes up
+//!
+//! Only the common case is handled in the kernel: a well-formed UDP datagram, in an IPv4 header
+//! without options and not fragmented or an IPv6 header followed directly by UDP, whose binding
+//! is in the maps. Everything else goes up unchanged with `XDP_PASS`, never dropped: the kernel
+//! stack and the user-space relay behind it handle every case correctly, just more slowly, so
+//! the worst a gap here can cost is speed. Each reason has its own counter ([`Outcome`]).
+//!
+//! # How a datagram is rewritten
+//!
+//! The relay is an endpoint of two UDP flows, not a router, so a relayed datagram is a new
+//! datagram from the relay: addresses, ports, lengths and payload are exactly what the user-space
+//! relay sends from its sockets for the same datagram. Field by field (RFC 8656 §14 lets a relay
+//! choose between a "preferred" and an "alternate" behaviour for most):
+//!
+//! - source address: the relay's address of the outgoing family. Same family: the incoming
+//!   destination (the address the sender reached the relay at). Translated (IPv4 ↔ IPv6): the
+//!   relay's own address of the other family from `OWN_ADDRESSES`; unset means user space.
+//! - source port: the relayed port (to the peer) or the listening port (to the client);
+//!   destination: the other side of the binding.
+//! - TTL / hop limit: the system default user space also sends with (alternate behaviour, see
+//!   [`XdpConfig`]); DSCP and ECN: copied (preferred behaviour, which a plain socket cannot
+//!   do); IPv6 flow label: zero (two flows; RFC 8656 says not to copy it); IPv4 identification
+//!   and DF: copied from IPv4, zero and DF set from IPv6.
+//! - Ethernet: source and destination MAC swapped, assuming one next hop for both sides (true
+//!   for a host behind one router; see the seed notes).
+//! - UDP checksum: updated incrementally (RFC 1624) from the incoming one; an incoming IPv4
+//!   datagram without checksum (zero) stays without one if it leaves as IPv4, and goes to user
+//!   space if it would leave as IPv6, where a checksum is mandatory.
+//!
+//! The payload never moves: the headers in front of it are rebuilt and the frame start moved with
+//! `bpf_xdp_adjust_head` (by −24 to +24 bytes, whatever the families and direction demand),
+//! and trailing bytes (ChannelData padding, Ethernet padding of short frames) are cut with
+//! `bpf_xdp_adjust_tail`. Everything the new headers need is copied into locals before the head
+//! moves; nothing is written before it has moved, so a failed adjustment leaves the frame intact
+//! for `XDP_PASS`.
+
+use aya_ebpf::{
+    helpers::{bpf_check_mtu, bpf_xdp_adjust_head, bpf_xdp_adjust_tail, bpf_xdp_load_bytes},
+    programs::XdpContext,
+};
+use turnpike_xdp_common::{
+    ClientChannel, FAMILY_V4, FAMILY_V6, Outcome, OwnAddresses, PeerBinding, XdpConfig,
+    checksum::{add_address, finish, udp_on_wire, update},
+};
+
+use crate::packet::{
+    Address, Aligned, CHANNEL_HEADER, ETH_HEADER, ETHERTYPE_IPV4, ETHERTYPE_IPV6, IPV4_HEADER,
+    IPV6_HEADER, PROTO_UDP, UDP_HEADER, address_of, check, frame_len, is_ipv6_extension, is_zero,
+    load, octets_of, same_address, store, store_address,
+};
+use crate::{CHANNEL_TO_PEER, CONFIG, OWN_ADDRESSES, PEER_TO_CHANNEL};
+
+/// The fields of an incoming UDP datagram that classification and rewriting need, copied out of
+/// the frame. Fields marked raw hold header bytes as loaded (see `packet.rs`).
+struct Datagram {
+    v6: bool,
+    src: Address,
+    dst: Address,
+    /// IPv4 TOS / IPv6 traffic class: DSCP and ECN.
+    traffic_class: u8,
+    /// IPv4 identification, raw (zero for IPv6).
+    ipv4_id: u16,
+    /// IPv4 DF flag (set for IPv6, which routers never fragment).
+    dont_fragment: bool,
+    /// Ports, raw.
+    sport: u16,
+    dport: u16,
+    /// UDP length field (header included) in host order, equal to the IP payload length.
+    udp_len: u16,
+    /// UDP checksum, raw.
+    checksum: u16,
+    /// Offset of the UDP header in the frame.
+    udp_at: usize,
+}
+
+impl Datagram {
+    #[inline(always)]
+    const fn family(&self) -> u8 {
+        if self.v6 { FAMILY_V6 } else { FAMILY_V4 }
+    }
+
+    /// Length of the IP packet (header included).
+    #[inline(always)]
+    const fn ip_len(&self) -> usize {
+        self.udp_at - ETH_HEADER + self.udp_len as usize
+    }
+}
+
+/// The incoming frame's MAC addresses, as words.
+#[derive(Clone, Copy)]
+struct Macs {
+    dst: (u32, u16),
+    src: (u32, u16),
+}
+
+/// The datagram to build in place of the incoming one.
+struct Rewrite {
+    macs: Macs,
+    v6: bool,
+    src: Address,
+    dst: Address,
+    traffic_class: u8,
+    /// IPv4 identification, raw.
+    ipv4_id: u16,
+    dont_fragment: bool,
+    hop_limit: u8,
+    /// Ports, raw.
+    sport: u16,
+    dport: u16,
+    /// UDP length in host order.
+    udp_len: u16,
+    /// UDP checksum, raw.
+    checksum: u16,
+    /// A ChannelData header (channel and length, raw) to write after the UDP header, peer to
+    /// client.
+    channel_header: Option<(u16, u16)>,
+}
+
+impl Rewrite {
+    #[inline(always)]
+    const fn ip_header(&self) -> usize {
+        if self.v6 { IPV6_HEADER } else { IPV4_HEADER }
+    }
+
+    /// Length of the rewritten frame.
+    #[inline(always)]
+    const fn frame_len(&self) -> usize {
+        ETH_HEADER + self.ip_header() + self.udp_len as usize
+    }
+}
+
+/// Decides what to do with one frame and, for a relayed one, rewrites it.
+#[inline(always)]
+pub(crate) fn relay(ctx: &XdpContext) -> Outcome {
+    let config = match CONFIG.get(0) {
+        Some(config) => *config,
+        None => return Outcome::ConfigUnset,
+    };
+    if !config.is_set() {
+        return Outcome::ConfigUnset;
+    }
+    let datagram = match parse(ctx) {
+        Ok(datagram) => datagram,
+        Err(outcome) => return outcome,
+    };
+    let result = if datagram.dport == u16::from_ne_bytes(config.listen_port_wire()) {
+        client_to_peer(ctx, &config, &datagram)
+    } else if config.is_relay_port(u16::from_be(datagram.dport)) {
+        peer_to_client(ctx, &config, &datagram)
+    } else {
+        Err(Outcome::OtherPort)
+    };
+    match result {
+        Ok(outcome) | Err(outcome) => outcome,
+    }
+}
+
+/// Parses Ethernet, IPv4 or IPv6, and UDP, and copies out what the rest needs.
+#[inline(always)]
+fn parse(ctx: &XdpContext) -> Result<Datagram, Outcome> {
+    let frame = frame_len(ctx);
+    let eth = check::<ETH_HEADER>(ctx, 0).ok_or(Outcome::Malformed)?;
+    // SAFETY (every `load` below): inside the window the preceding `check` returned.
+    let ethertype: u16 = unsafe { load(eth + 12) };
+    if ethertype == ETHERTYPE_IPV4 {
+        let ip = check::<IPV4_HEADER>(ctx, ETH_HEADER).ok_or(Outcome::Malformed)?;
+        let version_ihl: u8 = unsafe { load(ip) };
+        if version_ihl >> 4 != 4 {
+            return Err(Outcome::Malformed);
+        }
+        let ihl = version_ihl & 0x0F;
+        if ihl != 5 {
+            return Err(if ihl > 5 {
+                Outcome::Ipv4Options
+            } else {
+                Outcome::Malformed
+            });
+        }
+        let fragment = u16::from_be(unsafe { load(ip + 6) });
+        // More-fragments flag or a fragment offset: a piece of a datagram, not a datagram.
+        if fragment & 0x3FFF != 0 {
+            return Err(Outcome::Ipv4Fragment);
+        }
+        let protocol: u8 = unsafe { load(ip + 9) };
+        if protocol != PROTO_UDP {
+            return Err(Outcome::NotUdp);
+        }
+        let total = u16::from_be(unsafe { load(ip + 2) }) as usize;
+        if total < IPV4_HEADER + UDP_HEADER || ETH_HEADER + total > frame {
+            return Err(Outcome::Malformed);
+        }
+        let traffic_class: u8 = unsafe { load(ip + 1) };
+        let ipv4_id: u16 = unsafe { load(ip + 4) };
+        let src = [unsafe { load(ip + 12) }, 0, 0, 0];
+        let dst = [unsafe { load(ip + 16) }, 0, 0, 0];
+        let udp_at = ETH_HEADER + IPV4_HEADER;
+        let udp = check::<UDP_HEADER>(ctx, udp_at).ok_or(Outcome::Malformed)?;
+        let udp_len = u16::from_be(unsafe { load(udp + 4) });
+        if udp_len as usize != total - IPV4_HEADER {
+            return Err(Outcome::Malformed);
+        }
+        Ok(Datagram {
+            v6: false,
+            src,
+            dst,
+            traffic_class,
+            ipv4_id,
+            dont_fragment: fragment & 0x4000 != 0,
+            sport: unsafe { load(udp) },
+            dport: unsafe { load(udp + 2) },
+            udp_len,
+            checksum: unsafe { load(udp + 6) },
+            udp_at,
+        })
+    } else if ethertype == ETHERTYPE_IPV6 {
+        let ip = check::<IPV6_HEADER>(ctx, ETH_HEADER).ok_or(Outcome::Malformed)?;
+        let first: u8 = unsafe { load(ip) };
+        if first >> 4 != 6 {
+            return Err(Outcome::Malformed);
+        }
+        let next_header: u8 = unsafe { load(ip + 6) };
+        if next_header != PROTO_UDP {
+            return Err(if is_ipv6_extension(next_header) {
+                Outcome::Ipv6ExtensionHeader
+            } else {
+                Outcome::NotUdp
+            });
+        }
+        let payload = u16::from_be(unsafe { load(ip + 4) }) as usize;
+        if payload < UDP_HEADER || ETH_HEADER + IPV6_HEADER + payload > frame {
+            return Err(Outcome::Malformed);
+        }
+        let second: u8 = unsafe { load(ip + 1) };
+        let src = unsafe { [load(ip + 8), load(ip + 12), load(ip + 16), load(ip + 20)] };
+        let dst = unsafe { [load(ip + 24), load(ip + 28), load(ip + 32), load(ip + 36)] };
+        let udp_at = ETH_HEADER + IPV6_HEADER;
+        let udp = check::<UDP_HEADER>(ctx, udp_at).ok_or(Outcome::Malformed)?;
+        let udp_len = u16::from_be(unsafe { load(udp + 4) });
+        if udp_len as usize != payload {
+            return Err(Outcome::Malformed);
+        }
+        Ok(Datagram {
+            v6: true,
+            src,
+            dst,
+            traffic_class: (first << 4) | (second >> 4),
+            ipv4_id: 0,
+            dont_fragment: true,
+            sport: unsafe { load(udp) },
+            dport: unsafe { load(udp + 2) },
+            udp_len,
+            checksum: unsafe { load(udp + 6) },
+            udp_at,
+        })
+    } else {
+        Err(Outcome::NotIp)
+    }
+}
+
+/// ChannelData from a client: strip the header (and padding), send the payload to the peer.
+#[inline(always)]
+fn client_to_peer(
+    ctx: &XdpContext,
+    config: &XdpConfig,
+    datagram: &Datagram,
+) -> Result<Outcome, Outcome> {
+    let payload = datagram.udp_len as usize - UDP_HEADER;
+    if payload < CHANNEL_HEADER {
+        return Err(Outcome::NotChannelData);
+    }
+    let header =
+        check::<CHANNEL_HEADER>(ctx, datagram.udp_at + UDP_HEADER).ok_or(Outcome::Malformed)?;
+    // SAFETY (the loads): inside the window `check` returned.
+    let first: u8 = unsafe { load(header) };
+    // Channel numbers 0x4000–0x4FFF: the first byte is 0x40–0x4F.
+    if first & 0xF0 != 0x40 {
+        return Err(Outcome::NotChannelData);
+    }
+    let channel: u16 = unsafe { load(header) };
+    let length_raw: u16 = unsafe { load(header + 2) };
+    let length = u16::from_be(length_raw) as usize;
+    if CHANNEL_HEADER + length > payload {
+        return Err(Outcome::BadChannelData);
+    }
+    let padding = payload - CHANNEL_HEADER - length;
+    if padding > 3 {
+        return Err(Outcome::BadChannelData);
+    }
+
+    let key = Aligned(ClientChannel::from_wire(
+        datagram.family(),
+        octets_of(&datagram.src),
+        datagram.sport.to_ne_bytes(),
+        channel.to_ne_bytes(),
+    ));
+    // SAFETY: the value lives in the map. User space may update or delete the entry while this
+    // runs, and a preallocated hash map recycles elements without waiting for readers, so the
+    // fields are read out at once; the worst a race can do is send one datagram by the binding
+    // that is being replaced.
+    let Some(binding) = (unsafe { CHANNEL_TO_PEER.get(&key.0) }) else {
+        return Err(Outcome::NoChannel);
+    };
+    let out_v6 = binding.is_v6();
+    let peer = address_of(binding.peer_octets());
+    let peer_port = u16::from_ne_bytes(binding.peer_port_wire());
+    let relay_port = u16::from_ne_bytes(binding.relay_port_wire());
+
+    let own = own_addresses();
+    if is_own_address(own, &peer, out_v6) {
+        return Err(Outcome::Hairpin);
+    }
+    let src = source_address(own, datagram, out_v6)?;
+    if same_address(&src, &peer) {
+        return Err(Outcome::PacketLoop);
+    }
+
+    let udp_len = (UDP_HEADER + length) as u16;
+    let checksum = if datagram.checksum == 0 {
+        keep_zero_checksum(datagram, out_v6)?
+    } else {
+        let removed = add_address(add_address(0, &datagram.src), &datagram.dst)
+            + 2 * datagram.udp_len.to_be() as u64
+            + datagram.sport as u64
+            + datagram.dport as u64
+            + channel as u64
+            + length_raw as u64
+            + padding_sum(ctx, datagram, padding)?;
+        let added = add_address(add_address(0, &src), &peer)
+            + 2 * udp_len.to_be() as u64
+            + relay_port as u64
+            + peer_port as u64;
+        udp_on_wire(update(datagram.checksum, removed, added))
+    };
+
+    let rewrite = Rewrite {
+        macs: macs(ctx)?,
+        v6: out_v6,
+        src,
+        dst: peer,
+        traffic_class: datagram.traffic_class,
+        ipv4_id: datagram.ipv4_id,
+        dont_fragment: datagram.dont_fragment,
+        hop_limit: if out_v6 {
+            config.hop_limit()
+        } else {
+            config.ttl()
+        },
+        sport: relay_port,
+        dport: peer_port,
+        udp_len,
+        checksum,
+        channel_header: None,
+    };
+    let old_headers = datagram.udp_at + UDP_HEADER + CHANNEL_HEADER;
+    let new_headers = ETH_HEADER + rewrite.ip_header() + UDP_HEADER;
+    emit(
+        ctx,
+        datagram,
+        &rewrite,
+        old_headers as i32 - new_headers as i32,
+    )?;
+    Ok(Outcome::client_to_peer(datagram.v6, out_v6))
+}
+
+/// UDP from a peer: prepend a ChannelData header, send it to the client.
+#[inline(always)]
+fn peer_to_client(
+    ctx: &XdpContext,
+    config: &XdpConfig,
+    datagram: &Datagram,
+) -> Result<Outcome, Outcome> {
+    let key = Aligned(PeerBinding::from_wire(
+        datagram.family(),
+        octets_of(&datagram.src),
+        datagram.sport.to_ne_bytes(),
+        datagram.dport.to_ne_bytes(),
+    ));
+    // SAFETY: read out at once, as in `client_to_peer`.
+    let Some(client) = (unsafe { PEER_TO_CHANNEL.get(&key.0) }) else {
+        return Err(Outcome::NoPeerBinding);
+    };
+    let out_v6 = client.is_v6();
+    let address = address_of(client.client_octets());
+    let client_port = u16::from_ne_bytes(client.client_port_wire());
+    let channel = u16::from_ne_bytes(client.channel_wire());
+
+    let own = own_addresses();
+    if is_own_address(own, &datagram.src, datagram.v6) {
+        return Err(Outcome::Hairpin);
+    }
+    let src = source_address(own, datagram, out_v6)?;
+    if same_address(&src, &address) {
+        return Err(Outcome::PacketLoop);
+    }
+
+    // The ChannelData length field and the UDP length must both still fit in 16 bits.
+    if datagram.udp_len > u16::MAX - CHANNEL_HEADER as u16 {
+        return Err(Outcome::TooBig);
+    }
+    let length_raw = (datagram.udp_len - UDP_HEADER as u16).to_be();
+    let udp_len = datagram.udp_len + CHANNEL_HEADER as u16;
+    let listen_port = u16::from_ne_bytes(config.listen_port_wire());
+    let checksum = if datagram.checksum == 0 {
+        keep_zero_checksum(datagram, out_v6)?
+    } else {
+        let removed = add_address(add_address(0, &datagram.src), &datagram.dst)
+            + 2 * datagram.udp_len.to_be() as u64
+            + datagram.sport as u64
+            + datagram.dport as u64;
+        // The header sits at an even offset and shifts the payload by 4 bytes, so the payload's
+        // words stay words; only the header's two words are new.
+        let added = add_address(add_address(0, &src), &address)
+            + 2 * udp_len.to_be() as u64
+            + listen_port as u64
+            + client_port as u64
+            + channel as u64
+            + length_raw as u64;
+        udp_on_wire(update(datagram.checksum, removed, added))
+    };
+
+    let rewrite = Rewrite {
+        macs: macs(ctx)?,
+        v6: out_v6,
+        src,
+        dst: address,
+        traffic_class: datagram.traffic_class,
+        ipv4_id: datagram.ipv4_id,
+        dont_fragment: datagram.dont_fragment,
+        hop_limit: if out_v6 {
+            config.hop_limit()
+        } else {
+            config.ttl()
+        },
+        sport: listen_port,
+        dport: client_port,
+        udp_len,
+        checksum,
+        channel_header: Some((channel, length_raw)),
+    };
+    let old_headers = datagram.udp_at + UDP_HEADER;
+    let new_headers = ETH_HEADER + rewrite.ip_header() + UDP_HEADER + CHANNEL_HEADER;
+    emit(
+        ctx,
+        datagram,
+        &rewrite,
+        old_headers as i32 - new_headers as i32,
+    )?;
+    Ok(Outcome::peer_to_client(datagram.v6, out_v6))
+}
+
+/// The relay's own addresses, or `None` if the map cannot be read (never for an array).
+#[inline(always)]
+fn own_addresses() -> Option<&'static OwnAddresses> {
+    OWN_ADDRESSES.get(0)
+}
+
+/// The relay's own address of a family as a 16-byte field, all zeros if unset.
+#[inline(always)]
+fn own_address(own: Option<&OwnAddresses>, v6: bool) -> Address {
+    match own {
+        Some(own) if v6 => address_of(own.ipv6_octets()),
+        // SAFETY: a valid reference to 4 bytes; any bit pattern is a valid `u32`.
+        Some(own) => [
+            unsafe { core::ptr::read_unaligned(own.ipv4_octets().as_ptr().cast()) },
+            0,
+            0,
+            0,
+        ],
+        None => [0; 4],
+    }
+}
+
+/// Whether `address` (of the given family) is the relay's own address of that family.
+#[inline(always)]
+fn is_own_address(own: Option<&OwnAddresses>, address: &Address, v6: bool) -> bool {
+    let mine = own_address(own, v6);
+    !is_zero(&mine) && same_address(&mine, address)
+}
+
+/// The source address of the outgoing datagram: the incoming destination if the family stays,
+/// the own address of the new family otherwise.
+#[inline(always)]
+fn source_address(
+    own: Option<&OwnAddresses>,
+    datagram: &Datagram,
+    out_v6: bool,
+) -> Result<Address, Outcome> {
+    if out_v6 == datagram.v6 {
+        return Ok(datagram.dst);
+    }
+    let mine = own_address(own, out_v6);
+    if is_zero(&mine) {
+        Err(Outcome::OwnAddressUnset)
+    } else {
+        Ok(mine)
+    }
+}
+
+/// The checksum to send for an incoming datagram without one: IPv4 to IPv4 keeps "none"; a
+/// datagram leaving as IPv6 must have one (user space computes it), and an incoming IPv6
+/// datagram with a zero checksum is invalid (user space's stack discards it).
+#[inline(always)]
+fn keep_zero_checksum(datagram: &Datagram, out_v6: bool) -> Result<u16, Outcome> {
+    if datagram.v6 || out_v6 {
+        Err(Outcome::ZeroChecksum)
+    } else {
+        Ok(0)
+    }
+}
+
+/// The raw checksum contribution of the `padding` (0–3) bytes that end the UDP datagram: a byte
+/// at an even offset from the UDP header is the first byte of a word, at an odd one the second.
+///
+/// The bytes are copied out with `bpf_xdp_load_bytes`, which checks the variable offset itself:
+/// direct access at `data + end - 3` gets folded by the compiler into negative offsets from
+/// `data + end`, which the verifier refuses.
+#[inline(always)]
+fn padding_sum(ctx: &XdpContext, datagram: &Datagram, padding: usize) -> Result<u64, Outcome> {
+    if padding == 0 {
+        return Ok(0);
+    }
+    let end = datagram.udp_at + datagram.udp_len as usize;
+    // The payload is at least 4 + `padding` bytes, so the last 4 bytes are all after the UDP
+    // header.
+    let mut last = [0u8; 4];
+    // SAFETY: `ctx.ctx` is the program's context and `last` a 4-byte stack buffer.
+    let loaded =
+        unsafe { bpf_xdp_load_bytes(ctx.ctx, (end - 4) as u32, last.as_mut_ptr().cast(), 4) };
+    if loaded != 0 {
+        return Err(Outcome::Malformed);
+    }
+    // Is `last[1]` (at UDP offset udp_len - 3) the first byte of a word?
+    let first_even = (datagram.udp_len as usize - 3) & 1 == 0;
+    let word = |byte: u8, even: bool| -> u64 {
+        (if even {
+            u16::from_ne_bytes([byte, 0])
+        } else {
+            u16::from_ne_bytes([0, byte])
+        }) as u64
+    };
+    let (w0, w1, w2) = (
+        word(last[1], first_even),
+        word(last[2], !first_even),
+        word(last[3], first_even),
+    );
+    Ok(match padding {
+        1 => w2,
+        2 => w1 + w2,
+        _ => w0 + w1 + w2,
+    })
+}
+
+/// The incoming frame's MAC addresses.
+#[inline(always)]
+fn macs(ctx: &XdpContext) -> Result<Macs, Outcome> {
+    let eth = check::<12>(ctx, 0).ok_or(Outcome::Malformed)?;
+    // SAFETY: inside the window `check` returned.
+    Ok(unsafe {
+        Macs {
+            dst: (load(eth), load(eth + 4)),
+            src: (load(eth + 6), load(eth + 10)),
+        }
+    })
+}
+
+/// Whether the rewritten IP packet of `ip_len` bytes fits the interface's MTU.
+#[inline(always)]
+fn fits_mtu(ctx: &XdpContext, ip_len: usize) -> bool {
+    // With a non-zero `mtu_len` the helper compares it, as an L3 length, with the MTU of the
+    // receiving device (ifindex 0), which is the device `XDP_TX` sends on.
+    let mut mtu_len = ip_len as u32;
+    // SAFETY: `ctx.ctx` is the program's context and `mtu_len` a valid stack slot.
+    let result = unsafe { bpf_check_mtu(ctx.ctx.cast(), 0, &mut mtu_len, 0, 0) };
+    result == 0
+}
+
+/// Moves the frame start by `delta` bytes and writes the new headers; trims trailing bytes.
+#[inline(always)]
+fn emit(
+    ctx: &XdpContext,
+    datagram: &Datagram,
+    rewrite: &Rewrite,
+    delta: i32,
+) -> Result<(), Outcome> {
+    let ip_len = rewrite.ip_header() + rewrite.udp_len as usize;
+    if ip_len > datagram.ip_len() && !fits_mtu(ctx, ip_len) {
+        return Err(Outcome::TooBig);
+    }
+    // SAFETY: `ctx.ctx` is the program's context. Every packet address is re-derived after this.
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, delta) } != 0 {
+        return Err(Outcome::AdjustFailed);
+    }
+    let written = if rewrite.v6 {
+        write_ipv6(ctx, rewrite)
+    } else {
+        write_ipv4(ctx, rewrite)
+    };
+    if written.is_none() {
+        // Cannot happen (the frame holds at least the new headers), but the verifier needs the
+        // check; nothing was written, so moving the start back restores the frame.
+        // SAFETY: as above.
+        unsafe { bpf_xdp_adjust_head(ctx.ctx, -delta) };
+        return Err(Outcome::AdjustFailed);
+    }
+    let len = frame_len(ctx);
+    let want = rewrite.frame_len();
+    if len > want {
+        // A failure leaves trailing bytes after the IP packet, which receivers ignore.
+        // SAFETY: as above.
+        unsafe { bpf_xdp_adjust_tail(ctx.ctx, want as i32 - len as i32) };
+    }
+    Ok(())
+}
+
+/// Writes Ethernet, IPv4, UDP (and ChannelData) headers at the frame start.
+#[inline(always)]
+fn write_ipv4(ctx: &XdpContext, r: &Rewrite) -> Option<()> {
+    const UDP_AT: usize = ETH_HEADER + IPV4_HEADER;
+    let first = u16::from_ne_bytes([0x45, r.traffic_class]);
+    let total = ((IPV4_HEADER + r.udp_len as usize) as u16).to_be();
+    let flags = if r.dont_fragment {
+        0x4000u16.to_be()
+    } else {
+        0
+    };
+    let ttl_protocol = u16::from_ne_bytes([r.hop_limit, PROTO_UDP]);
+    let sum = first as u64
+        + total as u64
+        + r.ipv4_id as u64
+        + flags as u64
+        + ttl_protocol as u64
+        + r.src[0] as u64
+        + r.dst[0] as u64;
+    let header_checksum = finish(sum);
+    let f = check::<{ UDP_AT + UDP_HEADER }>(ctx, 0)?;
+    // SAFETY (the stores): inside the window `check` returned.
+    unsafe {
+        write_ethernet(f, r.macs, ETHERTYPE_IPV4);
+        store(f + 14, first);
+        store(f + 16, total);
+        store(f + 18, r.ipv4_id);
+        store(f + 20, flags);
+        store(f + 22, ttl_protocol);
+        store(f + 24, header_checksum);
+        store(f + 26, r.src[0]);
+        store(f + 30, r.dst[0]);
+    }
+    write_udp(ctx, f, UDP_AT, r)
+}
+
+/// Writes Ethernet, IPv6, UDP (and ChannelData) headers at the frame start.
+#[inline(always)]
+fn write_ipv6(ctx: &XdpContext, r: &Rewrite) -> Option<()> {
+    const UDP_AT: usize = ETH_HEADER + IPV6_HEADER;
+    // Version 6, traffic class, flow label 0.
+    let first = u32::from_ne_bytes([0x60 | (r.traffic_class >> 4), r.traffic_class << 4, 0, 0]);
+    let f = check::<{ UDP_AT + UDP_HEADER }>(ctx, 0)?;
+    // SAFETY (the stores): inside the window `check` returned.
+    unsafe {
+        write_ethernet(f, r.macs, ETHERTYPE_IPV6);
+        store(f + 14, first);
+        store(f + 18, r.udp_len.to_be());
+        store(f + 20, u16::from_ne_bytes([PROTO_UDP, r.hop_limit]));
+        store_address(f + 22, &r.src);
+        store_address(f + 38, &r.dst);
+    }
+    write_udp(ctx, f, UDP_AT, r)
+}
+
+/// Destination MAC = the old source, source MAC = the old destination.
+///
+/// # Safety
+///
+/// `f` must start a checked window of at least 14 bytes.
+#[inline(always)]
+unsafe fn write_ethernet(f: usize, macs: Macs, ethertype: u16) {
+    // SAFETY: the caller guarantees the window.
+    unsafe {
+        store(f, macs.src.0);
+        store(f + 4, macs.src.1);
+        store(f + 6, macs.dst.0);
+        store(f + 10, macs.dst.1);
+        store(f + 12, ethertype);
+    }
+}
+
+/// Writes the UDP header at `f + at` and, if any, the ChannelData header after it.
+#[inline(always)]
+fn write_udp(ctx: &XdpContext, f: usize, at: usize, r: &Rewrite) -> Option<()> {
+    // SAFETY: the callers checked `at + 8` bytes from `f`.
+    unsafe {
+        store(f + at, r.sport);
+        store(f + at + 2, r.dport);
+        store(f + at + 4, r.udp_len.to_be());
+        store(f + at + 6, r.checksum);
+    }
+    if let Some((channel, length)) = r.channel_header {
+        let h = check::<CHANNEL_HEADER>(ctx, at + UDP_HEADER)?;
+        // SAFETY: inside the window `check` returned.
+        unsafe {
+            store(h, channel);
+            store(h + 2, length);
+        }
+    }
+    Some(())
+}
