@@ -204,7 +204,7 @@ impl XdpRelay {
     /// object built from other sources, [`XdpError::Verifier`] if the kernel refuses the program.
     pub fn load(path: impl AsRef<Path>, options: &LoadOptions) -> Result<Self, XdpError> {
         let path = path.as_ref().to_path_buf();
-        let mut ebpf = EbpfLoader::new()
+        let ebpf = EbpfLoader::new()
             .map_max_entries(maps::CHANNEL_TO_PEER, options.max_channels)
             .map_max_entries(maps::PEER_TO_CHANNEL, options.max_channels)
             .load_file(&path)
@@ -212,6 +212,31 @@ impl XdpRelay {
                 path: path.clone(),
                 source: Box::new(source),
             })?;
+        Self::from_ebpf(ebpf, path)
+    }
+
+    /// As [`XdpRelay::load`], from the object's bytes (an object embedded in the binary);
+    /// `name` stands for the file in error messages.
+    ///
+    /// # Errors
+    ///
+    /// As [`XdpRelay::load`].
+    pub fn load_bytes(object: &[u8], name: &str, options: &LoadOptions) -> Result<Self, XdpError> {
+        let path = std::path::PathBuf::from(name);
+        // The ELF parser wants the object aligned; a heap copy is, wherever the bytes came from.
+        let object = object.to_vec();
+        let ebpf = EbpfLoader::new()
+            .map_max_entries(maps::CHANNEL_TO_PEER, options.max_channels)
+            .map_max_entries(maps::PEER_TO_CHANNEL, options.max_channels)
+            .load(&object)
+            .map_err(|source| XdpError::Object {
+                path: path.clone(),
+                source: Box::new(source),
+            })?;
+        Self::from_ebpf(ebpf, path)
+    }
+
+    fn from_ebpf(mut ebpf: aya::Ebpf, path: std::path::PathBuf) -> Result<Self, XdpError> {
         let mut take = |name: &'static str| {
             ebpf.take_map(name).ok_or_else(|| XdpError::MissingMap {
                 path: path.clone(),

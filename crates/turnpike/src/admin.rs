@@ -10,6 +10,8 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 
+use turnpike_xdp_user::XdpRelay;
+
 use crate::logging::LogControl;
 use crate::metrics::{Shared, render};
 
@@ -17,19 +19,25 @@ use crate::metrics::{Shared, render};
 struct AppState {
     shared: Arc<Shared>,
     log: LogControl,
+    kernel: Option<Arc<XdpRelay>>,
 }
 
 pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
     shared: Arc<Shared>,
     log: LogControl,
+    kernel: Option<Arc<XdpRelay>>,
 ) -> Result<()> {
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/log-level", post(log_level))
-        .with_state(AppState { shared, log });
+        .with_state(AppState {
+            shared,
+            log,
+            kernel,
+        });
     axum::serve(listener, app)
         .await
         .context("admin endpoint failed")
@@ -57,7 +65,15 @@ async fn metrics(
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        render(&state.shared.total()),
+        {
+            let kernel = state.kernel.as_ref().and_then(|kernel| {
+                kernel
+                    .counters()
+                    .inspect_err(|error| tracing::warn!(%error, "cannot read the XDP counters"))
+                    .ok()
+            });
+            render(&state.shared.total(), kernel.as_ref())
+        },
     )
 }
 

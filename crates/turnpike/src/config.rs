@@ -20,6 +20,16 @@ use turnpike_relay::{Config, Lifetimes, Quotas, RateLimit};
 /// The secret `--dev` uses; printed at start, so it protects nothing.
 pub(crate) const DEV_SECRET: &str = "turnpike-development-secret";
 
+/// How the XDP program is attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum XdpMode {
+    /// In the driver, before the kernel allocates a socket buffer (the fast one).
+    Driver,
+    /// In the kernel's generic hook, for drivers without native XDP.
+    Generic,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub(crate) enum LogFormat {
@@ -121,6 +131,17 @@ pub(crate) struct Options {
     /// IPv4 address or IPv6 /64), bursts of twice that; 0 for no limit [default: 100].
     #[arg(long, env = "TURNPIKE_UNAUTHENTICATED_RATE")]
     pub(crate) unauthenticated_rate: Option<u32>,
+    /// Relay bound channels in the kernel with XDP on this interface (the one clients and peers
+    /// reach the relay through). Off by default; if set and the program cannot be loaded or
+    /// attached, the relay does not start.
+    #[arg(long, env = "TURNPIKE_XDP_INTERFACE")]
+    pub(crate) xdp_interface: Option<String>,
+    /// Where the XDP program runs [default: driver].
+    #[arg(long, env = "TURNPIKE_XDP_MODE")]
+    pub(crate) xdp_mode: Option<XdpMode>,
+    /// An XDP object to load instead of the one built into the binary.
+    #[arg(long, env = "TURNPIKE_XDP_PROGRAM")]
+    pub(crate) xdp_program: Option<PathBuf>,
     /// SOFTWARE attribute for responses to authenticated requests [default: none].
     #[arg(long, env = "TURNPIKE_SOFTWARE")]
     pub(crate) software: Option<String>,
@@ -179,6 +200,9 @@ impl Options {
             threads,
             socket_buffer,
             unauthenticated_rate,
+            xdp_interface,
+            xdp_mode,
+            xdp_program,
             software,
         )
     }
@@ -196,8 +220,18 @@ pub(crate) struct Settings {
     pub(crate) drain: Duration,
     pub(crate) threads: usize,
     pub(crate) socket_buffer: usize,
+    /// The kernel data plane, when asked for.
+    pub(crate) xdp: Option<XdpSettings>,
     /// The core's configuration; each relay thread gets a copy with its share of the ports.
     pub(crate) core: Config,
+}
+
+/// Where and how to run the kernel data plane.
+#[derive(Debug, Clone)]
+pub(crate) struct XdpSettings {
+    pub(crate) interface: String,
+    pub(crate) mode: XdpMode,
+    pub(crate) program: Option<PathBuf>,
 }
 
 /// Reads secrets from the environment; `None` when unset.
@@ -440,6 +474,11 @@ impl Settings {
             drain: Duration::from_secs(options.drain_seconds.unwrap_or(30)),
             threads,
             socket_buffer: options.socket_buffer.unwrap_or(4 << 20),
+            xdp: options.xdp_interface.map(|interface| XdpSettings {
+                interface,
+                mode: options.xdp_mode.unwrap_or(XdpMode::Driver),
+                program: options.xdp_program,
+            }),
             core,
         })
     }

@@ -9,6 +9,7 @@ mod config;
 mod logging;
 mod metrics;
 mod shard;
+mod xdp;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -63,6 +64,10 @@ async fn run(settings: Settings, log: logging::LogControl) -> Result<()> {
     }
 
     let admin = admin::bind(settings.admin_listen).await?;
+    let kernel = match &settings.xdp {
+        Some(xdp_settings) => Some(xdp::start(&settings, xdp_settings)?),
+        None => None,
+    };
     let shared = Arc::new(Shared::new(settings.threads));
     let budget = turnpike_relay::AllocationBudget::new(settings.core.quotas.allocations_total);
     let mut bound = Vec::new();
@@ -74,6 +79,7 @@ async fn run(settings: Settings, log: logging::LogControl) -> Result<()> {
         // The total is enforced across threads through the shared budget.
         core.shared_budget = Some(Arc::clone(&budget));
         let plan = ShardPlan {
+            kernel: kernel.clone(),
             index,
             listen: settings.listen.clone(),
             relay_ports,
@@ -124,7 +130,12 @@ async fn run(settings: Settings, log: logging::LogControl) -> Result<()> {
         print_dev_instructions(&settings);
     }
 
-    let admin_task = tokio::spawn(admin::serve(admin, Arc::clone(&shared), log));
+    let admin_task = tokio::spawn(admin::serve(
+        admin,
+        Arc::clone(&shared),
+        log,
+        kernel.clone(),
+    ));
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot watch SIGTERM")?;
     tokio::select! {

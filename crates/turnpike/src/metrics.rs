@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use turnpike_relay::Stats;
 
 use turnpike_io::SendOutcome;
+use turnpike_xdp_user::Counters;
 
 /// The counters of one relay thread.
 #[derive(Debug, Clone, Default)]
@@ -25,6 +26,8 @@ pub(crate) struct ShardMetrics {
     pub(crate) interrupted: u64,
     pub(crate) no_socket: u64,
     pub(crate) excluded_ports: usize,
+    /// Channels the kernel map refused (full) or could not drop.
+    pub(crate) kernel_map_errors: u64,
 }
 
 /// State shared between the relay threads, the admin endpoint and the signal handler.
@@ -90,6 +93,7 @@ impl Shared {
             total.interrupted += shard.interrupted;
             total.no_socket += shard.no_socket;
             total.excluded_ports += shard.excluded_ports;
+            total.kernel_map_errors += shard.kernel_map_errors;
         }
         total
     }
@@ -118,7 +122,8 @@ fn add_stats(into: &mut Stats, from: &Stats) {
 }
 
 /// Renders the Prometheus text exposition format. Every label has a small fixed set of values.
-pub(crate) fn render(total: &ShardMetrics) -> String {
+/// `kernel` holds the XDP program's counters when the kernel data plane runs.
+pub(crate) fn render(total: &ShardMetrics, kernel: Option<&Counters>) -> String {
     let mut out = String::new();
     let mut section = |name: &str, kind: &str, help: &str, samples: Vec<(String, u64)>| {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -174,31 +179,39 @@ pub(crate) fn render(total: &ShardMetrics) -> String {
         "turnpike_relayed_packets_total",
         "counter",
         "Datagrams relayed, by direction and data path.",
-        vec![
-            (
-                "{direction=\"client_to_peer\",path=\"userspace\"}".to_owned(),
-                relayed.relayed_to_peer.packets,
-            ),
-            (
-                "{direction=\"peer_to_client\",path=\"userspace\"}".to_owned(),
-                relayed.relayed_to_client.packets,
-            ),
-        ],
+        with_kernel(
+            vec![
+                (
+                    "{direction=\"client_to_peer\",path=\"userspace\"}".to_owned(),
+                    relayed.relayed_to_peer.packets,
+                ),
+                (
+                    "{direction=\"peer_to_client\",path=\"userspace\"}".to_owned(),
+                    relayed.relayed_to_client.packets,
+                ),
+            ],
+            kernel,
+            |counter| counter.packets,
+        ),
     );
     section(
         "turnpike_relayed_bytes_total",
         "counter",
         "Payload bytes relayed, by direction and data path.",
-        vec![
-            (
-                "{direction=\"client_to_peer\",path=\"userspace\"}".to_owned(),
-                relayed.relayed_to_peer.bytes,
-            ),
-            (
-                "{direction=\"peer_to_client\",path=\"userspace\"}".to_owned(),
-                relayed.relayed_to_client.bytes,
-            ),
-        ],
+        with_kernel(
+            vec![
+                (
+                    "{direction=\"client_to_peer\",path=\"userspace\"}".to_owned(),
+                    relayed.relayed_to_peer.bytes,
+                ),
+                (
+                    "{direction=\"peer_to_client\",path=\"userspace\"}".to_owned(),
+                    relayed.relayed_to_client.bytes,
+                ),
+            ],
+            kernel,
+            |counter| counter.bytes,
+        ),
     );
     section(
         "turnpike_relayed_indication_packets_total",
@@ -266,4 +279,33 @@ pub(crate) fn render(total: &ShardMetrics) -> String {
         vec![(String::new(), total.excluded_ports as u64)],
     );
     out
+}
+
+const CLIENT_TO_PEER: &str = "client_to_peer";
+const PEER_TO_CLIENT: &str = "peer_to_client";
+
+/// Adds the kernel's relayed counts, per direction, to user-space samples.
+fn with_kernel(
+    mut samples: Vec<(String, u64)>,
+    kernel: Option<&Counters>,
+    value: impl Fn(turnpike_xdp_user::Counter) -> u64,
+) -> Vec<(String, u64)> {
+    if let Some(kernel) = kernel {
+        let sum = |prefix: &str| -> u64 {
+            kernel
+                .iter()
+                .filter(|(outcome, _)| outcome.is_relayed() && outcome.as_str().starts_with(prefix))
+                .map(|(_, counter)| value(counter))
+                .sum()
+        };
+        samples.push((
+            "{direction=\"client_to_peer\",path=\"kernel\"}".to_owned(),
+            sum(CLIENT_TO_PEER),
+        ));
+        samples.push((
+            "{direction=\"peer_to_client\",path=\"kernel\"}".to_owned(),
+            sum(PEER_TO_CLIENT),
+        ));
+    }
+    samples
 }

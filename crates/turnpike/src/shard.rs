@@ -34,6 +34,7 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use turnpike_proto::AddressFamily;
 use turnpike_relay::{Command, Config, FiveTuple, Forward, RelaySocket, Server};
+use turnpike_xdp_user::XdpRelay;
 
 use crate::metrics::{ShardMetrics, Shared};
 use turnpike_io::{self as udp, HEADROOM, RecvBatch, SendBatch};
@@ -45,6 +46,8 @@ const RECEIVE_POOL: usize = 8 * udp::BATCH;
 #[derive(Debug)]
 pub(crate) struct ShardPlan {
     pub(crate) index: usize,
+    /// The kernel data plane, whose channel maps this shard keeps in step with its core.
+    pub(crate) kernel: Option<Arc<XdpRelay>>,
     pub(crate) listen: Vec<SocketAddr>,
     pub(crate) relay_ports: RangeInclusive<u16>,
     pub(crate) socket_buffer: usize,
@@ -158,6 +161,7 @@ impl ShardSockets {
 /// Tokens: listeners first, then relay slots.
 struct Shard {
     index: usize,
+    kernel: Option<Arc<XdpRelay>>,
     server: Server<StdRng>,
     poll: Poll,
     listeners: Vec<(SocketAddr, UdpSocket)>,
@@ -221,6 +225,7 @@ pub(crate) fn run(sockets: ShardSockets, shared: Arc<Shared>) -> Result<()> {
     let tokens = listeners.len() + relays.len();
     let mut shard = Shard {
         index: plan.index,
+        kernel: plan.kernel.clone(),
         server,
         poll,
         listeners,
@@ -350,6 +355,7 @@ impl Shard {
             }
         };
         let sockets = Sockets {
+            kernel: self.kernel.as_deref(),
             listeners: &self.listeners,
             by_address: &self.listener_by_address,
             relays: &self.relays,
@@ -398,6 +404,7 @@ impl Shard {
 
     fn run_commands(&mut self) {
         let sockets = Sockets {
+            kernel: self.kernel.as_deref(),
             listeners: &self.listeners,
             by_address: &self.listener_by_address,
             relays: &self.relays,
@@ -409,6 +416,7 @@ impl Shard {
 
 /// The sockets of a shard, borrowed apart from the rest of it.
 struct Sockets<'a> {
+    kernel: Option<&'a XdpRelay>,
     listeners: &'a [(SocketAddr, UdpSocket)],
     by_address: &'a HashMap<SocketAddr, usize>,
     relays: &'a [Option<UdpSocket>],
@@ -504,11 +512,26 @@ fn execute_commands(
             }
             // Relayed sockets stay bound for the life of the process (see `ShardSockets::bind`).
             Command::CloseRelaySocket(_) => {}
-            // No kernel fast path is attached: the user-space path relays everything.
-            Command::InstallChannel(_)
-            | Command::RemoveChannel(_)
-            | Command::InstallPermission { .. }
-            | Command::RemovePermission { .. } => {}
+            // The kernel mirrors the core's channels; a failure (a full map, say) leaves that
+            // channel on the user-space path, which relays it all the same.
+            Command::InstallChannel(route) => {
+                if let Some(kernel) = sockets.kernel
+                    && let Err(error) = kernel.install_channel(&route)
+                {
+                    tracing::debug!(%error, "channel stays in user space");
+                    metrics.kernel_map_errors += 1;
+                }
+            }
+            Command::RemoveChannel(route) => {
+                if let Some(kernel) = sockets.kernel
+                    && let Err(error) = kernel.remove_channel(&route)
+                {
+                    tracing::debug!(%error, "cannot remove a channel from the kernel");
+                    metrics.kernel_map_errors += 1;
+                }
+            }
+            // The kernel program relays channels only; permissions stay in user space.
+            Command::InstallPermission { .. } | Command::RemovePermission { .. } => {}
         }
     }
 }
