@@ -9,7 +9,8 @@ readonly BPF_LINKER_VERSION=0.10.3
 readonly LLVM_MAJOR=22
 # binutils: readelf, used by build-xdp.sh. ethtool: turns off tx checksum offload on test veths.
 # iproute2: `ip netns` and veth pairs. coturn: reference TURN server for interoperability tests.
-readonly PACKAGES=(binutils ethtool iproute2 coturn)
+# curl: reads the relay's admin endpoint in the namespace tests.
+readonly PACKAGES=(binutils ethtool iproute2 coturn curl)
 
 die() {
     echo "setup: error: $*" >&2

@@ -16,6 +16,8 @@ step() {
 run_extra_suites() {
     step "fuzz smoke run"
     bash scripts/fuzz.sh 300000 >/dev/null
+    step "kernel data plane in network namespaces"
+    bash scripts/test-xdp-netns.sh debug
 }
 
 step "setup"

@@ -272,6 +272,29 @@ pub(crate) fn render(total: &ShardMetrics, kernel: Option<&Counters>) -> String 
         "Requests answered from the retransmission cache.",
         vec![(String::new(), total.stats.retransmissions)],
     );
+    if let Some(kernel) = kernel {
+        section(
+            "turnpike_xdp_packets_total",
+            "counter",
+            "Frames the XDP program saw, by outcome: relayed per direction and family pair, or \
+             passed to user space and why.",
+            kernel
+                .iter()
+                .map(|(outcome, counter)| {
+                    (
+                        format!("{{outcome=\"{}\"}}", outcome.as_str()),
+                        counter.packets,
+                    )
+                })
+                .collect(),
+        );
+        section(
+            "turnpike_xdp_map_errors_total",
+            "counter",
+            "Channels the kernel map could not take or drop (they are relayed in user space).",
+            vec![(String::new(), total.kernel_map_errors)],
+        );
+    }
     section(
         "turnpike_excluded_ports",
         "gauge",

@@ -1,0 +1,137 @@
+#!/usr/bin/env bash
+# End-to-end test of the kernel data plane (as root): real traffic through `turnpike` with XDP on,
+# in network namespaces joined by a router (scripts/lib/netns.sh), for all four address-family
+# pairs; then expiry (the kernel stops relaying a channel whose allocation expired) and detach
+# (no program stays attached after the relay exits, by SIGTERM or SIGKILL).
+#
+#   bash scripts/test-xdp-netns.sh [target-dir profile: debug|release]    default: debug
+#
+# Every wait is bounded; the namespaces are removed on any exit.
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+profile=${1:-debug}
+# shellcheck source=lib/netns.sh
+source "$root/scripts/lib/netns.sh"
+[[ $EUID -eq 0 ]] || { echo "test-xdp-netns: needs root" >&2; exit 1; }
+
+release_flag=()
+[[ $profile == release ]] && release_flag=(--release)
+cargo build --quiet "${release_flag[@]}" -p turnpike -p turnpike-load --manifest-path "$root/Cargo.toml"
+cargo build --quiet "${release_flag[@]}" -p turnpike-xdp-user --example xdp_pass --manifest-path "$root/Cargo.toml"
+bin="$root/target/$profile"
+elf=$(bash "$root/scripts/build-xdp.sh")
+secret=xdp-test-$RANDOM$RANDOM
+work=$(mktemp -d)
+relay_pid=
+passed=0
+failed=0
+
+cleanup() {
+    kill $(jobs -p) 2>/dev/null || true
+    wait 2>/dev/null || true
+    tp_netns_down
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+check() {
+    local name=$1
+    shift
+    if "$@"; then
+        echo "ok: $name"
+        passed=$((passed + 1))
+    else
+        echo "FAILED: $name"
+        failed=$((failed + 1))
+    fi
+}
+
+metric() {
+    ip netns exec "$TP_RELAY" curl -s --max-time 2 127.0.0.1:9478/metrics |
+        awk -v key="$1" 'index($0, key) == 1 { print $2; found = 1 } END { if (!found) print 0 }'
+}
+
+start_relay() {
+    TURNPIKE_SECRETS=$secret ip netns exec "$TP_RELAY" "$bin/turnpike" \
+        --listen "$TP_RELAY_IP:3478,[$TP_RELAY_IP6]:3478" \
+        --allow-peers "10.100.3.0/24,fd00:100:3::/64" --relay-ports 49152-53151 \
+        --default-lifetime 4 --max-lifetime 4 --drain-seconds 0 --log-level warn \
+        --xdp-interface tp2-h "$@" >"$work/relay.log" 2>&1 &
+    relay_pid=$!
+    local i
+    for i in $(seq 1 100); do
+        if ip netns exec "$TP_RELAY" curl -s --max-time 1 127.0.0.1:9478/readyz 2>/dev/null | grep -q ready; then
+            return 0
+        fi
+        kill -0 "$relay_pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    echo "the relay did not start:" >&2
+    cat "$work/relay.log" >&2
+    return 1
+}
+
+xdp_attached() {
+    ip -n "$TP_RELAY" -d link show tp2-h | grep -q "prog/xdp"
+}
+
+tp_netns_up
+ip netns exec "$TP_ROUTER" "$bin/examples/xdp_pass" "$elf" tp1-r tp2-r tp3-r >/dev/null &
+ip netns exec "$TP_PEER" "$bin/turnpike-load" echo --listen "$TP_PEER_IP:9000" 2>/dev/null &
+ip netns exec "$TP_PEER" "$bin/turnpike-load" echo --listen "[$TP_PEER_IP6]:9000" 2>/dev/null &
+start_relay
+
+# One run per family pair: client family (server address), peer family (echo peer address).
+pairs=(
+    "4to4 $TP_RELAY_IP:3478 $TP_PEER_IP:9000"
+    "4to6 $TP_RELAY_IP:3478 [$TP_PEER_IP6]:9000"
+    "6to4 [$TP_RELAY_IP6]:3478 $TP_PEER_IP:9000"
+    "6to6 [$TP_RELAY_IP6]:3478 [$TP_PEER_IP6]:9000"
+)
+for pair in "${pairs[@]}"; do
+    read -r name server peer <<<"$pair"
+    csum0=$(($(tp_udp_csum_errors "$TP_CLIENT") + $(tp_udp_csum_errors "$TP_PEER")))
+    up0=$(metric "turnpike_xdp_packets_total{outcome=\"client_to_peer_$name\"}")
+    summary=$(timeout 30 ip netns exec "$TP_CLIENT" "$bin/turnpike-load" run --server "$server" --peer "$peer" \
+        --secret "$secret" --allocations 4 --duration 2 --window 8 2>/dev/null | tail -n 1) || summary='{}'
+    up1=$(metric "turnpike_xdp_packets_total{outcome=\"client_to_peer_$name\"}")
+    csum1=$(($(tp_udp_csum_errors "$TP_CLIENT") + $(tp_udp_csum_errors "$TP_PEER")))
+    received=$(sed -n 's/.*"received":\([0-9]*\).*/\1/p' <<<"$summary")
+    sent=$(sed -n 's/.*"sent":\([0-9]*\).*/\1/p' <<<"$summary")
+    malformed=$(sed -n 's/.*"malformed":\([0-9]*\).*/\1/p' <<<"$summary")
+    check "$name: round trips completed ($received of $sent)" test "${received:-0}" -gt 1000
+    check "$name: no datagram lost or mangled" test "$((${sent:-0} - ${received:-0}))" -le "$((${sent:-1} / 100))" -a "${malformed:-1}" -eq 0
+    check "$name: relayed in the kernel ($((up1 - up0)) client-to-peer frames)" test "$((up1 - up0))" -ge "${received:-1}"
+    check "$name: receivers saw no checksum errors" test "$csum1" -eq "$csum0"
+done
+userspace=$(metric 'turnpike_relayed_packets_total{direction="client_to_peer",path="userspace"}')
+check "bound channels never reached user space ($userspace datagrams did)" test "$userspace" -eq 0
+
+# Expiry: allocations live 4 s; a load of 7 s outlives them, so the kernel must stop relaying
+# and pass the rest to user space, which has no allocation for it either.
+relayed0=$(metric 'turnpike_relayed_packets_total{direction="client_to_peer",path="kernel"}')
+missing0=$(metric 'turnpike_xdp_packets_total{outcome="no_channel"}')
+timeout 30 ip netns exec "$TP_CLIENT" "$bin/turnpike-load" run --server "$TP_RELAY_IP:3478" --peer "$TP_PEER_IP:9000" \
+    --secret "$secret" --allocations 2 --duration 7 --window 4 >/dev/null 2>&1 || true
+sleep 1.5
+relayed1=$(metric 'turnpike_relayed_packets_total{direction="client_to_peer",path="kernel"}')
+missing1=$(metric 'turnpike_xdp_packets_total{outcome="no_channel"}')
+check "expiry: relayed in the kernel while alive ($((relayed1 - relayed0)) frames)" test "$((relayed1 - relayed0))" -gt 0
+check "expiry: the kernel passed later ChannelData up as unbound ($((missing1 - missing0)) frames)" test "$((missing1 - missing0))" -gt 0
+check "expiry: no allocation is left" test "$(metric 'turnpike_allocations ')" -eq 0
+
+# Detach: the program goes with the process, whether it exits or is killed.
+check "attached while the relay runs" xdp_attached
+kill -TERM "$relay_pid"
+wait "$relay_pid" 2>/dev/null || true
+check "detached after SIGTERM" bash -c "! ip -n $TP_RELAY -d link show tp2-h | grep -q prog/xdp"
+start_relay
+check "attached again after a restart" xdp_attached
+kill -KILL "$relay_pid"
+wait "$relay_pid" 2>/dev/null || true
+sleep 0.5
+check "detached after SIGKILL" bash -c "! ip -n $TP_RELAY -d link show tp2-h | grep -q prog/xdp"
+
+echo "xdp netns: $passed passed, $failed failed"
+[[ $failed -eq 0 ]]
