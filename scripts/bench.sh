@@ -9,8 +9,13 @@
 # load generator; relay CPU is read from /proc/PID/stat. Prints a Markdown table with the
 # Turnpike/coturn ratios; the caller copies it into docs/benchmarks.md.
 #
+# Three relays per case: Turnpike's user-space path, Turnpike with its XDP data plane on the relay's
+# interface, and coturn. The router-side veth ends run the XDP_PASS program for all three (XDP_TX
+# on a veth needs it; it costs the others nothing measurable). Softirq time is read system-wide
+# from /proc/stat: XDP work is accounted there, not to the relay process.
+#
 # Environment: BENCH_PAYLOADS (default "100 1200"), BENCH_ALLOCATIONS (default "1 16 64"),
-# TURNPIKE_BENCH_XDP=1 adds a Turnpike run with the XDP fast path (once it exists).
+# BENCH_SERVERS (default "turnpike turnpike-xdp coturn").
 set -euo pipefail
 
 seconds=${1:-5}
@@ -21,6 +26,8 @@ source "$root/scripts/lib/netns.sh"
 command -v turnserver >/dev/null || { echo "bench: coturn missing; run scripts/setup.sh" >&2; exit 1; }
 
 cargo build --release --quiet -p turnpike -p turnpike-load --manifest-path "$root/Cargo.toml"
+cargo build --release --quiet -p turnpike-xdp-user --example xdp_pass --manifest-path "$root/Cargo.toml"
+elf=$(bash "$root/scripts/build-xdp.sh")
 turnpike="$root/target/release/turnpike"
 load="$root/target/release/turnpike-load"
 secret=bench-secret-$RANDOM$RANDOM
@@ -37,13 +44,15 @@ cleanup() {
 trap cleanup EXIT
 
 tp_netns_up
+ip netns exec "$TP_ROUTER" "$root/target/release/examples/xdp_pass" "$elf" tp1-r tp2-r tp3-r >/dev/null &
+pids+=($!)
 ip netns exec "$TP_PEER" "$load" echo --listen "$TP_PEER_IP:9000" --threads 1 2>/dev/null &
 pids+=($!)
 
 start_turnpike() {
     TURNPIKE_SECRETS=$secret ip netns exec "$TP_RELAY" "$turnpike" \
         --listen "$TP_RELAY_IP:3478" --allow-peers 10.100.3.0/24 --relay-ports 49152-65535 \
-        --admin-listen 127.0.0.1:9478 --log-level warn --drain-seconds 0 >"$work/relay.log" 2>&1 &
+        --admin-listen 127.0.0.1:9478 --log-level warn --drain-seconds 0 "$@" >"$work/relay.log" 2>&1 &
     echo $!
 }
 
@@ -78,8 +87,9 @@ EOF
 
 wait_for_port() {
     local i
-    for i in $(seq 1 50); do
-        if ip netns exec "$TP_RELAY" ss -uln | grep -q "$TP_RELAY_IP:3478"; then return 0; fi
+    for i in $(seq 1 200); do
+        # Filtered by ss itself: piping 16,000 sockets into `grep -q` ends in SIGPIPE.
+        if [[ -n $(ip netns exec "$TP_RELAY" ss -Hnlu "( sport = :3478 )") ]]; then return 0; fi
         sleep 0.1
     done
     echo "bench: the relay did not start; log:" >&2
@@ -87,30 +97,40 @@ wait_for_port() {
     return 1
 }
 
+# System-wide softirq time in clock ticks.
+softirq_ticks() {
+    awk '$1 == "cpu" { print $8 }' /proc/stat
+}
+
 # measure NAME PID ALLOCATIONS PAYLOAD: prints one result line.
 measure() {
     local name=$1 pid=$2 allocations=$3 payload=$4
-    local hz client0 peer0 cpu0 client1 peer1 cpu1 relayed cpu_seconds summary
+    local hz client0 peer0 cpu0 soft0 client1 peer1 cpu1 soft1 relayed cpu_seconds soft_seconds summary
     hz=$(getconf CLK_TCK)
-    client0=$(tp_udp_in "$TP_CLIENT"); peer0=$(tp_udp_in "$TP_PEER"); cpu0=$(tp_cpu_ticks "$pid")
+    client0=$(tp_udp_in "$TP_CLIENT"); peer0=$(tp_udp_in "$TP_PEER"); cpu0=$(tp_cpu_ticks "$pid"); soft0=$(softirq_ticks)
     summary=$(ip netns exec "$TP_CLIENT" "$load" run --server "$TP_RELAY_IP:3478" --peer "$TP_PEER_IP:9000" \
         --secret "$secret" --allocations "$allocations" --payload "$payload" --duration "$seconds" \
         --window 32 2>"$work/load.log" | tail -n 1) || { cat "$work/load.log" >&2; return 1; }
-    client1=$(tp_udp_in "$TP_CLIENT"); peer1=$(tp_udp_in "$TP_PEER"); cpu1=$(tp_cpu_ticks "$pid")
+    client1=$(tp_udp_in "$TP_CLIENT"); peer1=$(tp_udp_in "$TP_PEER"); cpu1=$(tp_cpu_ticks "$pid"); soft1=$(softirq_ticks)
     relayed=$(( (client1 - client0) + (peer1 - peer0) ))
     cpu_seconds=$(awk -v t=$((cpu1 - cpu0)) -v hz="$hz" 'BEGIN { printf "%.3f", t / hz }')
+    soft_seconds=$(awk -v t=$((soft1 - soft0)) -v hz="$hz" 'BEGIN { printf "%.3f", t / hz }')
     local p99
     p99=$(sed -n 's/.*"rtt_micros_p99":\([0-9]*\).*/\1/p' <<<"$summary")
-    awk -v name="$name" -v a="$allocations" -v p="$payload" -v r="$relayed" -v s="$seconds" -v c="$cpu_seconds" -v p99="$p99" \
-        'BEGIN { pps = r / s; us = (r > 0) ? c * 1e6 / r : 0; printf "%s %d %d %.0f %.3f %s\n", name, a, p, pps, us, p99 }'
+    awk -v name="$name" -v a="$allocations" -v p="$payload" -v r="$relayed" -v s="$seconds" -v c="$cpu_seconds" -v q="$soft_seconds" -v p99="$p99" \
+        'BEGIN { pps = r / s; us = (r > 0) ? c * 1e6 / r : 0; sq = (r > 0) ? q * 1e6 / r : 0; printf "%s %d %d %.0f %.3f %s %.3f\n", name, a, p, pps, us, p99, sq }'
 }
 
 results="$work/results"
 : >"$results"
 for payload in ${BENCH_PAYLOADS:-100 1200}; do
     for allocations in ${BENCH_ALLOCATIONS:-1 16 64}; do
-        for server in turnpike coturn; do
-            if [[ $server == turnpike ]]; then pid=$(start_turnpike); else pid=$(start_coturn); fi
+        for server in ${BENCH_SERVERS:-turnpike turnpike-xdp coturn}; do
+            case $server in
+                turnpike) pid=$(start_turnpike) ;;
+                turnpike-xdp) pid=$(start_turnpike --xdp-interface tp2-h) ;;
+                coturn) pid=$(start_coturn) ;;
+            esac
             pids+=("$pid")
             wait_for_port
             sleep 0.5
@@ -122,15 +142,23 @@ for payload in ${BENCH_PAYLOADS:-100 1200}; do
 done
 
 echo
-echo "| payload (B) | allocations | Turnpike relayed pkt/s | coturn relayed pkt/s | pkt/s ratio | Turnpike CPU µs/pkt | coturn CPU µs/pkt | CPU ratio | Turnpike rtt p99 µs | coturn rtt p99 µs |"
-echo "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+echo "| payload (B) | allocations | relay | relayed pkt/s | × coturn | × Turnpike user space | relay CPU µs/pkt | × coturn | softirq µs/pkt (system) | rtt p99 µs |"
+echo "| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
 awk '
-    $1 == "turnpike" { key = $3 " " $2; tp[key] = $4; tc[key] = $5; tl[key] = $6; order[++n] = key }
-    $1 == "coturn"   { key = $3 " " $2; cp[key] = $4; cc[key] = $5; cl[key] = $6 }
+    { key = $3 " " $2; pps[key, $1] = $4; cpu[key, $1] = $5; p99[key, $1] = $6; soft[key, $1] = $7
+      if (!(key in seen)) { seen[key] = 1; order[++n] = key }
+      if (!(($1) in named)) { named[$1] = 1; names[++m] = $1 } }
     END {
         for (i = 1; i <= n; i++) {
             key = order[i]; split(key, part, " ")
-            printf "| %s | %s | %.0f | %.0f | %.2f | %.2f | %.2f | %.2f | %s | %s |\n", part[1], part[2], tp[key], cp[key], \
-                (cp[key] > 0 ? tp[key] / cp[key] : 0), tc[key], cc[key], (cc[key] > 0 ? tc[key] / cc[key] : 0), tl[key], cl[key]
+            for (j = 1; j <= m; j++) {
+                name = names[j]
+                if (!((key, name) in pps)) continue
+                cp = pps[key, "coturn"]; tp = pps[key, "turnpike"]; cc = cpu[key, "coturn"]
+                printf "| %s | %s | %s | %.0f | %s | %s | %.2f | %s | %.2f | %s |\n", part[1], part[2], name, pps[key, name],
+                    (cp > 0 ? sprintf("%.2f", pps[key, name] / cp) : "-"),
+                    (tp > 0 ? sprintf("%.2f", pps[key, name] / tp) : "-"),
+                    cpu[key, name], (cc > 0 ? sprintf("%.2f", cpu[key, name] / cc) : "-"), soft[key, name], p99[key, name]
+            }
         }
     }' "$results"
