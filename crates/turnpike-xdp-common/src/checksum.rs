@@ -54,13 +54,23 @@ pub const fn fold(sum: u64) -> u16 {
 /// RFC 1624 equation 3: the checksum after the words summing to `removed` were replaced by words
 /// summing to `added` (both wide sums of raw words): `HC' = ~(~HC + ~m + m')`.
 ///
+/// `~m` is taken as [`ONES_MULTIPLE`]` - removed` rather than by folding `removed` first: both
+/// are congruent to `-m` modulo 0xFFFF, and this saves the kernel program a second fold per
+/// packet. `removed` must stay below `ONES_MULTIPLE` (2^48 - 1), which any sum of fewer than
+/// 65,535 32-bit words does. The inner sum is never zero (`ONES_MULTIPLE - removed` is positive),
+/// so [`fold`] gives exactly what folding `removed` first would whenever `old` or `added` is
+/// non-zero: always for a UDP update, whose `added` holds a length of at least 8.
+///
 /// The result is the raw one's complement value; a UDP checksum must go through
 /// [`udp_on_wire`] before it is written.
 #[inline(always)]
 pub const fn update(old: u16, removed: u64, added: u64) -> u16 {
-    let removed = fold(removed);
-    !fold(!old as u64 + !removed as u64 + added)
+    !fold(!old as u64 + (ONES_MULTIPLE - removed) + added)
 }
+
+/// 0xFFFF × 0x1_0001_0001: a multiple of 0xFFFF, so zero in one's complement arithmetic, and
+/// larger than any sum [`update`] is asked to take out.
+pub const ONES_MULTIPLE: u64 = 0xFFFF_FFFF_FFFF;
 
 /// A computed UDP checksum as it is transmitted: zero means "no checksum" in UDP, so a computed
 /// zero is sent as 0xFFFF, its one's complement equivalent (RFC 768; for IPv6, RFC 8200 §8.1).

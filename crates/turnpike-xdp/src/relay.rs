@@ -322,14 +322,15 @@ fn client_to_peer(
     let checksum = if datagram.checksum == 0 {
         keep_zero_checksum(datagram, out_v6)?
     } else {
-        let removed = add_address(add_address(0, &datagram.src), &datagram.dst)
+        let (old_own, new_own) = own_address_terms(datagram, &src, out_v6);
+        let removed = add_address(old_own, &datagram.src)
             + 2 * datagram.udp_len.to_be() as u64
             + datagram.sport as u64
             + datagram.dport as u64
             + channel as u64
             + length_raw as u64
             + padding_sum(ctx, datagram, padding)?;
-        let added = add_address(add_address(0, &src), &peer)
+        let added = add_address(new_own, &peer)
             + 2 * udp_len.to_be() as u64
             + relay_port as u64
             + peer_port as u64;
@@ -407,13 +408,14 @@ fn peer_to_client(
     let checksum = if datagram.checksum == 0 {
         keep_zero_checksum(datagram, out_v6)?
     } else {
-        let removed = add_address(add_address(0, &datagram.src), &datagram.dst)
+        let (old_own, new_own) = own_address_terms(datagram, &src, out_v6);
+        let removed = add_address(old_own, &datagram.src)
             + 2 * datagram.udp_len.to_be() as u64
             + datagram.sport as u64
             + datagram.dport as u64;
         // The header sits at an even offset and shifts the payload by 4 bytes, so the payload's
         // words stay words; only the header's two words are new.
-        let added = add_address(add_address(0, &src), &address)
+        let added = add_address(new_own, &address)
             + 2 * udp_len.to_be() as u64
             + listen_port as u64
             + client_port as u64
@@ -497,6 +499,18 @@ fn source_address(
         Err(Outcome::OwnAddressUnset)
     } else {
         Ok(mine)
+    }
+}
+
+/// The checksum terms (removed, added) of the relay's own address in the pseudo-header: the
+/// incoming destination goes, the outgoing source comes. In the same family they are the same
+/// address and cancel, which spares the per-packet sum four loads and adds per side.
+#[inline(always)]
+fn own_address_terms(datagram: &Datagram, src: &Address, out_v6: bool) -> (u64, u64) {
+    if out_v6 == datagram.v6 {
+        (0, 0)
+    } else {
+        (add_address(0, &datagram.dst), add_address(0, src))
     }
 }
 
