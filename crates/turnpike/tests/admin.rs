@@ -11,12 +11,11 @@ mod common;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use common::{Relay, SECRET};
+use common::Relay;
 use turnpike_load::run::CHANNEL;
-use turnpike_load::{echo, turn_client};
 
 #[test]
 fn health_readiness_and_metrics_are_served() {
@@ -64,29 +63,8 @@ fn sigterm_refuses_new_allocations_keeps_relaying_then_exits_cleanly() {
     let mut relay = Relay::start(&["--drain-seconds=3", "--unauthenticated-rate=0"]);
     let server: SocketAddr = relay.server("127.0.0.1").parse().unwrap();
     let stop = Arc::new(AtomicBool::new(false));
-    let peer = echo::spawn(
-        "127.0.0.1:0".parse().unwrap(),
-        1,
-        Arc::clone(&stop),
-        Arc::new(AtomicU64::new(0)),
-    )
-    .unwrap();
-    let expiry = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 3600;
-    let allocate = |user: &str| {
-        let (username, password) = turn_client::rest_credentials(SECRET, user, expiry);
-        turn_client::allocate_and_bind(
-            "127.0.0.1:0".parse().unwrap(),
-            server,
-            &username,
-            &password,
-            peer,
-            CHANNEL,
-        )
-    };
+    let peer = common::echo_peer(&stop);
+    let allocate = |user: &str| common::allocate(server, peer, user);
     let existing = allocate("before").unwrap();
 
     let pid = i32::try_from(relay.pid()).unwrap();

@@ -13,12 +13,12 @@ mod common;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
-use common::{Relay, SECRET};
-use turnpike_load::run::{CHANNEL, Load, Progress};
-use turnpike_load::{echo, run, turn_client};
+use common::Relay;
+use turnpike_load::run;
+use turnpike_load::run::{Load, Progress};
 
 const ALLOCATIONS: u32 = 2_000;
 
@@ -30,32 +30,11 @@ fn two_thousand_allocations_relay_at_once_and_none_starves() {
     let relay = Relay::start_with_ports(3_000, &["--threads=2", "--unauthenticated-rate=0"]);
     let server: SocketAddr = relay.server("127.0.0.1").parse().unwrap();
     let stop = Arc::new(AtomicBool::new(false));
-    let peer = echo::spawn(
-        "127.0.0.1:0".parse().unwrap(),
-        1,
-        Arc::clone(&stop),
-        Arc::new(AtomicU64::new(0)),
-    )
-    .unwrap();
-
-    let expiry = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 3600;
+    let peer = common::echo_peer(&stop);
     let allocations: Vec<_> = (0..ALLOCATIONS)
         .map(|index| {
-            let (username, password) =
-                turn_client::rest_credentials(SECRET, &format!("fair{index}"), expiry);
-            let allocation = turn_client::allocate_and_bind(
-                "127.0.0.1:0".parse().unwrap(),
-                server,
-                &username,
-                &password,
-                peer,
-                CHANNEL,
-            )
-            .unwrap_or_else(|error| panic!("allocation {index}: {error:#}"));
+            let allocation = common::allocate(server, peer, &format!("fair{index}"))
+                .unwrap_or_else(|error| panic!("allocation {index}: {error:#}"));
             (index, allocation)
         })
         .collect();

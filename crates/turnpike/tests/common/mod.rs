@@ -174,3 +174,37 @@ pub fn rest_credentials(expiry_offset: i64) -> (String, String) {
         base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes()),
     )
 }
+
+/// An echo peer on 127.0.0.1, running until `stop` is set.
+pub fn echo_peer(stop: &std::sync::Arc<std::sync::atomic::AtomicBool>) -> SocketAddr {
+    turnpike_load::echo::spawn(
+        "127.0.0.1:0".parse().unwrap(),
+        1,
+        std::sync::Arc::clone(stop),
+        std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0)),
+    )
+    .unwrap()
+}
+
+/// An allocation on `server` for `user` (REST credentials valid for an hour), from a new socket
+/// on 127.0.0.1, with the load generator's channel bound to `peer`.
+pub fn allocate(
+    server: SocketAddr,
+    peer: SocketAddr,
+    user: &str,
+) -> anyhow::Result<turnpike_load::turn_client::Allocation> {
+    let expiry = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600;
+    let (username, password) = turnpike_load::turn_client::rest_credentials(SECRET, user, expiry);
+    turnpike_load::turn_client::allocate_and_bind(
+        "127.0.0.1:0".parse().unwrap(),
+        server,
+        &username,
+        &password,
+        peer,
+        turnpike_load::run::CHANNEL,
+    )
+}
