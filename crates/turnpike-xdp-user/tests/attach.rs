@@ -14,27 +14,8 @@ mod common;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::process::Command;
 
-use common::load_relay;
+use common::{load_relay, private_namespace, run_command};
 use turnpike_xdp_user::{AttachMode, XdpError, discover};
-
-/// Moves this thread into a fresh network namespace; `false` (with a reason printed) if it
-/// cannot.
-fn private_namespace() -> bool {
-    // SAFETY: `unshare` affects only the calling thread, which is this test's own.
-    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-        eprintln!(
-            "skipped: unshare(CLONE_NEWNET): {}",
-            std::io::Error::last_os_error()
-        );
-        return false;
-    }
-    true
-}
-
-fn ip(args: &[&str]) {
-    let status = Command::new("ip").args(args).status().expect("ip runs");
-    assert!(status.success(), "ip {args:?} failed");
-}
 
 fn ip_output(args: &[&str]) -> String {
     let output = Command::new("ip").args(args).output().expect("ip runs");
@@ -43,9 +24,9 @@ fn ip_output(args: &[&str]) -> String {
 }
 
 fn veth_pair(a: &str, b: &str) {
-    ip(&["link", "add", a, "type", "veth", "peer", "name", b]);
-    ip(&["link", "set", a, "up"]);
-    ip(&["link", "set", b, "up"]);
+    run_command("ip", &["link", "add", a, "type", "veth", "peer", "name", b]);
+    run_command("ip", &["link", "set", a, "up"]);
+    run_command("ip", &["link", "set", b, "up"]);
 }
 
 #[test]
@@ -127,18 +108,27 @@ fn own_addresses_are_the_interfaces_unicast_ones() {
     veth_pair("tp-own0", "tp-own1");
     // Link-local addresses (the kernel adds fe80:: itself) must never be chosen, nor may an
     // address of another interface.
-    ip(&["address", "add", "169.254.7.7/16", "dev", "tp-own0"]);
-    ip(&["address", "add", "192.0.2.5/24", "dev", "tp-own0"]);
-    ip(&["address", "add", "192.0.2.6/24", "dev", "tp-own0"]);
-    ip(&["address", "add", "198.51.100.5/24", "dev", "tp-own1"]);
-    ip(&[
-        "address",
-        "add",
-        "2001:db8::5/64",
-        "dev",
-        "tp-own0",
-        "nodad",
-    ]);
+    run_command(
+        "ip",
+        &["address", "add", "169.254.7.7/16", "dev", "tp-own0"],
+    );
+    run_command("ip", &["address", "add", "192.0.2.5/24", "dev", "tp-own0"]);
+    run_command("ip", &["address", "add", "192.0.2.6/24", "dev", "tp-own0"]);
+    run_command(
+        "ip",
+        &["address", "add", "198.51.100.5/24", "dev", "tp-own1"],
+    );
+    run_command(
+        "ip",
+        &[
+            "address",
+            "add",
+            "2001:db8::5/64",
+            "dev",
+            "tp-own0",
+            "nodad",
+        ],
+    );
 
     let listed = discover::interface_addresses("tp-own0").unwrap();
     assert_eq!(

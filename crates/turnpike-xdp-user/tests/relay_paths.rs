@@ -6,7 +6,6 @@
 
 #![expect(
     clippy::unwrap_used,
-    clippy::expect_used,
     reason = "test code: a panic is how a test reports a failure"
 )]
 #![expect(
@@ -21,7 +20,7 @@ use std::str::FromStr;
 
 use common::{
     CLIENT_MAC, IpFields, RELAY_MAC, assert_checksums_valid, channel_data, load_relay, payload,
-    udp_frame,
+    private_namespace, run_command, udp_frame,
 };
 use turnpike_proto::{AddressFamily, ChannelNumber};
 use turnpike_relay::{ChannelRoute, FiveTuple, RelaySocket};
@@ -869,29 +868,16 @@ fn a_datagram_that_would_outgrow_the_mtu_is_passed() {
 /// Moves this thread into a new network namespace and creates a veth pair there with the given
 /// MTU; returns the index of one end. The namespace dies with the thread.
 fn small_mtu_interface(mtu: u16) -> Option<u32> {
-    // SAFETY: `unshare` affects only the calling thread's namespaces; this thread is the test's
-    // own and ends with it.
-    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-        eprintln!(
-            "skipped: unshare(CLONE_NEWNET): {}",
-            std::io::Error::last_os_error()
-        );
+    if !private_namespace() {
         return None;
     }
-    let status = std::process::Command::new("ip")
-        .args([
-            "link",
-            "add",
-            "tp-mtu0",
-            "mtu",
-            &mtu.to_string(),
-            "type",
-            "veth",
-        ])
-        .args(["peer", "name", "tp-mtu1"])
-        .status()
-        .expect("ip runs");
-    assert!(status.success(), "ip link add failed");
+    let mtu = mtu.to_string();
+    run_command(
+        "ip",
+        &[
+            "link", "add", "tp-mtu0", "mtu", &mtu, "type", "veth", "peer", "name", "tp-mtu1",
+        ],
+    );
     let name = std::ffi::CString::new("tp-mtu0").unwrap();
     // SAFETY: `name` is a valid NUL-terminated string.
     let index = unsafe { libc::if_nametoindex(name.as_ptr()) };

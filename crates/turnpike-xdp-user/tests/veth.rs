@@ -22,34 +22,13 @@
 mod common;
 
 use std::net::{SocketAddr, UdpSocket};
-use std::process::Command;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use common::{channel_data, load_relay};
+use common::{channel_data, load_relay, private_namespace, run_command};
 use turnpike_proto::{AddressFamily, ChannelNumber};
 use turnpike_relay::{ChannelRoute, FiveTuple, RelaySocket};
 use turnpike_xdp_user::{AttachMode, Outcome, Program, XdpConfig, discover};
-
-fn run(program: &str, args: &[&str]) {
-    let status = Command::new(program)
-        .args(args)
-        .status()
-        .expect("command runs");
-    assert!(status.success(), "{program} {args:?} failed");
-}
-
-fn unshare_network() -> bool {
-    // SAFETY: `unshare` affects only the calling thread.
-    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-        eprintln!(
-            "skipped: unshare(CLONE_NEWNET): {}",
-            std::io::Error::last_os_error()
-        );
-        return false;
-    }
-    true
-}
 
 fn route(client: &str, channel: u16, relay_port: u16, peer: &str) -> ChannelRoute {
     let peer: SocketAddr = peer.parse().unwrap();
@@ -86,17 +65,17 @@ fn receive(socket: &UdpSocket) -> (Vec<u8>, SocketAddr) {
 fn outside(ready: mpsc::Receiver<()>, done: mpsc::Sender<Seen>) {
     ready.recv().unwrap();
     let Some(mut pass) = load_relay() else { return };
-    run("ip", &["link", "set", "tp-outside", "up"]);
-    run("ethtool", &["-K", "tp-outside", "tx", "off"]);
-    run(
+    run_command("ip", &["link", "set", "tp-outside", "up"]);
+    run_command("ethtool", &["-K", "tp-outside", "tx", "off"]);
+    run_command(
         "ip",
         &["address", "add", "198.51.100.10/24", "dev", "tp-outside"],
     );
-    run(
+    run_command(
         "ip",
         &["address", "add", "203.0.113.20/24", "dev", "tp-outside"],
     );
-    run(
+    run_command(
         "ip",
         &[
             "address",
@@ -107,8 +86,8 @@ fn outside(ready: mpsc::Receiver<()>, done: mpsc::Sender<Seen>) {
             "nodad",
         ],
     );
-    run("ip", &["route", "add", "192.0.2.0/24", "dev", "tp-outside"]);
-    run(
+    run_command("ip", &["route", "add", "192.0.2.0/24", "dev", "tp-outside"]);
+    run_command(
         "ip",
         &["route", "add", "2001:db8:1::/64", "dev", "tp-outside"],
     );
@@ -151,14 +130,14 @@ fn datagrams_cross_a_veth_through_the_kernel_program() {
     let Some(mut relay) = load_relay() else {
         return;
     };
-    if !unshare_network() {
+    if !private_namespace() {
         return;
     }
     let (tid_tx, tid_rx) = mpsc::channel();
     let (ready_tx, ready_rx) = mpsc::channel();
     let (done_tx, done_rx) = mpsc::channel();
     let other = std::thread::spawn(move || {
-        if !unshare_network() {
+        if !private_namespace() {
             return;
         }
         // SAFETY: `gettid` has no preconditions.
@@ -167,7 +146,7 @@ fn datagrams_cross_a_veth_through_the_kernel_program() {
     });
     let tid = tid_rx.recv().unwrap().to_string();
 
-    run(
+    run_command(
         "ip",
         &[
             "link",
@@ -182,10 +161,10 @@ fn datagrams_cross_a_veth_through_the_kernel_program() {
             &tid,
         ],
     );
-    run("ip", &["link", "set", "tp-relay", "up"]);
-    run("ethtool", &["-K", "tp-relay", "tx", "off"]);
-    run("ip", &["address", "add", "192.0.2.1/24", "dev", "tp-relay"]);
-    run(
+    run_command("ip", &["link", "set", "tp-relay", "up"]);
+    run_command("ethtool", &["-K", "tp-relay", "tx", "off"]);
+    run_command("ip", &["address", "add", "192.0.2.1/24", "dev", "tp-relay"]);
+    run_command(
         "ip",
         &[
             "address",

@@ -5,6 +5,7 @@
 #![allow(dead_code, reason = "each test binary uses a different part")]
 #![allow(
     clippy::unwrap_used,
+    clippy::expect_used,
     clippy::cast_possible_truncation,
     reason = "test helpers: a test frame that cannot be built should fail the test loudly"
 )]
@@ -16,18 +17,29 @@ use turnpike_xdp_user::{LoadOptions, XdpRelay};
 pub(crate) const CLIENT_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x01];
 pub(crate) const RELAY_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x02];
 
+/// Says why a test cannot run here. Under CI (`CI` set, as `.ci/run` is run) nothing may be
+/// skipped: the reason fails the test instead, so a missing ELF or missing root cannot pass
+/// silently.
+pub(crate) fn skip(reason: &str) {
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "cannot run in CI: {reason}"
+    );
+    eprintln!("skipped: {reason}");
+}
+
 /// Loads the relay program from `TURNPIKE_XDP_ELF`, or says why the test cannot run and returns
 /// `None`. The tests need root (maps and BPF_PROG_TEST_RUN) and the ELF built by
-/// `scripts/build-xdp.sh`; `scripts/test.sh` runs as root and exports the path, so in CI nothing
-/// is skipped. With the variable set, a load failure fails the test.
+/// `scripts/build-xdp.sh`; `scripts/test.sh` runs as root and exports the path. With the
+/// variable set, a load failure fails the test.
 pub(crate) fn load_relay() -> Option<XdpRelay> {
     // SAFETY: `geteuid` has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: needs root for BPF maps and BPF_PROG_TEST_RUN");
+        skip("needs root for BPF maps and BPF_PROG_TEST_RUN");
         return None;
     }
     let Some(path) = std::env::var_os("TURNPIKE_XDP_ELF") else {
-        eprintln!("skipped: TURNPIKE_XDP_ELF is not set (build with scripts/build-xdp.sh)");
+        skip("TURNPIKE_XDP_ELF is not set (build with scripts/build-xdp.sh)");
         return None;
     };
     match XdpRelay::load(&path, &LoadOptions { max_channels: 1024 }) {
@@ -217,4 +229,27 @@ pub(crate) fn assert_checksums_valid(frame: &[u8]) {
     let mut zeroed = segment.to_vec();
     zeroed[6..8].copy_from_slice(&[0, 0]);
     assert_eq!(udp_checksum(src, dst, &zeroed), stored, "UDP checksum");
+}
+
+/// Moves this thread into a fresh network namespace (it affects only the calling thread);
+/// `false`, with the reason given to [`skip`], if it cannot.
+pub(crate) fn private_namespace() -> bool {
+    // SAFETY: `unshare` affects only the calling thread, which is the test's own.
+    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+        skip(&format!(
+            "unshare(CLONE_NEWNET): {}",
+            std::io::Error::last_os_error()
+        ));
+        return false;
+    }
+    true
+}
+
+/// Runs a command that must succeed.
+pub(crate) fn run_command(program: &str, args: &[&str]) {
+    let status = std::process::Command::new(program)
+        .args(args)
+        .status()
+        .expect("command runs");
+    assert!(status.success(), "{program} {args:?} failed");
 }
