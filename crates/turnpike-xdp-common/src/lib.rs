@@ -29,22 +29,34 @@
 //! | `OWN_ADDRESSES` | array, 1 entry | `u32` 0 | [`OwnAddresses`] | user space |
 //! | `CHANNEL_TO_PEER` | hash | [`ClientChannel`] | [`PeerBinding`] | user space |
 //! | `PEER_TO_CHANNEL` | hash | [`PeerBinding`] | [`ClientChannel`] | user space |
+//! | `CHANNEL_CACHE` | array | `u32` [`ClientChannel::cache_index`] | [`ChannelCacheSlot`] | user space |
+//! | `PEER_CACHE` | array | `u32` [`PeerBinding::cache_index`] | [`PeerCacheSlot`] | user space |
 //! | `COUNTERS` | per-CPU array | `u32` [`Outcome`] | [`Counter`] | kernel |
 //!
 //! The two route maps are each other's inverse: the value of one direction is the key of the
-//! other, which is why there are only two route types (see [`route`]).
+//! other, which is why there are only two route types (see [`route`]). The two caches hold a
+//! subset of the route maps where the program finds it without a hash-map lookup (see
+//! [`cache`]).
 #![no_std]
 
+pub mod cache;
 pub mod checksum;
 mod config;
 mod counters;
 mod own;
 pub mod route;
 
+pub use cache::{CHANNEL_CACHE_SLOTS, ChannelCacheSlot, PEER_CACHE_SLOTS, PeerCacheSlot};
 pub use config::XdpConfig;
 pub use counters::{Counter, Outcome};
 pub use own::OwnAddresses;
 pub use route::{ClientChannel, FAMILY_V4, FAMILY_V6, PeerBinding};
+
+/// The smallest MTU of an interface the relay program may be attached to: IPv6's minimum link
+/// MTU (RFC 8200 §5), which every link that carries IPv6 has and IPv4 links in practice exceed.
+/// The program checks the MTU (a helper call) only for rewritten datagrams larger than this;
+/// user space refuses to attach to an interface whose MTU is smaller.
+pub const MIN_LINK_MTU: u32 = 1280;
 
 /// Names of the BPF maps in the ELF object, shared so that user space asks for exactly the maps
 /// the kernel program declares.
@@ -57,6 +69,10 @@ pub mod maps {
     pub const CHANNEL_TO_PEER: &str = "CHANNEL_TO_PEER";
     /// [`crate::PeerBinding`] → [`crate::ClientChannel`]: UDP from peers.
     pub const PEER_TO_CHANNEL: &str = "PEER_TO_CHANNEL";
+    /// [`crate::ChannelCacheSlot`]s: part of `CHANNEL_TO_PEER`, found without hashing.
+    pub const CHANNEL_CACHE: &str = "CHANNEL_CACHE";
+    /// [`crate::PeerCacheSlot`]s: part of `PEER_TO_CHANNEL`, found without hashing.
+    pub const PEER_CACHE: &str = "PEER_CACHE";
     /// Per-CPU [`crate::Counter`]s indexed by [`crate::Outcome`].
     pub const COUNTERS: &str = "COUNTERS";
     /// Default capacity of each route map (entries, i.e. bound channels). User space may change

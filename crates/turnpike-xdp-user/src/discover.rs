@@ -135,6 +135,33 @@ pub fn default_hop_limits(interface: &str) -> (u8, u8) {
     (ttl, hop_limit)
 }
 
+/// The interface's MTU, from `/sys/class/net/<interface>/mtu`.
+///
+/// # Errors
+///
+/// [`XdpError::Interface`] if there is no such interface (or the name could not be one).
+pub fn mtu(interface: &str) -> Result<u32, XdpError> {
+    let error = |source| XdpError::Interface {
+        interface: interface.to_owned(),
+        source,
+    };
+    // An interface name never contains a slash; refusing one keeps the path inside the
+    // interface's own directory.
+    if interface.is_empty() || interface.contains('/') || interface.starts_with('.') {
+        return Err(error(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not an interface name",
+        )));
+    }
+    let text = std::fs::read_to_string(format!("/sys/class/net/{interface}/mtu")).map_err(error)?;
+    text.trim().parse().map_err(|_| {
+        error(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("unreadable MTU {:?}", text.trim()),
+        ))
+    })
+}
+
 /// The list `getifaddrs` returns, freed on drop.
 struct IfAddrs(*mut libc::ifaddrs);
 
@@ -210,6 +237,18 @@ mod tests {
 
     fn v6(text: &str) -> Ipv6Addr {
         Ipv6Addr::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn loopback_mtu_is_read_and_bad_names_are_refused() {
+        // Every Linux network namespace has `lo`, with a 64 KiB MTU by default.
+        assert!(mtu("lo").unwrap() >= 1280);
+        for name in ["", "../lo", "lo/../lo", ".", "no-such-interface0"] {
+            assert!(
+                matches!(mtu(name), Err(XdpError::Interface { .. })),
+                "{name:?}"
+            );
+        }
     }
 
     #[test]

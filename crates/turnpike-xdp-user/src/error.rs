@@ -58,6 +58,18 @@ pub enum XdpError {
     /// A route the maps cannot represent.
     #[error("cannot install channel route: {reason}")]
     Route { reason: &'static str },
+    /// The interface's MTU is below the smallest the program is built for
+    /// ([`turnpike_xdp_common::MIN_LINK_MTU`]): it skips the MTU check for datagrams up to that
+    /// size.
+    #[error(
+        "interface {interface} has an MTU of {mtu} bytes; kernel relaying needs at least {minimum} \
+         (run without --xdp-interface, or raise the MTU)"
+    )]
+    MtuTooSmall {
+        interface: String,
+        mtu: u32,
+        minimum: u32,
+    },
     /// Reading the interface's addresses or settings failed.
     #[error("interface {interface}: {source}")]
     Interface {

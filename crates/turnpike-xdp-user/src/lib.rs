@@ -57,6 +57,7 @@
 //! every pass reason. [`XdpRelay::time_repeated`] and [`XdpRelay::time_single_runs`] measure the
 //! in-kernel cost; `examples/xdp_cost.rs` compares the relay with the trivial swap program.
 
+mod cache;
 mod error;
 mod loader;
 mod routes;

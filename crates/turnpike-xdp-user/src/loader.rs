@@ -22,10 +22,12 @@ use aya::programs::{TestRun, TestRunOptions, Xdp, XdpMode};
 use aya::{Ebpf, EbpfLoader};
 use turnpike_relay::ChannelRoute;
 use turnpike_xdp_common::{
-    ClientChannel, Counter, Outcome, OwnAddresses, PeerBinding, XdpConfig, maps, programs,
+    ClientChannel, Counter, MIN_LINK_MTU, Outcome, OwnAddresses, PeerBinding, XdpConfig, maps,
+    programs,
 };
 
 use crate::XdpError;
+use crate::cache::Cache;
 use crate::routes::{Entries, entries};
 
 /// How to attach the relay program to an interface.
@@ -172,6 +174,8 @@ struct Maps {
     own: Array<MapData, OwnAddresses>,
     to_peer: HashMap<MapData, ClientChannel, PeerBinding>,
     to_client: HashMap<MapData, PeerBinding, ClientChannel>,
+    channel_cache: Cache<ClientChannel, PeerBinding>,
+    peer_cache: Cache<PeerBinding, ClientChannel>,
 }
 
 /// The loaded XDP data plane (see the crate documentation for how to drive it).
@@ -247,6 +251,8 @@ impl XdpRelay {
         let own = take(maps::OWN_ADDRESSES)?;
         let to_peer = take(maps::CHANNEL_TO_PEER)?;
         let to_client = take(maps::PEER_TO_CHANNEL)?;
+        let channel_cache = take(maps::CHANNEL_CACHE)?;
+        let peer_cache = take(maps::PEER_CACHE)?;
         let counters = take(maps::COUNTERS)?;
         let maps = Maps {
             config: Array::try_from(config).map_err(|e| XdpError::map(maps::CONFIG, e))?,
@@ -255,6 +261,17 @@ impl XdpRelay {
                 .map_err(|e| XdpError::map(maps::CHANNEL_TO_PEER, e))?,
             to_client: HashMap::try_from(to_client)
                 .map_err(|e| XdpError::map(maps::PEER_TO_CHANNEL, e))?,
+            channel_cache: Cache::new(
+                maps::CHANNEL_CACHE,
+                Array::try_from(channel_cache)
+                    .map_err(|e| XdpError::map(maps::CHANNEL_CACHE, e))?,
+                ClientChannel::cache_index,
+            ),
+            peer_cache: Cache::new(
+                maps::PEER_CACHE,
+                Array::try_from(peer_cache).map_err(|e| XdpError::map(maps::PEER_CACHE, e))?,
+                PeerBinding::cache_index,
+            ),
         };
         let counters =
             PerCpuArray::try_from(counters).map_err(|e| XdpError::map(maps::COUNTERS, e))?;
@@ -293,8 +310,18 @@ impl XdpRelay {
     /// # Errors
     ///
     /// [`XdpError::Attach`] naming the interface and mode: no such interface, no native XDP in
-    /// its driver (use [`AttachMode::Generic`]), or an XDP program attached already.
+    /// its driver (use [`AttachMode::Generic`]), or an XDP program attached already;
+    /// [`XdpError::MtuTooSmall`] for an interface whose MTU is below
+    /// [`turnpike_xdp_common::MIN_LINK_MTU`]; [`XdpError::Interface`] if it cannot be read.
     pub fn attach(&mut self, interface: &str, mode: AttachMode) -> Result<(), XdpError> {
+        let mtu = crate::discover::mtu(interface)?;
+        if mtu < MIN_LINK_MTU {
+            return Err(XdpError::MtuTooSmall {
+                interface: interface.to_owned(),
+                mtu,
+                minimum: MIN_LINK_MTU,
+            });
+        }
         self.attach_program(Program::Relay, interface, mode)
     }
 
@@ -384,6 +411,7 @@ impl XdpRelay {
         if let Ok(old) = maps.to_peer.get(&client, 0)
             && old != peer
         {
+            maps.peer_cache.remove(&old, &client)?;
             remove_if(&mut maps.to_client, maps::PEER_TO_CHANNEL, &old, &client)?;
         }
         maps.to_client
@@ -391,9 +419,13 @@ impl XdpRelay {
             .map_err(|e| XdpError::map(maps::PEER_TO_CHANNEL, e))?;
         if let Err(error) = maps.to_peer.insert(client, peer, 0) {
             // Keep the two maps each other's inverse: no half-installed binding.
+            let _ = maps.peer_cache.remove(&peer, &client);
             let _ = maps.to_client.remove(&peer);
             return Err(XdpError::map(maps::CHANNEL_TO_PEER, error));
         }
+        // The caches only ever hold what the route maps hold, so they come last.
+        maps.channel_cache.put(client, peer)?;
+        maps.peer_cache.put(peer, client)?;
         Ok(())
     }
 
@@ -406,8 +438,18 @@ impl XdpRelay {
     pub fn remove_channel(&self, route: &ChannelRoute) -> Result<(), XdpError> {
         let Entries { client, peer } = entries(route)?;
         let mut maps = self.lock();
+        // Caches first: they must never hold a binding the route maps no longer have.
+        maps.channel_cache.remove(&client, &peer)?;
+        maps.peer_cache.remove(&peer, &client)?;
         remove_if(&mut maps.to_peer, maps::CHANNEL_TO_PEER, &client, &peer)?;
         remove_if(&mut maps.to_client, maps::PEER_TO_CHANNEL, &peer, &client)
+    }
+
+    /// The number of bindings the kernel finds in its caches, client to peer and peer to client
+    /// (the others cost it a hash-map lookup).
+    pub fn cached_channels(&self) -> (usize, usize) {
+        let maps = self.lock();
+        (maps.channel_cache.len(), maps.peer_cache.len())
     }
 
     /// The number of channels bound in the kernel.
@@ -586,7 +628,8 @@ impl XdpRelay {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Maps> {
         // A panic while holding the lock cannot leave a map half-written (each write is one
-        // syscall), so a poisoned lock is still usable.
+        // syscall, and a cache slot left mid-write is odd, which the kernel skips), so a
+        // poisoned lock is still usable.
         self.maps.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }

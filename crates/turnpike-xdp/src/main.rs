@@ -16,6 +16,7 @@
 #![no_main]
 
 mod bench;
+mod lookup;
 mod packet;
 mod relay;
 
@@ -26,8 +27,8 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use turnpike_xdp_common::{
-    ClientChannel, Counter, Outcome, OwnAddresses, PeerBinding, XdpConfig,
-    maps::DEFAULT_MAX_CHANNELS,
+    CHANNEL_CACHE_SLOTS, ChannelCacheSlot, ClientChannel, Counter, Outcome, OwnAddresses,
+    PEER_CACHE_SLOTS, PeerBinding, PeerCacheSlot, XdpConfig, maps::DEFAULT_MAX_CHANNELS,
 };
 
 /// The relay configuration (one entry; all zeros until user space writes it).
@@ -47,6 +48,14 @@ static CHANNEL_TO_PEER: HashMap<ClientChannel, PeerBinding> =
 #[map]
 static PEER_TO_CHANNEL: HashMap<PeerBinding, ClientChannel> =
     HashMap::with_max_entries(DEFAULT_MAX_CHANNELS, 0);
+
+/// Part of `CHANNEL_TO_PEER`, indexed by a hash of the key (see `lookup.rs`).
+#[map]
+static CHANNEL_CACHE: Array<ChannelCacheSlot> = Array::with_max_entries(CHANNEL_CACHE_SLOTS, 0);
+
+/// Part of `PEER_TO_CHANNEL`, indexed by relayed port and family (see `lookup.rs`).
+#[map]
+static PEER_CACHE: Array<PeerCacheSlot> = Array::with_max_entries(PEER_CACHE_SLOTS, 0);
 
 /// Packets and bytes per [`Outcome`], per CPU.
 #[map]

@@ -113,13 +113,6 @@ pub(crate) unsafe fn store_address(at: usize, address: &Address) {
     }
 }
 
-/// The bytes of an address, for building map keys.
-#[inline(always)]
-pub(crate) fn octets_of(address: &Address) -> [u8; 16] {
-    // SAFETY: same size, and every bit pattern is a valid `[u8; 16]`.
-    unsafe { core::mem::transmute::<Address, [u8; 16]>(*address) }
-}
-
 /// Whether two addresses are equal, in four word compares (eBPF has no `memcmp`).
 #[inline(always)]
 pub(crate) fn same_address(a: &Address, b: &Address) -> bool {

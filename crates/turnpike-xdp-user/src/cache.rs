@@ -1,0 +1,145 @@
+//! The writing side of the two direct-mapped caches (layout, indexing and the sequence protocol:
+//! `turnpike_xdp_common::cache`).
+//!
+//! A [`Cache`] mirrors in memory what each slot it ever wrote holds, so it decides without
+//! reading the map whether a binding may take a slot (the slot is free, or holds the same key),
+//! and whether removing a binding must clear one. Callers keep the one invariant the kernel
+//! relies on: a slot holds a binding only while the route map beside it holds the same binding,
+//! so [`Cache::put`] comes after the route map is written and [`Cache::remove`] before the
+//! route map entry goes.
+
+use std::collections::HashMap;
+
+use aya::Pod;
+use aya::maps::{Array, MapData};
+use turnpike_xdp_common::cache::CacheSlot;
+
+use crate::XdpError;
+
+/// What user space last wrote into one slot.
+#[derive(Debug, Clone, Copy)]
+struct Written<K, V> {
+    /// The sequence number in the map: even when the contents below are complete, odd while
+    /// (or if a failure left it) mid-write, when the kernel ignores the slot.
+    sequence: u32,
+    held: Option<(K, V)>,
+}
+
+/// One cache map and the mirror of its slots.
+pub(crate) struct Cache<K, V>
+where
+    CacheSlot<K, V>: Pod,
+{
+    name: &'static str,
+    array: Array<MapData, CacheSlot<K, V>>,
+    index: fn(&K) -> u32,
+    written: HashMap<u32, Written<K, V>>,
+}
+
+impl<K, V> Cache<K, V>
+where
+    K: Copy + PartialEq + Default,
+    V: Copy + PartialEq + Default,
+    CacheSlot<K, V>: Pod,
+{
+    pub(crate) fn new(
+        name: &'static str,
+        array: Array<MapData, CacheSlot<K, V>>,
+        index: fn(&K) -> u32,
+    ) -> Self {
+        Self {
+            name,
+            array,
+            index,
+            written: HashMap::new(),
+        }
+    }
+
+    /// Caches `key` → `value` if its slot is free or already holds `key`; returns whether the
+    /// slot now holds it. The route map must hold the binding already.
+    ///
+    /// # Errors
+    ///
+    /// [`XdpError::Map`] if a write fails. The slot is then left odd (ignored by the kernel),
+    /// or unchanged if the first write failed, which can leave an older value of `key` in it:
+    /// the caller must treat the binding as not installed.
+    pub(crate) fn put(&mut self, key: K, value: V) -> Result<bool, XdpError> {
+        let index = (self.index)(&key);
+        match self.state(index).held {
+            Some((held, current)) if held == key && current == value => Ok(true),
+            Some((held, _)) if held != key => Ok(false),
+            _ => self.write(index, Some((key, value))).map(|()| true),
+        }
+    }
+
+    /// Clears the slot of `key` if it holds exactly `key` → `value`; call before the route map
+    /// entry is removed.
+    ///
+    /// # Errors
+    ///
+    /// [`XdpError::Map`]: if the first write failed the slot still holds the binding, so the
+    /// caller must not remove the route map entry either.
+    pub(crate) fn remove(&mut self, key: &K, value: &V) -> Result<(), XdpError> {
+        let index = (self.index)(key);
+        match self.state(index).held {
+            Some(held) if held == (*key, *value) => self.write(index, None),
+            _ => Ok(()),
+        }
+    }
+
+    /// The number of bindings the cache holds.
+    pub(crate) fn len(&self) -> usize {
+        self.written
+            .values()
+            .filter(|written| written.held.is_some() && written.sequence & 1 == 0)
+            .count()
+    }
+
+    fn state(&self, index: u32) -> Written<K, V> {
+        self.written.get(&index).copied().unwrap_or(Written {
+            sequence: 0,
+            held: None,
+        })
+    }
+
+    /// Writes `contents` into slot `index` in the three steps of the sequence protocol, each a
+    /// separate update (a syscall, so each is complete and visible before the next starts).
+    fn write(&mut self, index: u32, contents: Option<(K, V)>) -> Result<(), XdpError> {
+        let Written { mut sequence, held } = self.state(index);
+        let slot = |sequence: u32, contents: Option<(K, V)>| {
+            let (key, value) = contents.unwrap_or_default();
+            CacheSlot::new(sequence, key, value)
+        };
+        if sequence & 1 == 0 {
+            // 1. Odd sequence, contents as they are: readers from now on skip the slot.
+            self.set(index, slot(sequence.wrapping_add(1), held))?;
+            sequence = sequence.wrapping_add(1);
+            self.written.insert(
+                index,
+                Written {
+                    sequence,
+                    held: None,
+                },
+            );
+        }
+        // 2. New contents under the odd sequence.
+        self.set(index, slot(sequence, contents))?;
+        // 3. Even sequence: readers use the slot again.
+        let sequence = sequence.wrapping_add(1);
+        self.set(index, slot(sequence, contents))?;
+        self.written.insert(
+            index,
+            Written {
+                sequence,
+                held: contents,
+            },
+        );
+        Ok(())
+    }
+
+    fn set(&mut self, index: u32, slot: CacheSlot<K, V>) -> Result<(), XdpError> {
+        self.array
+            .set(index, slot, 0)
+            .map_err(|error| XdpError::map(self.name, error))
+    }
+}

@@ -1,0 +1,173 @@
+//! Finding a packet's binding: first in the direct-mapped cache, then in the hash map.
+//!
+//! The cache layout, its indexing and the sequence protocol user space writes it with are
+//! described in `turnpike_xdp_common::cache`; this is the reading side. An array lookup is
+//! inlined by the verifier, a hash-map lookup is a call that hashes the key: the cache saves
+//! that call for every binding it holds, and a miss costs a few loads before the lookup of old.
+
+use core::mem::MaybeUninit;
+use core::ptr::{read_volatile, write_volatile};
+
+use aya_ebpf::maps::Array;
+use turnpike_xdp_common::{
+    ChannelCacheSlot, ClientChannel, PeerBinding,
+    cache::{CacheSlot, channel_cache_index, peer_cache_index},
+};
+
+use crate::packet::{Address, Aligned, same_address};
+use crate::{CHANNEL_CACHE, CHANNEL_TO_PEER, PEER_CACHE, PEER_TO_CHANNEL};
+
+/// One end of a binding, as the program works with it: a [`ClientChannel`] (address, client
+/// port, channel) or a [`PeerBinding`] (address, peer port, relayed port), with the address as
+/// four words and the two 16-bit fields raw (as loaded, big-endian bytes).
+#[derive(Clone, Copy)]
+pub(crate) struct End {
+    pub(crate) address: Address,
+    pub(crate) first: u16,
+    pub(crate) second: u16,
+    pub(crate) family: u8,
+}
+
+impl End {
+    #[inline(always)]
+    fn matches(&self, other: &End) -> bool {
+        same_address(&self.address, &other.address)
+            && self.first == other.first
+            && self.second == other.second
+            && self.family == other.family
+    }
+
+    /// Writes the route-map key image of this end (both route types share the layout) into
+    /// `key`: three aligned words and a byte, the rest of the last word zero.
+    ///
+    /// Every word is written, with volatile stores: the compiler would otherwise merge the
+    /// stores of an IPv4 address's zero words into one 8-byte store at a 4-byte-aligned stack
+    /// offset, which the verifier rejects.
+    #[inline(always)]
+    fn write_key(&self, key: &mut MaybeUninit<Aligned<[u32; 6]>>) {
+        let words = key.as_mut_ptr().cast::<u32>();
+        // SAFETY: six words of the caller's stack slot.
+        unsafe {
+            write_volatile(words, self.address[0]);
+            write_volatile(words.add(1), self.address[1]);
+            write_volatile(words.add(2), self.address[2]);
+            write_volatile(words.add(3), self.address[3]);
+            write_volatile(
+                words.add(4),
+                u32::from_ne_bytes(pair(self.first, self.second)),
+            );
+            write_volatile(words.add(5), self.family as u32);
+        }
+    }
+
+    /// Reads an entry (both route types share the layout: address, two 16-bit fields, family)
+    /// with volatile loads, in order, as the sequence protocol requires.
+    ///
+    /// # Safety
+    ///
+    /// `at` must point to 21 readable bytes, 4-byte aligned.
+    #[inline(always)]
+    unsafe fn read(at: *const u8) -> End {
+        // SAFETY: the caller guarantees 21 readable, aligned bytes.
+        unsafe {
+            End {
+                address: [
+                    read_volatile(at.cast::<u32>()),
+                    read_volatile(at.add(4).cast::<u32>()),
+                    read_volatile(at.add(8).cast::<u32>()),
+                    read_volatile(at.add(12).cast::<u32>()),
+                ],
+                first: read_volatile(at.add(16).cast::<u16>()),
+                second: read_volatile(at.add(18).cast::<u16>()),
+                family: read_volatile(at.add(20)),
+            }
+        }
+    }
+
+    /// The fields of a route entry found in a hash map.
+    ///
+    /// # Safety
+    ///
+    /// `at` must point to a 21-byte route entry (any alignment).
+    #[inline(always)]
+    unsafe fn copy(at: *const u8) -> End {
+        // SAFETY: the caller guarantees 21 readable bytes.
+        unsafe {
+            End {
+                address: [
+                    at.cast::<u32>().read_unaligned(),
+                    at.add(4).cast::<u32>().read_unaligned(),
+                    at.add(8).cast::<u32>().read_unaligned(),
+                    at.add(12).cast::<u32>().read_unaligned(),
+                ],
+                first: at.add(16).cast::<u16>().read_unaligned(),
+                second: at.add(18).cast::<u16>().read_unaligned(),
+                family: *at.add(20),
+            }
+        }
+    }
+}
+
+/// The peer end bound to a client's channel (`client` is its [`ClientChannel`] key).
+#[inline(always)]
+pub(crate) fn peer_of(client: &End) -> Option<End> {
+    let index = channel_cache_index(client.address, client.first, client.second);
+    if let Some(found) = cached(&CHANNEL_CACHE, index, client) {
+        return Some(found);
+    }
+    let mut key = MaybeUninit::uninit();
+    client.write_key(&mut key);
+    // SAFETY: `key` holds a `ClientChannel` image (see `End::write_key`). The value lives in the
+    // map. User space may update or delete the entry while this
+    // runs, and a preallocated hash map recycles elements without waiting for readers, so the
+    // fields are copied out at once; the worst a race can do is send one datagram by the
+    // binding that is being replaced.
+    let value = unsafe { CHANNEL_TO_PEER.get(&*key.as_ptr().cast::<ClientChannel>()) }?;
+    // SAFETY: a valid reference to a 21-byte entry.
+    Some(unsafe { End::copy((value as *const PeerBinding).cast()) })
+}
+
+/// The client end bound to a peer and relayed port (`peer` is its [`PeerBinding`] key).
+#[inline(always)]
+pub(crate) fn client_of(peer: &End) -> Option<End> {
+    let index = peer_cache_index(peer.family, u16::from_be(peer.second));
+    if let Some(found) = cached(&PEER_CACHE, index, peer) {
+        return Some(found);
+    }
+    let mut key = MaybeUninit::uninit();
+    peer.write_key(&mut key);
+    // SAFETY: as in `peer_of`.
+    let value = unsafe { PEER_TO_CHANNEL.get(&*key.as_ptr().cast::<PeerBinding>()) }?;
+    // SAFETY: a valid reference to a 21-byte entry.
+    Some(unsafe { End::copy((value as *const ClientChannel).cast()) })
+}
+
+/// The value of the cache slot at `index` if the slot holds `key` and was not being written
+/// while it was read (see the sequence protocol in `turnpike_xdp_common::cache`).
+#[inline(always)]
+fn cached<K, V>(cache: &Array<CacheSlot<K, V>>, index: u32, key: &End) -> Option<End> {
+    let slot = cache.get_ptr(index)?.cast::<u8>();
+    // SAFETY: `slot` points to a whole slot in the map (52 bytes, 4-byte aligned), which stays
+    // allocated while the program runs; the offsets and sizes are inside it.
+    unsafe {
+        let sequence = read_volatile(slot.add(ChannelCacheSlot::SEQUENCE_OFFSET).cast::<u32>());
+        if sequence & 1 != 0 {
+            return None;
+        }
+        let held = End::read(slot.add(ChannelCacheSlot::KEY_OFFSET));
+        let value = End::read(slot.add(ChannelCacheSlot::VALUE_OFFSET));
+        let again = read_volatile(slot.add(ChannelCacheSlot::SEQUENCE_OFFSET).cast::<u32>());
+        if again != sequence || !held.matches(key) {
+            return None;
+        }
+        Some(value)
+    }
+}
+
+/// Two raw 16-bit fields as the four bytes they occupy in memory, in order.
+#[inline(always)]
+fn pair(first: u16, second: u16) -> [u8; 4] {
+    let [a, b] = first.to_ne_bytes();
+    let [c, d] = second.to_ne_bytes();
+    [a, b, c, d]
+}
