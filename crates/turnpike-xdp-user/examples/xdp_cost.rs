@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! sudo TURNPIKE_XDP_ELF=$(bash scripts/build-xdp.sh) \
-//!     cargo run --release -p turnpike-xdp-user --example xdp_cost [-- RUNS]
+//!     cargo run --release -p turnpike-xdp-user --example xdp_cost [-- RUNS] [--loop-only]
 //! ```
 //!
 //! Two measurements, because `BPF_PROG_TEST_RUN` with `repeat = N` runs the program N times on
@@ -111,9 +111,11 @@ fn exit_on(result: Result<(), XdpError>) {
 }
 
 fn main() {
-    let runs: u32 = std::env::args()
-        .nth(1)
-        .and_then(|arg| arg.parse().ok())
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let loop_only = args.iter().any(|arg| arg == "--loop-only");
+    let runs: u32 = args
+        .iter()
+        .find_map(|arg| arg.parse().ok())
         .unwrap_or(1_000_000);
     let Some(relay) = fresh_relay() else {
         std::process::exit(2);
@@ -126,62 +128,64 @@ fn main() {
     let swap_v6 = udp_frame(RELAY_MAC, CLIENT_MAC, v6[3], v6[2], fields, &data, true);
 
     println!("runs per measurement: {runs}; payload {PAYLOAD} bytes; fastest of 3 rounds\n");
-    println!("single runs (repeat = 1, fresh frame each time), ns per packet:");
-    println!("  {:<34} {:>7} {:>7} {:>7}", "", "gross", "net", "x swap");
-    let pass = best(|| relay.time_single_runs(Program::Pass, &swap_v4, runs));
-    let swap4 = best(|| relay.time_single_runs(Program::BenchSwap, &swap_v4, runs));
-    let swap6 = best(|| relay.time_single_runs(Program::BenchSwap, &swap_v6, runs));
-    println!(
-        "  {:<34} {pass:7.1}         (the harness alone)",
-        "turnpike_pass"
-    );
-    println!(
-        "  {:<34} {swap4:7.1} {:7.1}",
-        "turnpike_bench_swap IPv4",
-        swap4 - pass
-    );
-    println!(
-        "  {:<34} {swap6:7.1} {:7.1}",
-        "turnpike_bench_swap IPv6",
-        swap6 - pass
-    );
-
-    for (client_v6, peer_v6) in [(false, false), (false, true), (true, false), (true, true)] {
-        let [client, listen, relayed, peer] = endpoints(client_v6, peer_v6);
-        exit_on(relay.install_channel(&route(client, relayed.port(), peer)));
-        let message = channel_data(CHANNEL, &data, 0);
-        let from_client = udp_frame(
-            RELAY_MAC, CLIENT_MAC, client, listen, fields, &message, true,
+    if !loop_only {
+        println!("single runs (repeat = 1, fresh frame each time), ns per packet:");
+        println!("  {:<34} {:>7} {:>7} {:>7}", "", "gross", "net", "x swap");
+        let pass = best(|| relay.time_single_runs(Program::Pass, &swap_v4, runs));
+        let swap4 = best(|| relay.time_single_runs(Program::BenchSwap, &swap_v4, runs));
+        let swap6 = best(|| relay.time_single_runs(Program::BenchSwap, &swap_v6, runs));
+        println!(
+            "  {:<34} {pass:7.1}         (the harness alone)",
+            "turnpike_pass"
         );
-        let from_peer = udp_frame(RELAY_MAC, CLIENT_MAC, peer, relayed, fields, &data, true);
-        for (outcome, frame, in_v6) in [
-            (
-                Outcome::client_to_peer(client_v6, peer_v6),
-                &from_client,
-                client_v6,
-            ),
-            (
-                Outcome::peer_to_client(peer_v6, client_v6),
-                &from_peer,
-                peer_v6,
-            ),
-        ] {
-            match relay.test_run(Program::Relay, frame) {
-                Ok(output) if output.action == XdpAction::Tx => {}
-                other => {
-                    eprintln!("{outcome}: not relayed: {other:?}");
-                    std::process::exit(1);
-                }
-            }
-            let cost = best(|| relay.time_single_runs(Program::Relay, frame, runs));
-            // Against the swap program on a frame of the family this one arrives in.
-            let swap = if in_v6 { swap6 } else { swap4 };
-            println!(
-                "  {:<34} {cost:7.1} {:7.1} {:7.2}",
-                format!("turnpike_relay {outcome}"),
-                cost - pass,
-                cost / swap
+        println!(
+            "  {:<34} {swap4:7.1} {:7.1}",
+            "turnpike_bench_swap IPv4",
+            swap4 - pass
+        );
+        println!(
+            "  {:<34} {swap6:7.1} {:7.1}",
+            "turnpike_bench_swap IPv6",
+            swap6 - pass
+        );
+
+        for (client_v6, peer_v6) in [(false, false), (false, true), (true, false), (true, true)] {
+            let [client, listen, relayed, peer] = endpoints(client_v6, peer_v6);
+            exit_on(relay.install_channel(&route(client, relayed.port(), peer)));
+            let message = channel_data(CHANNEL, &data, 0);
+            let from_client = udp_frame(
+                RELAY_MAC, CLIENT_MAC, client, listen, fields, &message, true,
             );
+            let from_peer = udp_frame(RELAY_MAC, CLIENT_MAC, peer, relayed, fields, &data, true);
+            for (outcome, frame, in_v6) in [
+                (
+                    Outcome::client_to_peer(client_v6, peer_v6),
+                    &from_client,
+                    client_v6,
+                ),
+                (
+                    Outcome::peer_to_client(peer_v6, client_v6),
+                    &from_peer,
+                    peer_v6,
+                ),
+            ] {
+                match relay.test_run(Program::Relay, frame) {
+                    Ok(output) if output.action == XdpAction::Tx => {}
+                    other => {
+                        eprintln!("{outcome}: not relayed: {other:?}");
+                        std::process::exit(1);
+                    }
+                }
+                let cost = best(|| relay.time_single_runs(Program::Relay, frame, runs));
+                // Against the swap program on a frame of the family this one arrives in.
+                let swap = if in_v6 { swap6 } else { swap4 };
+                println!(
+                    "  {:<34} {cost:7.1} {:7.1} {:7.2}",
+                    format!("turnpike_relay {outcome}"),
+                    cost - pass,
+                    cost / swap
+                );
+            }
         }
     }
 

@@ -312,10 +312,13 @@ impl XdpRelay {
     /// [`XdpError::Attach`] naming the interface and mode: no such interface, no native XDP in
     /// its driver (use [`AttachMode::Generic`]), or an XDP program attached already;
     /// [`XdpError::MtuTooSmall`] for an interface whose MTU is below
-    /// [`turnpike_xdp_common::MIN_LINK_MTU`]; [`XdpError::Interface`] if it cannot be read.
+    /// [`turnpike_xdp_common::MIN_LINK_MTU`].
     pub fn attach(&mut self, interface: &str, mode: AttachMode) -> Result<(), XdpError> {
-        let mtu = crate::discover::mtu(interface)?;
-        if mtu < MIN_LINK_MTU {
+        // An interface whose MTU cannot be read is one that attaching fails for, with the
+        // error that names the interface and mode.
+        if let Ok(mtu) = crate::discover::mtu(interface)
+            && mtu < MIN_LINK_MTU
+        {
             return Err(XdpError::MtuTooSmall {
                 interface: interface.to_owned(),
                 mtu,

@@ -30,6 +30,35 @@ fn veth_pair(a: &str, b: &str) {
 }
 
 #[test]
+fn an_interface_below_the_minimum_mtu_is_refused() {
+    let Some(mut relay) = load_relay() else {
+        return;
+    };
+    if !private_namespace() {
+        return;
+    }
+    veth_pair("tp-mtu0", "tp-mtu1");
+    run_command("ip", &["link", "set", "tp-mtu0", "mtu", "1279"]);
+    let error = relay.attach("tp-mtu0", AttachMode::Generic).unwrap_err();
+    assert!(
+        matches!(
+            error,
+            XdpError::MtuTooSmall {
+                mtu: 1279,
+                minimum: 1280,
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains("tp-mtu0"), "{error}");
+    assert_eq!(relay.attached(), None);
+    // At the minimum it attaches.
+    run_command("ip", &["link", "set", "tp-mtu0", "mtu", "1280"]);
+    relay.attach("tp-mtu0", AttachMode::Generic).unwrap();
+}
+
+#[test]
 fn attaching_to_a_missing_interface_names_it() {
     let Some(mut relay) = load_relay() else {
         return;

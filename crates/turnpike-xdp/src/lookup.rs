@@ -10,11 +10,11 @@ use core::ptr::{read_volatile, write_volatile};
 
 use aya_ebpf::maps::Array;
 use turnpike_xdp_common::{
-    ChannelCacheSlot, ClientChannel, PeerBinding,
+    ChannelCacheSlot, ClientChannel, FAMILY_V4, PeerBinding,
     cache::{CacheSlot, channel_cache_index, peer_cache_index},
 };
 
-use crate::packet::{Address, Aligned, same_address};
+use crate::packet::{Address, Aligned};
 use crate::{CHANNEL_CACHE, CHANNEL_TO_PEER, PEER_CACHE, PEER_TO_CHANNEL};
 
 /// One end of a binding, as the program works with it: a [`ClientChannel`] (address, client
@@ -29,12 +29,14 @@ pub(crate) struct End {
 }
 
 impl End {
+    /// The same end with the address's last three words as the constant zeros they are in an
+    /// IPv4 address (user space writes them so), which lets the compiler drop the work on them.
     #[inline(always)]
-    fn matches(&self, other: &End) -> bool {
-        same_address(&self.address, &other.address)
-            && self.first == other.first
-            && self.second == other.second
-            && self.family == other.family
+    pub(crate) fn ipv4(&self) -> End {
+        End {
+            address: [self.address[0], 0, 0, 0],
+            ..*self
+        }
     }
 
     /// Writes the route-map key image of this end (both route types share the layout) into
@@ -144,20 +146,40 @@ pub(crate) fn client_of(peer: &End) -> Option<End> {
 
 /// The value of the cache slot at `index` if the slot holds `key` and was not being written
 /// while it was read (see the sequence protocol in `turnpike_xdp_common::cache`).
+///
+/// The key is compared field by field as it is read, so a miss stops early and nothing but the
+/// value has to be kept in registers. An IPv4 key is compared on its first address word only:
+/// user space writes every IPv4 address with three zero words after it, and the family byte
+/// (compared first) says the slot holds one. The program is compiled once per IP version, so
+/// the family test is settled at compile time.
 #[inline(always)]
 fn cached<K, V>(cache: &Array<CacheSlot<K, V>>, index: u32, key: &End) -> Option<End> {
     let slot = cache.get_ptr(index)?.cast::<u8>();
     // SAFETY: `slot` points to a whole slot in the map (52 bytes, 4-byte aligned), which stays
     // allocated while the program runs; the offsets and sizes are inside it.
     unsafe {
-        let sequence = read_volatile(slot.add(ChannelCacheSlot::SEQUENCE_OFFSET).cast::<u32>());
+        let sequence_at = slot.add(ChannelCacheSlot::SEQUENCE_OFFSET).cast::<u32>();
+        let sequence = read_volatile(sequence_at);
         if sequence & 1 != 0 {
             return None;
         }
-        let held = End::read(slot.add(ChannelCacheSlot::KEY_OFFSET));
+        let held = slot.add(ChannelCacheSlot::KEY_OFFSET);
+        if read_volatile(held.add(20)) != key.family
+            || read_volatile(held.add(16).cast::<u16>()) != key.first
+            || read_volatile(held.add(18).cast::<u16>()) != key.second
+            || read_volatile(held.cast::<u32>()) != key.address[0]
+        {
+            return None;
+        }
+        if key.family != FAMILY_V4
+            && (read_volatile(held.add(4).cast::<u32>()) != key.address[1]
+                || read_volatile(held.add(8).cast::<u32>()) != key.address[2]
+                || read_volatile(held.add(12).cast::<u32>()) != key.address[3])
+        {
+            return None;
+        }
         let value = End::read(slot.add(ChannelCacheSlot::VALUE_OFFSET));
-        let again = read_volatile(slot.add(ChannelCacheSlot::SEQUENCE_OFFSET).cast::<u32>());
-        if again != sequence || !held.matches(key) {
+        if read_volatile(sequence_at) != sequence {
             return None;
         }
         Some(value)

@@ -316,7 +316,48 @@ fn client_to_peer(
         family: datagram.family(),
     };
     let binding = lookup::peer_of(&client).ok_or(Outcome::NoChannel)?;
-    let out_v6 = binding.family == FAMILY_V6;
+    let header = ChannelHeader {
+        channel,
+        length,
+        length_raw,
+        padding,
+    };
+    // Each outgoing family gets its own copy of the rest, as each incoming one does (see
+    // `relay`): an IPv4 peer's address is then one word.
+    if binding.family == FAMILY_V6 {
+        send_to_peer(ctx, config, datagram, &header, &binding, true)
+    } else {
+        send_to_peer(ctx, config, datagram, &header, &binding.ipv4(), false)
+    }
+}
+
+/// The fields of a ChannelData header, raw where marked.
+struct ChannelHeader {
+    /// Raw.
+    channel: u16,
+    length: usize,
+    /// Raw.
+    length_raw: u16,
+    /// Bytes after the data, up to the end of the UDP payload (0–3).
+    padding: usize,
+}
+
+/// Rewrites a client's ChannelData datagram into UDP to the bound peer.
+#[inline(always)]
+fn send_to_peer(
+    ctx: &XdpContext,
+    config: &XdpConfig,
+    datagram: &Datagram,
+    header: &ChannelHeader,
+    binding: &End,
+    out_v6: bool,
+) -> Result<Outcome, Outcome> {
+    let ChannelHeader {
+        channel,
+        length,
+        length_raw,
+        padding,
+    } = *header;
     let peer = binding.address;
     let peer_port = binding.first;
     let relay_port = binding.second;
@@ -393,7 +434,23 @@ fn peer_to_client(
         family: datagram.family(),
     };
     let client = lookup::client_of(&peer).ok_or(Outcome::NoPeerBinding)?;
-    let out_v6 = client.family == FAMILY_V6;
+    // One copy of the rest per outgoing family (see `client_to_peer`).
+    if client.family == FAMILY_V6 {
+        send_to_client(ctx, config, datagram, &client, true)
+    } else {
+        send_to_client(ctx, config, datagram, &client.ipv4(), false)
+    }
+}
+
+/// Rewrites a peer's UDP datagram into ChannelData to the bound client.
+#[inline(always)]
+fn send_to_client(
+    ctx: &XdpContext,
+    config: &XdpConfig,
+    datagram: &Datagram,
+    client: &End,
+    out_v6: bool,
+) -> Result<Outcome, Outcome> {
     let address = client.address;
     let client_port = client.first;
     let channel = client.second;
