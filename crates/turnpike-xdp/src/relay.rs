@@ -182,7 +182,9 @@ fn dispatch(ctx: &XdpContext, config: &XdpConfig, datagram: &Datagram) -> Result
 fn parse_ipv4(ctx: &XdpContext) -> Result<Datagram, Outcome> {
     let frame = frame_len(ctx);
     // SAFETY (every `load` below): inside the window the preceding `check` returned.
-    let ip = check::<IPV4_HEADER>(ctx, ETH_HEADER).ok_or(Outcome::Malformed)?;
+    // One bounds check for both headers: a frame too short for a UDP header is malformed or
+    // not worth classifying further (Ethernet pads every frame to 60 bytes anyway).
+    let ip = check::<{ IPV4_HEADER + UDP_HEADER }>(ctx, ETH_HEADER).ok_or(Outcome::Malformed)?;
     let version_ihl: u8 = unsafe { load(ip) };
     if version_ihl >> 4 != 4 {
         return Err(Outcome::Malformed);
@@ -213,7 +215,7 @@ fn parse_ipv4(ctx: &XdpContext) -> Result<Datagram, Outcome> {
     let src = [unsafe { load(ip + 12) }, 0, 0, 0];
     let dst = [unsafe { load(ip + 16) }, 0, 0, 0];
     let udp_at = ETH_HEADER + IPV4_HEADER;
-    let udp = check::<UDP_HEADER>(ctx, udp_at).ok_or(Outcome::Malformed)?;
+    let udp = ip + IPV4_HEADER;
     let udp_len = u16::from_be(unsafe { load(udp + 4) });
     if udp_len as usize != total - IPV4_HEADER {
         return Err(Outcome::Malformed);
@@ -238,7 +240,8 @@ fn parse_ipv4(ctx: &XdpContext) -> Result<Datagram, Outcome> {
 fn parse_ipv6(ctx: &XdpContext) -> Result<Datagram, Outcome> {
     let frame = frame_len(ctx);
     // SAFETY (every `load` below): inside the window the preceding `check` returned.
-    let ip = check::<IPV6_HEADER>(ctx, ETH_HEADER).ok_or(Outcome::Malformed)?;
+    // One bounds check for both headers, as for IPv4.
+    let ip = check::<{ IPV6_HEADER + UDP_HEADER }>(ctx, ETH_HEADER).ok_or(Outcome::Malformed)?;
     let first: u8 = unsafe { load(ip) };
     if first >> 4 != 6 {
         return Err(Outcome::Malformed);
@@ -259,7 +262,7 @@ fn parse_ipv6(ctx: &XdpContext) -> Result<Datagram, Outcome> {
     let src = unsafe { [load(ip + 8), load(ip + 12), load(ip + 16), load(ip + 20)] };
     let dst = unsafe { [load(ip + 24), load(ip + 28), load(ip + 32), load(ip + 36)] };
     let udp_at = ETH_HEADER + IPV6_HEADER;
-    let udp = check::<UDP_HEADER>(ctx, udp_at).ok_or(Outcome::Malformed)?;
+    let udp = ip + IPV6_HEADER;
     let udp_len = u16::from_be(unsafe { load(udp + 4) });
     if udp_len as usize != payload {
         return Err(Outcome::Malformed);
@@ -719,7 +722,7 @@ fn write_ipv4(ctx: &XdpContext, r: &Rewrite) -> Option<()> {
         + r.src[0] as u64
         + r.dst[0] as u64;
     let header_checksum = finish(sum);
-    let f = check::<{ UDP_AT + UDP_HEADER }>(ctx, 0)?;
+    let f = headers_window(ctx, r)?;
     // SAFETY (the stores): inside the window `check` returned.
     unsafe {
         write_ethernet(f, r.macs, ETHERTYPE_IPV4);
@@ -732,7 +735,9 @@ fn write_ipv4(ctx: &XdpContext, r: &Rewrite) -> Option<()> {
         store(f + 26, r.src[0]);
         store(f + 30, r.dst[0]);
     }
-    write_udp(ctx, f, UDP_AT, r)
+    // SAFETY: `headers_window` checked the UDP header and any ChannelData header after it.
+    unsafe { write_udp(f, UDP_AT, r) };
+    Some(())
 }
 
 /// Writes Ethernet, IPv6, UDP (and ChannelData) headers at the frame start.
@@ -741,7 +746,7 @@ fn write_ipv6(ctx: &XdpContext, r: &Rewrite) -> Option<()> {
     const UDP_AT: usize = ETH_HEADER + IPV6_HEADER;
     // Version 6, traffic class, flow label 0.
     let first = u32::from_ne_bytes([0x60 | (r.traffic_class >> 4), r.traffic_class << 4, 0, 0]);
-    let f = check::<{ UDP_AT + UDP_HEADER }>(ctx, 0)?;
+    let f = headers_window(ctx, r)?;
     // SAFETY (the stores): inside the window `check` returned.
     unsafe {
         write_ethernet(f, r.macs, ETHERTYPE_IPV6);
@@ -751,7 +756,9 @@ fn write_ipv6(ctx: &XdpContext, r: &Rewrite) -> Option<()> {
         store_address(f + 22, &r.src);
         store_address(f + 38, &r.dst);
     }
-    write_udp(ctx, f, UDP_AT, r)
+    // SAFETY: `headers_window` checked the UDP header and any ChannelData header after it.
+    unsafe { write_udp(f, UDP_AT, r) };
+    Some(())
 }
 
 /// Destination MAC = the old source, source MAC = the old destination.
@@ -771,23 +778,38 @@ unsafe fn write_ethernet(f: usize, macs: Macs, ethertype: u16) {
     }
 }
 
-/// Writes the UDP header at `f + at` and, if any, the ChannelData header after it.
+/// The frame start, checked to hold every header of the rewrite: Ethernet, IP, UDP and the
+/// ChannelData header if it has one (one bounds check; family and direction, and so the size,
+/// are known where this is inlined).
 #[inline(always)]
-fn write_udp(ctx: &XdpContext, f: usize, at: usize, r: &Rewrite) -> Option<()> {
-    // SAFETY: the callers checked `at + 8` bytes from `f`.
+fn headers_window(ctx: &XdpContext, r: &Rewrite) -> Option<usize> {
+    const V4: usize = ETH_HEADER + IPV4_HEADER + UDP_HEADER;
+    const V6: usize = ETH_HEADER + IPV6_HEADER + UDP_HEADER;
+    match (r.v6, r.channel_header.is_some()) {
+        (false, false) => check::<V4>(ctx, 0),
+        (false, true) => check::<{ V4 + CHANNEL_HEADER }>(ctx, 0),
+        (true, false) => check::<V6>(ctx, 0),
+        (true, true) => check::<{ V6 + CHANNEL_HEADER }>(ctx, 0),
+    }
+}
+
+/// Writes the UDP header at `f + at` and, if any, the ChannelData header after it.
+///
+/// # Safety
+///
+/// `f` must start a window from [`headers_window`] for the same rewrite, and `at` be the
+/// offset of its UDP header.
+#[inline(always)]
+unsafe fn write_udp(f: usize, at: usize, r: &Rewrite) {
+    // SAFETY: the caller guarantees the window.
     unsafe {
         store(f + at, r.sport);
         store(f + at + 2, r.dport);
         store(f + at + 4, r.udp_len.to_be());
         store(f + at + 6, r.checksum);
-    }
-    if let Some((channel, length)) = r.channel_header {
-        let h = check::<CHANNEL_HEADER>(ctx, at + UDP_HEADER)?;
-        // SAFETY: inside the window `check` returned.
-        unsafe {
-            store(h, channel);
-            store(h + 2, length);
+        if let Some((channel, length)) = r.channel_header {
+            store(f + at + UDP_HEADER, channel);
+            store(f + at + UDP_HEADER + 2, length);
         }
     }
-    Some(())
 }
