@@ -64,8 +64,8 @@ static COUNTERS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(Outcome::C
 /// The relay's data plane (see the module documentation).
 #[xdp]
 pub fn turnpike_relay(ctx: XdpContext) -> u32 {
-    let outcome = relay::relay(&ctx);
     let len = packet::frame_len(&ctx) as u64;
+    let outcome = relay::relay(&ctx);
     if let Some(counter) = COUNTERS.get_ptr_mut(outcome.index()) {
         // SAFETY: a per-CPU array slot of this CPU, which nothing else writes while the program
         // runs (XDP programs are not preempted on their CPU).
