@@ -113,13 +113,20 @@ check "bound channels never reached user space ($userspace datagrams did)" test 
 relayed0=$(metric 'turnpike_relayed_packets_total{direction="client_to_peer",path="kernel"}')
 missing0=$(metric 'turnpike_xdp_packets_total{outcome="no_channel"}')
 timeout 30 ip netns exec "$TP_CLIENT" "$bin/turnpike-load" run --server "$TP_RELAY_IP:3478" --peer "$TP_PEER_IP:9000" \
-    --secret "$secret" --allocations 2 --duration 7 --window 4 >/dev/null 2>&1 || true
+    --secret "$secret" --allocations 2 --duration 7 --window 4 >/dev/null 2>&1 &
+load_pid=$!
+sleep 2
+cached=$(metric 'turnpike_xdp_cached_channels{direction="client_to_peer"}')
+check "while bound, the kernel finds the channels in its cache ($cached)" test "$cached" -ge 2
+wait "$load_pid" || true
 sleep 1.5
 relayed1=$(metric 'turnpike_relayed_packets_total{direction="client_to_peer",path="kernel"}')
 missing1=$(metric 'turnpike_xdp_packets_total{outcome="no_channel"}')
 check "expiry: relayed in the kernel while alive ($((relayed1 - relayed0)) frames)" test "$((relayed1 - relayed0))" -gt 0
 check "expiry: the kernel passed later ChannelData up as unbound ($((missing1 - missing0)) frames)" test "$((missing1 - missing0))" -gt 0
 check "expiry: no allocation is left" test "$(metric 'turnpike_allocations ')" -eq 0
+check "expiry: the kernel's caches hold no binding" test \
+    "$(($(metric 'turnpike_xdp_cached_channels{direction="client_to_peer"}') + $(metric 'turnpike_xdp_cached_channels{direction="peer_to_client"}')))" -eq 0
 
 # Detach: the program goes with the process, whether it exits or is killed.
 check "attached while the relay runs" xdp_attached

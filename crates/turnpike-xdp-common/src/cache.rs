@@ -125,7 +125,8 @@ pub const PEER_CACHE_SLOTS: u32 = 2 * 65_536;
 /// above it in a 64-bit word, the word multiplied by 2⁶⁴/φ and the top bits taken. A bit of the
 /// word changes every product bit above it, and the top bits are above all of them: clients
 /// behind one NAT, which differ only in the last address byte and the port, spread over the
-/// whole table. A few instructions: eBPF multiplies 64-bit words natively (it has no rotate;
+/// whole table, and the ports of one address and channel never share a slot (multiplying the
+/// top 16 bits by an odd number permutes them). A few instructions: eBPF multiplies 64-bit words natively (it has no rotate;
 /// each rotation becomes two shifts and an or).
 #[inline(always)]
 pub const fn channel_cache_index(address: [u32; 4], port_wire: u16, channel_wire: u16) -> u32 {
@@ -280,6 +281,17 @@ mod tests {
         let v6 = ClientChannel::new(ip("2001:db8::1"), 40000, 0x4000);
         let other = ClientChannel::new(ip("2001:db8::2"), 40000, 0x4000);
         assert_ne!(v6.cache_index(), other.cache_index());
+    }
+
+    #[test]
+    fn every_port_of_one_client_address_has_its_own_slot() {
+        // The port sits in the top bits of the multiplied word, where multiplying by an odd
+        // constant permutes it: a NAT's 65,536 ports on one address never share a slot.
+        let mut slots = HashSet::new();
+        for port in 0..=u16::MAX {
+            slots.insert(ClientChannel::new(ip("198.51.100.7"), port, 0x4000).cache_index());
+        }
+        assert_eq!(slots.len(), 65_536);
     }
 
     #[test]

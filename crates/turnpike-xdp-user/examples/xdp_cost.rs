@@ -25,7 +25,7 @@
 mod common;
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{CLIENT_MAC, IpFields, RELAY_MAC, channel_data, load_relay, payload, udp_frame};
 use turnpike_proto::{AddressFamily, ChannelNumber};
@@ -189,17 +189,36 @@ fn main() {
         }
     }
 
-    println!("\nkernel loop (one call, repeat = {runs}), ns per packet:");
-    println!("  {:<34} {:>7} {:>7}", "", "gross", "x swap");
-    let pass = best(|| relay.time_repeated(Program::Pass, &swap_v4, runs));
-    let swap4 = best(|| relay.time_repeated(Program::BenchSwap, &swap_v4, runs));
-    let swap6 = best(|| relay.time_repeated(Program::BenchSwap, &swap_v6, runs));
     println!(
-        "  {:<34} {pass:7.1}         (the harness alone)",
-        "turnpike_pass"
+        "\nkernel loop (one call, repeat = {runs}), ns per packet, fastest of {ROUNDS} rounds:"
     );
-    println!("  {:<34} {swap4:7.1}", "turnpike_bench_swap IPv4");
-    println!("  {:<34} {swap6:7.1}", "turnpike_bench_swap IPv6");
+    println!("  kernel: the kernel's own timing, whole nanoseconds (it divides and rounds down);");
+    println!("  wall: the system call timed from user space over all runs, to 0.01 ns");
+    println!(
+        "  {:<34} {:>7} {:>7} {:>7} {:>7}",
+        "", "kernel", "x swap", "wall", "x swap"
+    );
+    let pass = best_loop(|| relay.time_repeated(Program::Pass, &swap_v4, runs), runs);
+    let swap4 = best_loop(
+        || relay.time_repeated(Program::BenchSwap, &swap_v4, runs),
+        runs,
+    );
+    let swap6 = best_loop(
+        || relay.time_repeated(Program::BenchSwap, &swap_v6, runs),
+        runs,
+    );
+    println!(
+        "  {:<34} {:7.1}         {:7.2}         (the harness alone)",
+        "turnpike_pass", pass.0, pass.1
+    );
+    println!(
+        "  {:<34} {:7.1}         {:7.2}",
+        "turnpike_bench_swap IPv4", swap4.0, swap4.1
+    );
+    println!(
+        "  {:<34} {:7.1}         {:7.2}",
+        "turnpike_bench_swap IPv6", swap6.0, swap6.1
+    );
     // Own addresses that are not the relay address below, or the second leg is a hairpin.
     exit_on(relay.set_own_addresses(OwnAddresses::new(
         Some(Ipv4Addr::new(192, 0, 2, 99)),
@@ -217,12 +236,14 @@ fn main() {
         // arrives on relayed port pp from "peer" A:rp, bound to "client" A:3478, and leaves as
         // the original frame from C:3478 to A:3478.
         let (rp, pp) = (50010, 50020);
+        let cached_before = relay.cached_channels();
         exit_on(relay.install_channel(&route(client, rp, SocketAddr::new(client.ip(), pp))));
         exit_on(relay.install_channel(&route(
             relay_address,
             pp,
             SocketAddr::new(relay_address.ip(), rp),
         )));
+        let cached_after = relay.cached_channels();
         let message = channel_data(CHANNEL, &data, 0);
         let frame = udp_frame(
             RELAY_MAC,
@@ -234,15 +255,42 @@ fn main() {
             true,
         );
         let before = relay.counters().map(|c| c.relayed().packets).unwrap_or(0);
-        let cost = best(|| relay.time_repeated(Program::Relay, &frame, runs));
+        let cost = best_loop(|| relay.time_repeated(Program::Relay, &frame, runs), runs);
         let after = relay.counters().map(|c| c.relayed().packets).unwrap_or(0);
         let swap = if family == "6to6" { swap6 } else { swap4 };
         println!(
-            "  {:<34} {cost:7.1} {:7.2}  ({} of {} runs relayed)",
+            "  {:<34} {:7.1} {:7.2} {:7.2} {:7.2}  ({} of {} runs relayed; bindings in the caches: \
+             {} of 2 client to peer, {} of 2 peer to client)",
             format!("turnpike_relay {family} both ways"),
-            cost / swap,
+            cost.0,
+            cost.0 / swap.0,
+            cost.1,
+            cost.1 / swap.1,
             after - before,
-            3 * u64::from(runs)
+            u64::from(ROUNDS) * u64::from(runs),
+            cached_after.0 - cached_before.0,
+            cached_after.1 - cached_before.1,
         );
     }
+}
+
+/// Rounds of each kernel-loop measurement; the fastest counts.
+const ROUNDS: u32 = 5;
+
+/// The fastest of [`ROUNDS`] one-call loops: (the kernel's ns per run, wall-clock ns per run).
+fn best_loop(measure: impl Fn() -> Result<Duration, XdpError>, runs: u32) -> (f64, f64) {
+    let mut kernel = f64::INFINITY;
+    let mut wall = f64::INFINITY;
+    for _ in 0..ROUNDS {
+        let start = Instant::now();
+        match measure() {
+            Ok(duration) => kernel = kernel.min(ns(duration)),
+            Err(error) => {
+                eprintln!("{error}");
+                std::process::exit(1);
+            }
+        }
+        wall = wall.min(ns(start.elapsed()) / f64::from(runs.max(1)));
+    }
+    (kernel, wall)
 }

@@ -137,7 +137,9 @@ where
         Ok(())
     }
 
-    fn set(&mut self, index: u32, slot: CacheSlot<K, V>) -> Result<(), XdpError> {
+    /// One update of slot `index`, outside the protocol and the mirror (the protocol's steps,
+    /// and tests of the kernel's side of it).
+    pub(crate) fn set(&mut self, index: u32, slot: CacheSlot<K, V>) -> Result<(), XdpError> {
         self.array
             .set(index, slot, 0)
             .map_err(|error| XdpError::map(self.name, error))

@@ -22,8 +22,8 @@ use aya::programs::{TestRun, TestRunOptions, Xdp, XdpMode};
 use aya::{Ebpf, EbpfLoader};
 use turnpike_relay::ChannelRoute;
 use turnpike_xdp_common::{
-    ClientChannel, Counter, MIN_LINK_MTU, Outcome, OwnAddresses, PeerBinding, XdpConfig, maps,
-    programs,
+    ChannelCacheSlot, ClientChannel, Counter, MIN_LINK_MTU, Outcome, OwnAddresses, PeerBinding,
+    XdpConfig, maps, programs,
 };
 
 use crate::XdpError;
@@ -133,6 +133,7 @@ impl Default for LoadOptions {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Counters {
     values: [Counter; Outcome::COUNT as usize],
+    cached: (usize, usize),
 }
 
 impl Counters {
@@ -146,6 +147,12 @@ impl Counters {
         Outcome::ALL
             .iter()
             .map(|outcome| (*outcome, self.get(*outcome)))
+    }
+
+    /// Bindings the program finds in its caches when the counters were read, client to peer
+    /// and peer to client (the others cost it a hash-map lookup per packet).
+    pub fn cached_channels(&self) -> (usize, usize) {
+        self.cached
     }
 
     /// Frames relayed by the kernel (all directions and families).
@@ -448,6 +455,29 @@ impl XdpRelay {
         remove_if(&mut maps.to_client, maps::PEER_TO_CHANNEL, &peer, &client)
     }
 
+    /// Test support: writes the client-to-peer cache slot of `key`'s binding directly, holding
+    /// `value`'s peer end under `sequence`, outside the write protocol and the mirror, so the
+    /// cache no longer agrees with the route maps. Only for tests of how the program reads a
+    /// slot; drop the relay afterwards.
+    ///
+    /// # Errors
+    ///
+    /// [`XdpError::Route`], [`XdpError::Map`].
+    #[doc(hidden)]
+    pub fn write_channel_cache_slot_for_test(
+        &self,
+        key: &ChannelRoute,
+        value: &ChannelRoute,
+        sequence: u32,
+    ) -> Result<(), XdpError> {
+        let client = entries(key)?.client;
+        let peer = entries(value)?.peer;
+        self.lock().channel_cache.set(
+            client.cache_index(),
+            ChannelCacheSlot::new(sequence, client, peer),
+        )
+    }
+
     /// The number of bindings the kernel finds in its caches, client to peer and peer to client
     /// (the others cost it a hash-map lookup).
     pub fn cached_channels(&self) -> (usize, usize) {
@@ -488,7 +518,10 @@ impl XdpRelay {
                 total.bytes += counter.bytes;
             }
         }
-        Ok(Counters { values })
+        Ok(Counters {
+            values,
+            cached: self.cached_channels(),
+        })
     }
 
     /// Runs a loaded program once on `frame` with `BPF_PROG_TEST_RUN` (nothing is sent; the maps
@@ -683,7 +716,10 @@ mod tests {
             packets: 5,
             bytes: 500,
         };
-        let counters = Counters { values };
+        let counters = Counters {
+            values,
+            cached: (0, 0),
+        };
         assert_eq!(
             counters.relayed(),
             Counter {

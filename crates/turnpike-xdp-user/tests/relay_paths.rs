@@ -24,6 +24,7 @@ use common::{
 };
 use turnpike_proto::{AddressFamily, ChannelNumber};
 use turnpike_relay::{ChannelRoute, FiveTuple, RelaySocket};
+use turnpike_xdp_common::ClientChannel;
 use turnpike_xdp_user::{
     Outcome, OwnAddresses, Program, TestOutput, XdpAction, XdpConfig, XdpRelay,
 };
@@ -504,6 +505,133 @@ fn reinstalling_the_same_channel_is_idempotent() {
     let input = scenario.from_peer(&data, IpFields::default());
     let expected = scenario.to_client(&data, IpFields::default());
     assert_relayed(&relay, &input, &expected, Outcome::PeerToClient4To6);
+}
+
+// ---- The caches in front of the route maps -------------------------------------------------
+
+/// A second binding whose client shares `scenario`'s channel-cache slot, to another peer port
+/// behind the same relayed port (so the two also share a peer-cache slot).
+///
+/// The client's address differs in its last two bytes: for one address and channel, no two
+/// ports share a slot (the hash multiplies them into the top bits, which is a bijection).
+fn colliding(scenario: &Scenario) -> Scenario {
+    let slot =
+        |s: &Scenario| ClientChannel::new(s.client.ip(), s.client.port(), CHANNEL).cache_index();
+    let mut other = *scenario;
+    other.peer.set_port(scenario.peer.port() + 1);
+    for (low, port) in (0..=u16::MAX).flat_map(|low| (0..4).map(move |step| (low, 40000 + step))) {
+        let [a, b] = low.to_be_bytes();
+        other.client.set_port(port);
+        other.client.set_ip(match scenario.client.ip() {
+            IpAddr::V4(v4) => {
+                let o = v4.octets();
+                IpAddr::from([o[0], o[1], a, b])
+            }
+            IpAddr::V6(v6) => {
+                let mut o = v6.octets();
+                o[14] = a;
+                o[15] = b;
+                IpAddr::from(o)
+            }
+        });
+        if other.client != scenario.client && slot(&other) == slot(scenario) {
+            return other;
+        }
+    }
+    panic!("no client near {} collides", scenario.client);
+}
+
+/// Asserts a datagram each way is relayed exactly as the scenario says.
+fn assert_relays_both_ways(relay: &XdpRelay, scenario: &Scenario) {
+    let data = payload(33);
+    let output = run(relay, &scenario.from_client(&data, 0, IpFields::default()));
+    assert_eq!(output.action, XdpAction::Tx, "{scenario:?}: client to peer");
+    assert_eq!(
+        hex(&output.frame),
+        hex(&scenario.to_peer(&data, IpFields::default()))
+    );
+    let output = run(relay, &scenario.from_peer(&data, IpFields::default()));
+    assert_eq!(output.action, XdpAction::Tx, "{scenario:?}: peer to client");
+    assert_eq!(
+        hex(&output.frame),
+        hex(&scenario.to_client(&data, IpFields::default()))
+    );
+}
+
+#[test]
+fn bindings_the_caches_cannot_hold_are_relayed_from_the_route_maps() {
+    for (client_v6, peer_v6) in [(false, false), (true, true), (false, true), (true, false)] {
+        let scenario = Scenario::new(client_v6, peer_v6);
+        let Some(relay) = relay_with(&scenario) else {
+            return;
+        };
+        assert_eq!(relay.cached_channels(), (1, 1));
+        let other = colliding(&scenario);
+        relay.install_channel(&other.route()).unwrap();
+        assert_eq!(relay.channel_count().unwrap(), 2);
+        // Both of its slots are taken: it lives in the route maps only.
+        assert_eq!(relay.cached_channels(), (1, 1));
+        assert_relays_both_ways(&relay, &scenario);
+        assert_relays_both_ways(&relay, &other);
+
+        // When the holder goes, its slots empty and the other binding is still relayed.
+        relay.remove_channel(&scenario.route()).unwrap();
+        assert_eq!(relay.cached_channels(), (0, 0));
+        assert_relays_both_ways(&relay, &other);
+        let gone = run(
+            &relay,
+            &scenario.from_client(&payload(8), 0, IpFields::default()),
+        );
+        assert_eq!(gone.action, XdpAction::Pass);
+
+        // Its next refresh moves it into the freed slots.
+        relay.install_channel(&other.route()).unwrap();
+        assert_eq!(relay.cached_channels(), (1, 1));
+        assert_relays_both_ways(&relay, &other);
+    }
+}
+
+#[test]
+fn rebinding_a_channel_updates_its_cache_slots() {
+    let scenario = Scenario::new(true, true);
+    let Some(relay) = relay_with(&scenario) else {
+        return;
+    };
+    let mut moved = scenario;
+    moved.peer = addr("[2001:db8:2::99]:6000");
+    relay.install_channel(&moved.route()).unwrap();
+    assert_eq!(relay.cached_channels(), (1, 1));
+    assert_relays_both_ways(&relay, &moved);
+}
+
+#[test]
+fn a_cache_slot_is_used_only_while_its_sequence_is_even() {
+    let scenario = Scenario::new(false, false);
+    let Some(relay) = relay_with(&scenario) else {
+        return;
+    };
+    let mut elsewhere = scenario;
+    elsewhere.peer = addr("203.0.113.77:7000");
+    let data = payload(20);
+    let input = scenario.from_client(&data, 0, IpFields::default());
+    // Odd: user space is writing the slot; the program must go to the route map instead, which
+    // still has the real binding.
+    relay
+        .write_channel_cache_slot_for_test(&scenario.route(), &elsewhere.route(), 7)
+        .unwrap();
+    assert_eq!(
+        hex(&run(&relay, &input).frame),
+        hex(&scenario.to_peer(&data, IpFields::default()))
+    );
+    // Even: the slot is complete and is what the program goes by, even where the map
+    // disagrees (which is why user space only ever writes the maps' own bindings into it).
+    relay
+        .write_channel_cache_slot_for_test(&scenario.route(), &elsewhere.route(), 8)
+        .unwrap();
+    assert_eq!(
+        hex(&run(&relay, &input).frame),
+        hex(&elsewhere.to_peer(&data, IpFields::default()))
+    );
 }
 
 // ---- Reasons to pass -----------------------------------------------------------------------

@@ -288,6 +288,23 @@ pub(crate) fn render(total: &ShardMetrics, kernel: Option<&Counters>) -> String 
                 })
                 .collect(),
         );
+        let (to_peer, to_client) = kernel.cached_channels();
+        section(
+            "turnpike_xdp_cached_channels",
+            "gauge",
+            "Bound channels the XDP program finds in its direct-mapped caches, per direction; the \
+             others cost it a hash-map lookup per packet.",
+            vec![
+                (
+                    format!("{{direction=\"{CLIENT_TO_PEER}\"}}"),
+                    to_peer as u64,
+                ),
+                (
+                    format!("{{direction=\"{PEER_TO_CLIENT}\"}}"),
+                    to_client as u64,
+                ),
+            ],
+        );
         section(
             "turnpike_xdp_map_errors_total",
             "counter",
