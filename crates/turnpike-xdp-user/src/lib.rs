@@ -27,14 +27,16 @@
 //!    listening IPs)`. A family without an address only sends its translated (IPv4 ↔ IPv6)
 //!    traffic through user space.
 //! 4. [`XdpRelay::attach`]`(interface, AttachMode::Driver)` (or `Generic` for drivers without
-//!    native XDP). From here on the program relays bound channels.
+//!    native XDP; an interface whose MTU is below 1280 is refused). From here on the program
+//!    relays bound channels.
 //! 5. Share it: `Arc<XdpRelay>` in every shard; every method used below takes `&self`.
 //!
 //! While running, in each shard's `execute_commands`, in command order (the order is the
 //! guarantee: a binding is in the kernel before its ChannelBind success is sent, and gone before
 //! anything after its expiry is processed):
 //!
-//! - `Command::InstallChannel(route)` → [`XdpRelay::install_channel`]`(&route)`;
+//! - `Command::InstallChannel(route)` → [`XdpRelay::install_channel`]`(&route)` (the route maps,
+//!   then the caches in front of them where the binding's slots are free);
 //! - `Command::RemoveChannel(route)` → [`XdpRelay::remove_channel`]`(&route)`.
 //!
 //! An error there is not fatal: log it and count it; the channel then simply stays on the
@@ -43,7 +45,8 @@
 //! not relay.
 //!
 //! Periodically (the admin tick, once a second): [`XdpRelay::counters`] for metrics (relayed and
-//! passed frames per outcome; [`turnpike_xdp_common::Outcome::as_str`] gives label values), and
+//! passed frames per outcome, [`turnpike_xdp_common::Outcome::as_str`] giving label values, and
+//! how many bindings sit in the program's caches), and
 //! now and then (say every 30 s) re-run [`discover::own_addresses`] and write it if it changed.
 //!
 //! At shutdown, drop the `XdpRelay`: the program is detached and the maps freed (the kernel does

@@ -132,8 +132,8 @@ pub(crate) struct Options {
     #[arg(long, env = "TURNPIKE_UNAUTHENTICATED_RATE")]
     pub(crate) unauthenticated_rate: Option<u32>,
     /// Relay bound channels in the kernel with XDP on this interface (the one clients and peers
-    /// reach the relay through). Off by default; if set and the program cannot be loaded or
-    /// attached, the relay does not start.
+    /// reach the relay through; its MTU must be 1280 or more). Off by default; if set and the
+    /// program cannot be loaded or attached, the relay does not start.
     #[arg(long, env = "TURNPIKE_XDP_INTERFACE")]
     pub(crate) xdp_interface: Option<String>,
     /// Where the XDP program runs [default: driver].
