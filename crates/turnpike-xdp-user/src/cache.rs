@@ -61,14 +61,29 @@ where
     /// # Errors
     ///
     /// [`XdpError::Map`] if a write fails. The slot is then left odd (ignored by the kernel),
-    /// or unchanged if the first write failed, which can leave an older value of `key` in it:
-    /// the caller must treat the binding as not installed.
+    /// or unchanged if the first write failed: free, or holding another key, or (unless
+    /// [`Cache::forget_other`] ran first) an older value of `key`.
     pub(crate) fn put(&mut self, key: K, value: V) -> Result<bool, XdpError> {
         let index = (self.index)(&key);
         match self.state(index).held {
             Some((held, current)) if held == key && current == value => Ok(true),
             Some((held, _)) if held != key => Ok(false),
             _ => self.write(index, Some((key, value))).map(|()| true),
+        }
+    }
+
+    /// Clears the slot of `key` if it holds `key` with a value other than `value`: call before
+    /// the route map's entry for `key` changes to `value`, so the slot cannot keep the old value
+    /// after the map has the new one.
+    ///
+    /// # Errors
+    ///
+    /// As [`Cache::remove`].
+    pub(crate) fn forget_other(&mut self, key: &K, value: &V) -> Result<(), XdpError> {
+        let index = (self.index)(key);
+        match self.state(index).held {
+            Some((held, current)) if held == *key && current != *value => self.write(index, None),
+            _ => Ok(()),
         }
     }
 

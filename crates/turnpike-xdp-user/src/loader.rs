@@ -418,6 +418,10 @@ impl XdpRelay {
     pub fn install_channel(&self, route: &ChannelRoute) -> Result<(), XdpError> {
         let Entries { client, peer } = entries(route)?;
         let mut maps = self.lock();
+        // A cache slot must never hold a value its map no longer has, not even between the map
+        // update and the slot update below.
+        maps.channel_cache.forget_other(&client, &peer)?;
+        maps.peer_cache.forget_other(&peer, &client)?;
         if let Ok(old) = maps.to_peer.get(&client, 0)
             && old != peer
         {
