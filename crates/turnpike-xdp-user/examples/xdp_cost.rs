@@ -36,6 +36,9 @@ use turnpike_xdp_user::{Outcome, OwnAddresses, Program, XdpAction, XdpConfig, Xd
 
 const CHANNEL: u16 = 0x4001;
 const PAYLOAD: usize = 100;
+/// Rounds of each measurement; the fastest counts.
+const SINGLE_ROUNDS: u32 = 3;
+const LOOP_ROUNDS: u32 = 5;
 
 fn addr(text: &str) -> SocketAddr {
     text.parse()
@@ -92,9 +95,9 @@ fn ns(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1e9
 }
 
-/// The fastest of three rounds of a measurement, in nanoseconds; exits on error.
-fn best(measure: impl Fn() -> Result<Duration, XdpError>) -> f64 {
-    (0..3)
+/// The fastest of `rounds` rounds of a measurement, in nanoseconds; exits on error.
+fn best(rounds: u32, measure: impl Fn() -> Result<Duration, XdpError>) -> f64 {
+    (0..rounds)
         .map(|_| match measure() {
             Ok(duration) => ns(duration),
             Err(error) => {
@@ -129,13 +132,22 @@ fn main() {
     let swap_v4 = udp_frame(RELAY_MAC, CLIENT_MAC, v4[3], v4[2], fields, &data, true);
     let swap_v6 = udp_frame(RELAY_MAC, CLIENT_MAC, v6[3], v6[2], fields, &data, true);
 
-    println!("runs per measurement: {runs}; payload {PAYLOAD} bytes; fastest of 3 rounds\n");
+    println!("runs per measurement: {runs}; payload {PAYLOAD} bytes\n");
     if !loop_only {
-        println!("single runs (repeat = 1, fresh frame each time), ns per packet:");
+        println!(
+            "single runs (repeat = 1, fresh frame each time), ns per packet, fastest of \
+             {SINGLE_ROUNDS} rounds:"
+        );
         println!("  {:<34} {:>7} {:>7} {:>7}", "", "gross", "net", "x swap");
-        let pass = best(|| relay.time_single_runs(Program::Pass, &swap_v4, runs));
-        let swap4 = best(|| relay.time_single_runs(Program::BenchSwap, &swap_v4, runs));
-        let swap6 = best(|| relay.time_single_runs(Program::BenchSwap, &swap_v6, runs));
+        let pass = best(SINGLE_ROUNDS, || {
+            relay.time_single_runs(Program::Pass, &swap_v4, runs)
+        });
+        let swap4 = best(SINGLE_ROUNDS, || {
+            relay.time_single_runs(Program::BenchSwap, &swap_v4, runs)
+        });
+        let swap6 = best(SINGLE_ROUNDS, || {
+            relay.time_single_runs(Program::BenchSwap, &swap_v6, runs)
+        });
         println!(
             "  {:<34} {pass:7.1}         (the harness alone)",
             "turnpike_pass"
@@ -178,7 +190,9 @@ fn main() {
                         std::process::exit(1);
                     }
                 }
-                let cost = best(|| relay.time_single_runs(Program::Relay, frame, runs));
+                let cost = best(SINGLE_ROUNDS, || {
+                    relay.time_single_runs(Program::Relay, frame, runs)
+                });
                 // Against the swap program on a frame of the family this one arrives in.
                 let swap = if in_v6 { swap6 } else { swap4 };
                 println!(
@@ -192,13 +206,19 @@ fn main() {
     }
 
     println!(
-        "\nkernel loop (one call, repeat = {runs}), ns per packet, fastest of {ROUNDS} rounds"
+        "\nkernel loop (one call, repeat = {runs}), ns per packet, fastest of {LOOP_ROUNDS} rounds"
     );
     println!("(the kernel's own timing, in whole nanoseconds: it divides and rounds down):");
     println!("  {:<34} {:>7} {:>7}", "", "gross", "x swap");
-    let pass = best_loop(|| relay.time_repeated(Program::Pass, &swap_v4, runs));
-    let swap4 = best_loop(|| relay.time_repeated(Program::BenchSwap, &swap_v4, runs));
-    let swap6 = best_loop(|| relay.time_repeated(Program::BenchSwap, &swap_v6, runs));
+    let pass = best(LOOP_ROUNDS, || {
+        relay.time_repeated(Program::Pass, &swap_v4, runs)
+    });
+    let swap4 = best(LOOP_ROUNDS, || {
+        relay.time_repeated(Program::BenchSwap, &swap_v4, runs)
+    });
+    let swap6 = best(LOOP_ROUNDS, || {
+        relay.time_repeated(Program::BenchSwap, &swap_v6, runs)
+    });
     println!(
         "  {:<34} {pass:7.1}         (the harness alone)",
         "turnpike_pass"
@@ -241,7 +261,9 @@ fn main() {
             true,
         );
         let before = relay.counters().map(|c| c.relayed().packets).unwrap_or(0);
-        let cost = best_loop(|| relay.time_repeated(Program::Relay, &frame, runs));
+        let cost = best(LOOP_ROUNDS, || {
+            relay.time_repeated(Program::Relay, &frame, runs)
+        });
         let after = relay.counters().map(|c| c.relayed().packets).unwrap_or(0);
         let swap = if family == "6to6" { swap6 } else { swap4 };
         println!(
@@ -250,25 +272,9 @@ fn main() {
             format!("turnpike_relay {family} both ways"),
             cost / swap,
             after - before,
-            u64::from(ROUNDS) * u64::from(runs),
+            u64::from(LOOP_ROUNDS) * u64::from(runs),
             cached_after.0 - cached_before.0,
             cached_after.1 - cached_before.1,
         );
     }
-}
-
-/// Rounds of each kernel-loop measurement; the fastest counts.
-const ROUNDS: u32 = 5;
-
-/// The fastest of [`ROUNDS`] one-call loops, in nanoseconds per run; exits on error.
-fn best_loop(measure: impl Fn() -> Result<Duration, XdpError>) -> f64 {
-    (0..ROUNDS)
-        .map(|_| match measure() {
-            Ok(duration) => ns(duration),
-            Err(error) => {
-                eprintln!("{error}");
-                std::process::exit(1);
-            }
-        })
-        .fold(f64::INFINITY, f64::min)
 }
