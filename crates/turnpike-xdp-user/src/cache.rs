@@ -16,15 +16,6 @@ use turnpike_xdp_common::cache::CacheSlot;
 
 use crate::XdpError;
 
-/// What user space last wrote into one slot.
-#[derive(Debug, Clone, Copy)]
-struct Written<K, V> {
-    /// The sequence number in the map: even when the contents below are complete, odd while
-    /// (or if a failure left it) mid-write, when the kernel ignores the slot.
-    sequence: u32,
-    held: Option<(K, V)>,
-}
-
 /// One cache map and the mirror of its slots.
 pub(crate) struct Cache<K, V>
 where
@@ -33,7 +24,12 @@ where
     name: &'static str,
     array: Array<MapData, CacheSlot<K, V>>,
     index: fn(&K) -> u32,
-    written: HashMap<u32, Written<K, V>>,
+    /// The sequence number last written to each slot: even when the slot's contents are
+    /// complete, odd while (or if a failure left it) mid-write, when the kernel ignores it.
+    /// Kept for every slot, so each slot's sequence only ever moves forward.
+    sequences: Vec<u32>,
+    /// The slots holding a complete binding, and which.
+    held: HashMap<u32, (K, V)>,
 }
 
 impl<K, V> Cache<K, V>
@@ -47,11 +43,13 @@ where
         array: Array<MapData, CacheSlot<K, V>>,
         index: fn(&K) -> u32,
     ) -> Self {
+        let slots = array.len() as usize;
         Self {
             name,
             array,
             index,
-            written: HashMap::new(),
+            sequences: vec![0; slots],
+            held: HashMap::new(),
         }
     }
 
@@ -65,7 +63,12 @@ where
     /// [`Cache::forget_other`] ran first) an older value of `key`.
     pub(crate) fn put(&mut self, key: K, value: V) -> Result<bool, XdpError> {
         let index = (self.index)(&key);
-        match self.state(index).held {
+        if index as usize >= self.sequences.len() {
+            // The index functions stay inside the arrays the program declares; an object with
+            // smaller arrays simply caches less.
+            return Ok(false);
+        }
+        match self.held.get(&index).copied() {
             Some((held, current)) if held == key && current == value => Ok(true),
             Some((held, _)) if held != key => Ok(false),
             _ => self.write(index, Some((key, value))).map(|()| true),
@@ -81,7 +84,7 @@ where
     /// As [`Cache::remove`].
     pub(crate) fn forget_other(&mut self, key: &K, value: &V) -> Result<(), XdpError> {
         let index = (self.index)(key);
-        match self.state(index).held {
+        match self.held.get(&index).copied() {
             Some((held, current)) if held == *key && current != *value => self.write(index, None),
             _ => Ok(()),
         }
@@ -96,7 +99,7 @@ where
     /// caller must not remove the route map entry either.
     pub(crate) fn remove(&mut self, key: &K, value: &V) -> Result<(), XdpError> {
         let index = (self.index)(key);
-        match self.state(index).held {
+        match self.held.get(&index).copied() {
             Some(held) if held == (*key, *value) => self.write(index, None),
             _ => Ok(()),
         }
@@ -104,51 +107,36 @@ where
 
     /// The number of bindings the cache holds.
     pub(crate) fn len(&self) -> usize {
-        self.written
-            .values()
-            .filter(|written| written.held.is_some() && written.sequence & 1 == 0)
-            .count()
-    }
-
-    fn state(&self, index: u32) -> Written<K, V> {
-        self.written.get(&index).copied().unwrap_or(Written {
-            sequence: 0,
-            held: None,
-        })
+        self.held.len()
     }
 
     /// Writes `contents` into slot `index` in the three steps of the sequence protocol, each a
     /// separate update (a syscall, so each is complete and visible before the next starts).
+    /// `index` is inside the array (the callers found the slot held, or checked).
     fn write(&mut self, index: u32, contents: Option<(K, V)>) -> Result<(), XdpError> {
-        let Written { mut sequence, held } = self.state(index);
         let slot = |sequence: u32, contents: Option<(K, V)>| {
             let (key, value) = contents.unwrap_or_default();
             CacheSlot::new(sequence, key, value)
         };
+        let mut sequence = self.sequences[index as usize];
         if sequence & 1 == 0 {
-            // 1. Odd sequence, contents as they are: readers from now on skip the slot.
-            self.set(index, slot(sequence.wrapping_add(1), held))?;
+            // 1. Odd sequence, contents as they are: readers from now on skip the slot. Until
+            // this write succeeds the slot still holds what the mirror says.
+            let current = self.held.get(&index).copied();
             sequence = sequence.wrapping_add(1);
-            self.written.insert(
-                index,
-                Written {
-                    sequence,
-                    held: None,
-                },
-            );
+            self.set(index, slot(sequence, current))?;
+            self.held.remove(&index);
+            self.sequences[index as usize] = sequence;
         }
         // 2. New contents under the odd sequence.
         self.set(index, slot(sequence, contents))?;
         // 3. Even sequence: readers use the slot again.
-        let sequence = sequence.wrapping_add(1);
+        sequence = sequence.wrapping_add(1);
         self.set(index, slot(sequence, contents))?;
-        self.written.insert(
-            index,
-            Written {
-                sequence,
-                held: contents,
-            },
-        );
+        self.sequences[index as usize] = sequence;
+        if let Some(binding) = contents {
+            self.held.insert(index, binding);
+        }
         Ok(())
     }
 
