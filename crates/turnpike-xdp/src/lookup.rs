@@ -120,10 +120,9 @@ pub(crate) fn peer_of(client: &End) -> Option<End> {
     let mut key = MaybeUninit::uninit();
     client.write_key(&mut key);
     // SAFETY: `key` holds a `ClientChannel` image (see `End::write_key`). The value lives in the
-    // map. User space may update or delete the entry while this
-    // runs, and a preallocated hash map recycles elements without waiting for readers, so the
-    // fields are copied out at once; the worst a race can do is send one datagram by the
-    // binding that is being replaced.
+    // map, which is not preallocated: an element user space replaces or deletes meanwhile stays
+    // intact until this program is done (RCU), so the worst a race can do is send one datagram
+    // by the binding that is being replaced.
     let value = unsafe { CHANNEL_TO_PEER.get(&*key.as_ptr().cast::<ClientChannel>()) }?;
     // SAFETY: a valid reference to a 21-byte entry.
     Some(unsafe { End::copy((value as *const PeerBinding).cast()) })

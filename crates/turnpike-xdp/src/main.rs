@@ -21,7 +21,7 @@ mod packet;
 mod relay;
 
 use aya_ebpf::{
-    bindings::xdp_action,
+    bindings::{BPF_F_NO_PREALLOC, xdp_action},
     macros::{map, xdp},
     maps::{Array, HashMap, PerCpuArray},
     programs::XdpContext,
@@ -40,14 +40,20 @@ static CONFIG: Array<XdpConfig> = Array::with_max_entries(1, 0);
 static OWN_ADDRESSES: Array<OwnAddresses> = Array::with_max_entries(1, 0);
 
 /// Client to peer: (client, port, channel) → (peer, port, relayed port).
+///
+/// Not preallocated: a preallocated hash map reuses a replaced or deleted element at once, so a
+/// lookup racing with an update could read half of one binding and half of another; without
+/// preallocation elements are freed only after every reader is done (RCU). Updates allocate,
+/// which the control path can afford; lookups cost the same.
 #[map]
 static CHANNEL_TO_PEER: HashMap<ClientChannel, PeerBinding> =
-    HashMap::with_max_entries(DEFAULT_MAX_CHANNELS, 0);
+    HashMap::with_max_entries(DEFAULT_MAX_CHANNELS, BPF_F_NO_PREALLOC);
 
-/// Peer to client: (peer, port, relayed port) → (client, port, channel).
+/// Peer to client: (peer, port, relayed port) → (client, port, channel). Not preallocated, as
+/// `CHANNEL_TO_PEER`.
 #[map]
 static PEER_TO_CHANNEL: HashMap<PeerBinding, ClientChannel> =
-    HashMap::with_max_entries(DEFAULT_MAX_CHANNELS, 0);
+    HashMap::with_max_entries(DEFAULT_MAX_CHANNELS, BPF_F_NO_PREALLOC);
 
 /// Part of `CHANNEL_TO_PEER`, indexed by a hash of the key (see `lookup.rs`).
 #[map]
