@@ -432,9 +432,12 @@ impl XdpRelay {
             .insert(peer, client, 0)
             .map_err(|e| XdpError::map(maps::PEER_TO_CHANNEL, e))?;
         if let Err(error) = maps.to_peer.insert(client, peer, 0) {
-            // Keep the two maps each other's inverse: no half-installed binding.
-            let _ = maps.peer_cache.remove(&peer, &client);
-            let _ = maps.to_client.remove(&peer);
+            // Keep the two maps each other's inverse: no half-installed binding. The cache slot
+            // goes first; if even that fails, the map entry stays with it, because a slot must
+            // never outlive its map entry. Either way the caller learns of the failure below.
+            if maps.peer_cache.remove(&peer, &client).is_ok() {
+                let _ = maps.to_client.remove(&peer);
+            }
             return Err(XdpError::map(maps::CHANNEL_TO_PEER, error));
         }
         // The caches only ever hold what the route maps hold, so they come last.
