@@ -45,6 +45,16 @@
 //!
 //! An empty slot has family byte 0 in its key, which no packet's key has.
 //!
+//! # What a slot may hold
+//!
+//! Besides being in the route map, a cached binding has passed a check the program then skips:
+//! its peer is none of the relay's own addresses ([`crate::OwnAddresses::includes_peer`]). A
+//! binding to the relay itself is a hairpin, which user space relays; the program checks for it
+//! only on bindings it found in a hash map. User space therefore leaves such bindings out of
+//! the caches, and before it writes new own addresses it evicts every cached binding whose peer
+//! the new addresses include. The check costs every cached packet nothing, and an own address
+//! changes rarely (it is learned once per family).
+//!
 //! # Layout
 //!
 //! Sequence (native `u32`, like [`crate::Counter`]: only ever compared with itself) at 0, key at

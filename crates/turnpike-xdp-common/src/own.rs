@@ -19,7 +19,9 @@
 //! relay relays at full speed.
 
 use core::fmt;
-use core::net::{Ipv4Addr, Ipv6Addr};
+use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use crate::route::PeerBinding;
 
 /// The relay's own IPv4 and IPv6 address, each all zeros when unknown.
 #[repr(C)]
@@ -68,6 +70,16 @@ impl OwnAddresses {
     pub fn ipv6(&self) -> Option<Ipv6Addr> {
         let ip = Ipv6Addr::from(self.ipv6);
         (!ip.is_unspecified()).then_some(ip)
+    }
+
+    /// Whether `peer`'s address is the relay's own address of its family, the case the program
+    /// passes to user space as a hairpin. An unset address matches nothing.
+    pub fn includes_peer(&self, peer: &PeerBinding) -> bool {
+        match peer.peer() {
+            Some(IpAddr::V4(ip)) => self.ipv4() == Some(ip),
+            Some(IpAddr::V6(ip)) => self.ipv6() == Some(ip),
+            None => false,
+        }
     }
 }
 
@@ -122,6 +134,28 @@ mod tests {
             back.ipv6(),
             Some(Ipv6Addr::from_str("2001:db8::10").unwrap())
         );
+    }
+
+    #[test]
+    fn a_peer_is_included_only_at_the_own_address_of_its_family() {
+        let v4 = Ipv4Addr::new(192, 0, 2, 10);
+        let v6 = Ipv6Addr::from_str("2001:db8::10").unwrap();
+        let own = OwnAddresses::new(Some(v4), Some(v6));
+        assert!(own.includes_peer(&PeerBinding::new(v4.into(), 9, 50000)));
+        assert!(own.includes_peer(&PeerBinding::new(v6.into(), 9, 50000)));
+        // Another address, and the IPv4 address in its IPv4-mapped IPv6 form (another key).
+        assert!(!own.includes_peer(&PeerBinding::new(Ipv4Addr::new(192, 0, 2, 11).into(), 9, 1)));
+        assert!(!own.includes_peer(&PeerBinding::new(v4.to_ipv6_mapped().into(), 9, 1)));
+        // Unset families match nothing, not even the unspecified address.
+        let v4_only = OwnAddresses::new(Some(v4), None);
+        assert!(!v4_only.includes_peer(&PeerBinding::new(Ipv6Addr::UNSPECIFIED.into(), 9, 1)));
+        assert!(!OwnAddresses::UNSET.includes_peer(&PeerBinding::new(
+            Ipv4Addr::UNSPECIFIED.into(),
+            9,
+            1
+        )));
+        // A never-written entry (family 0) has no address.
+        assert!(!own.includes_peer(&PeerBinding::default()));
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! and whether removing a binding must clear one. Callers keep the one invariant the kernel
 //! relies on: a slot holds a binding only while the route map beside it holds the same binding,
 //! so [`Cache::put`] comes after the route map is written and [`Cache::remove`] before the
-//! route map entry goes.
+//! route map entry goes. Which bindings may be cached at all (none whose peer is the relay
+//! itself) is the caller's business too; [`Cache::evict`] clears the ones that stop qualifying.
 
 use std::collections::HashMap;
 
@@ -103,6 +104,25 @@ where
             Some(held) if held == (*key, *value) => self.write(index, None),
             _ => Ok(()),
         }
+    }
+
+    /// Clears every slot whose binding `unwanted` picks, and returns how many.
+    ///
+    /// # Errors
+    ///
+    /// [`XdpError::Map`] from the first write that fails; slots cleared before it stay clear.
+    pub(crate) fn evict(&mut self, unwanted: impl Fn(&K, &V) -> bool) -> Result<usize, XdpError> {
+        let mut doomed: Vec<u32> = self
+            .held
+            .iter()
+            .filter(|(_, (key, value))| unwanted(key, value))
+            .map(|(index, _)| *index)
+            .collect();
+        doomed.sort_unstable();
+        for &index in &doomed {
+            self.write(index, None)?;
+        }
+        Ok(doomed.len())
     }
 
     /// The number of bindings the cache holds.

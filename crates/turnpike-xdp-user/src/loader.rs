@@ -179,6 +179,9 @@ impl Counters {
 struct Maps {
     config: Array<MapData, XdpConfig>,
     own: Array<MapData, OwnAddresses>,
+    /// What `own` holds (written only through [`XdpRelay::set_own_addresses`]): the caches
+    /// must not hold a binding whose peer it includes.
+    own_now: OwnAddresses,
     to_peer: HashMap<MapData, ClientChannel, PeerBinding>,
     to_client: HashMap<MapData, PeerBinding, ClientChannel>,
     channel_cache: Cache<ClientChannel, PeerBinding>,
@@ -264,6 +267,7 @@ impl XdpRelay {
         let maps = Maps {
             config: Array::try_from(config).map_err(|e| XdpError::map(maps::CONFIG, e))?,
             own: Array::try_from(own).map_err(|e| XdpError::map(maps::OWN_ADDRESSES, e))?,
+            own_now: OwnAddresses::UNSET,
             to_peer: HashMap::try_from(to_peer)
                 .map_err(|e| XdpError::map(maps::CHANNEL_TO_PEER, e))?,
             to_client: HashMap::try_from(to_client)
@@ -389,10 +393,18 @@ impl XdpRelay {
     ///
     /// [`XdpError::Map`].
     pub fn set_own_addresses(&self, own: OwnAddresses) -> Result<(), XdpError> {
-        self.lock()
-            .own
+        let mut maps = self.lock();
+        // The program skips the hairpin check for cached bindings, so any whose peer the new
+        // addresses include leaves the caches before the addresses change; the hash maps keep
+        // them, and there the program checks.
+        maps.channel_cache
+            .evict(|_, peer| own.includes_peer(peer))?;
+        maps.peer_cache.evict(|peer, _| own.includes_peer(peer))?;
+        maps.own
             .set(0, own, 0)
-            .map_err(|e| XdpError::map(maps::OWN_ADDRESSES, e))
+            .map_err(|e| XdpError::map(maps::OWN_ADDRESSES, e))?;
+        maps.own_now = own;
+        Ok(())
     }
 
     /// The own addresses the program currently uses.
@@ -440,9 +452,12 @@ impl XdpRelay {
             }
             return Err(XdpError::map(maps::CHANNEL_TO_PEER, error));
         }
-        // The caches only ever hold what the route maps hold, so they come last.
-        maps.channel_cache.put(client, peer)?;
-        maps.peer_cache.put(peer, client)?;
+        // The caches only ever hold what the route maps hold, so they come last; and never a
+        // hairpin, which the program checks for only outside them.
+        if !maps.own_now.includes_peer(&peer) {
+            maps.channel_cache.put(client, peer)?;
+            maps.peer_cache.put(peer, client)?;
+        }
         Ok(())
     }
 

@@ -770,6 +770,8 @@ fn a_peer_that_is_the_relay_itself_is_passed() {
     let Some(relay) = relay_with(&scenario) else {
         return;
     };
+    // Such a binding never enters the caches: the program checks for hairpins only outside them.
+    assert_eq!(relay.cached_channels(), (0, 0));
     let input = scenario.from_client(&payload(10), 2, IpFields::default());
     assert_passed(&relay, &input, Outcome::Hairpin);
 
@@ -779,6 +781,54 @@ fn a_peer_that_is_the_relay_itself_is_passed() {
     };
     let input = scenario.from_peer(&payload(10), IpFields::default());
     assert_passed(&relay, &input, Outcome::Hairpin);
+}
+
+#[test]
+fn a_cached_peer_that_becomes_an_own_address_leaves_the_caches() {
+    for (client_v6, peer_v6) in [(false, false), (true, true), (false, true), (true, false)] {
+        let scenario = Scenario::new(client_v6, peer_v6);
+        let Some(relay) = relay_with(&scenario) else {
+            return;
+        };
+        assert_eq!(relay.cached_channels(), (1, 1));
+        assert_relays_both_ways(&relay, &scenario);
+
+        // The relay learns that the peer's address is its own (of the peer's family).
+        let (v4, v6) = match scenario.peer.ip() {
+            IpAddr::V4(peer) => (peer, "2001:db8:1::1".parse().unwrap()),
+            IpAddr::V6(peer) => ("192.0.2.1".parse().unwrap(), peer),
+        };
+        relay
+            .set_own_addresses(OwnAddresses::new(Some(v4), Some(v6)))
+            .unwrap();
+        assert_eq!(relay.cached_channels(), (0, 0), "{scenario:?}");
+        let hairpins = || relay.counters().unwrap().get(Outcome::Hairpin).packets;
+        for input in [
+            scenario.from_client(&payload(10), 2, IpFields::default()),
+            scenario.from_peer(&payload(10), IpFields::default()),
+        ] {
+            let before = hairpins();
+            let output = run(&relay, &input);
+            assert_eq!(output.action, XdpAction::Pass, "{scenario:?}");
+            assert_eq!(hex(&output.frame), hex(&input), "{scenario:?}");
+            assert_eq!(hairpins(), before + 1, "{scenario:?}");
+        }
+        // Refreshing the binding does not cache it again while it is a hairpin.
+        relay.install_channel(&scenario.route()).unwrap();
+        assert_eq!(relay.cached_channels(), (0, 0), "{scenario:?}");
+
+        // Back to the old addresses: the route maps relay it again, and a refresh caches it.
+        relay
+            .set_own_addresses(OwnAddresses::new(
+                Some("192.0.2.1".parse().unwrap()),
+                Some("2001:db8:1::1".parse().unwrap()),
+            ))
+            .unwrap();
+        assert_relays_both_ways(&relay, &scenario);
+        relay.install_channel(&scenario.route()).unwrap();
+        assert_eq!(relay.cached_channels(), (1, 1), "{scenario:?}");
+        assert_relays_both_ways(&relay, &scenario);
+    }
 }
 
 #[test]

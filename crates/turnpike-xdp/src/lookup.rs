@@ -4,6 +4,11 @@
 //! described in `turnpike_xdp_common::cache`; this is the reading side. An array lookup is
 //! inlined by the verifier, a hash-map lookup is a call that hashes the key: the cache saves
 //! that call for every binding it holds, and a miss costs a few loads before the lookup of old.
+//!
+//! A binding found in a cache is also known not to be a hairpin: user space caches a binding
+//! only if its peer is none of the relay's own addresses, and evicts the ones that become so
+//! before it writes new own addresses (`turnpike_xdp_common::cache`, "What a slot may hold").
+//! [`Found::screened`] says which lookup found it, so the program checks only the others.
 
 use core::mem::MaybeUninit;
 use core::ptr::{read_volatile, write_volatile};
@@ -110,12 +115,39 @@ impl End {
     }
 }
 
+/// The other end of a binding, and whether user space screened it.
+#[derive(Clone, Copy)]
+pub(crate) struct Found {
+    pub(crate) end: End,
+    /// Found in a cache, so its peer is none of the relay's own addresses (see the module
+    /// documentation); `false` for a hash-map entry, which the program has to check itself.
+    pub(crate) screened: bool,
+}
+
+impl Found {
+    #[inline(always)]
+    const fn cached(end: End) -> Self {
+        Self {
+            end,
+            screened: true,
+        }
+    }
+
+    #[inline(always)]
+    const fn mapped(end: End) -> Self {
+        Self {
+            end,
+            screened: false,
+        }
+    }
+}
+
 /// The peer end bound to a client's channel (`client` is its [`ClientChannel`] key).
 #[inline(always)]
-pub(crate) fn peer_of(client: &End) -> Option<End> {
+pub(crate) fn peer_of(client: &End) -> Option<Found> {
     let index = channel_cache_index(client.address, client.first, client.second);
     if let Some(found) = cached(&CHANNEL_CACHE, index, client) {
-        return Some(found);
+        return Some(Found::cached(found));
     }
     let mut key = MaybeUninit::uninit();
     client.write_key(&mut key);
@@ -125,22 +157,26 @@ pub(crate) fn peer_of(client: &End) -> Option<End> {
     // by the binding that is being replaced.
     let value = unsafe { CHANNEL_TO_PEER.get(&*key.as_ptr().cast::<ClientChannel>()) }?;
     // SAFETY: a valid reference to a 21-byte entry.
-    Some(unsafe { End::copy((value as *const PeerBinding).cast()) })
+    Some(Found::mapped(unsafe {
+        End::copy((value as *const PeerBinding).cast())
+    }))
 }
 
 /// The client end bound to a peer and relayed port (`peer` is its [`PeerBinding`] key).
 #[inline(always)]
-pub(crate) fn client_of(peer: &End) -> Option<End> {
+pub(crate) fn client_of(peer: &End) -> Option<Found> {
     let index = peer_cache_index(peer.family, u16::from_be(peer.second));
     if let Some(found) = cached(&PEER_CACHE, index, peer) {
-        return Some(found);
+        return Some(Found::cached(found));
     }
     let mut key = MaybeUninit::uninit();
     peer.write_key(&mut key);
     // SAFETY: as in `peer_of`.
     let value = unsafe { PEER_TO_CHANNEL.get(&*key.as_ptr().cast::<PeerBinding>()) }?;
     // SAFETY: a valid reference to a 21-byte entry.
-    Some(unsafe { End::copy((value as *const ClientChannel).cast()) })
+    Some(Found::mapped(unsafe {
+        End::copy((value as *const ClientChannel).cast())
+    }))
 }
 
 /// The value of the cache slot at `index` if the slot holds `key` and was not being written

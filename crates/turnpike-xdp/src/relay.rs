@@ -57,7 +57,7 @@ use turnpike_xdp_common::{
     checksum::{add_address, finish, udp_on_wire, update},
 };
 
-use crate::lookup::{self, End};
+use crate::lookup::{self, End, Found};
 use crate::packet::{
     Address, CHANNEL_HEADER, ETH_HEADER, ETHERTYPE_IPV4, ETHERTYPE_IPV6, IPV4_HEADER, IPV6_HEADER,
     PROTO_UDP, UDP_HEADER, address_of, check, frame_len, is_ipv6_extension, is_zero, load,
@@ -328,7 +328,10 @@ fn client_to_peer(
         second: channel,
         family: datagram.family(),
     };
-    let binding = lookup::peer_of(&client).ok_or(Outcome::NoChannel)?;
+    let Found {
+        end: binding,
+        screened,
+    } = lookup::peer_of(&client).ok_or(Outcome::NoChannel)?;
     let header = ChannelHeader {
         channel,
         length,
@@ -338,9 +341,17 @@ fn client_to_peer(
     // Each outgoing family gets its own copy of the rest, as each incoming one does (see
     // `relay`): an IPv4 peer's address is then one word.
     if binding.family == FAMILY_V6 {
-        send_to_peer(ctx, config, datagram, &header, &binding, true)
+        send_to_peer(ctx, config, datagram, &header, &binding, screened, true)
     } else {
-        send_to_peer(ctx, config, datagram, &header, &binding.ipv4(), false)
+        send_to_peer(
+            ctx,
+            config,
+            datagram,
+            &header,
+            &binding.ipv4(),
+            screened,
+            false,
+        )
     }
 }
 
@@ -363,6 +374,7 @@ fn send_to_peer(
     datagram: &Datagram,
     header: &ChannelHeader,
     binding: &End,
+    screened: bool,
     out_v6: bool,
 ) -> Result<Outcome, Outcome> {
     let ChannelHeader {
@@ -375,11 +387,10 @@ fn send_to_peer(
     let peer_port = binding.first;
     let relay_port = binding.second;
 
-    let own = own_addresses();
-    if is_own_address(own, &peer, out_v6) {
+    if !screened && is_own_address(own_addresses(), &peer, out_v6) {
         return Err(Outcome::Hairpin);
     }
-    let src = source_address(own, datagram, out_v6)?;
+    let src = source_address(datagram, out_v6)?;
     if same_address(&src, &peer) {
         return Err(Outcome::PacketLoop);
     }
@@ -446,12 +457,15 @@ fn peer_to_client(
         second: datagram.dport,
         family: datagram.family(),
     };
-    let client = lookup::client_of(&peer).ok_or(Outcome::NoPeerBinding)?;
+    let Found {
+        end: client,
+        screened,
+    } = lookup::client_of(&peer).ok_or(Outcome::NoPeerBinding)?;
     // One copy of the rest per outgoing family (see `client_to_peer`).
     if client.family == FAMILY_V6 {
-        send_to_client(ctx, config, datagram, &client, true)
+        send_to_client(ctx, config, datagram, &client, screened, true)
     } else {
-        send_to_client(ctx, config, datagram, &client.ipv4(), false)
+        send_to_client(ctx, config, datagram, &client.ipv4(), screened, false)
     }
 }
 
@@ -462,17 +476,18 @@ fn send_to_client(
     config: &XdpConfig,
     datagram: &Datagram,
     client: &End,
+    screened: bool,
     out_v6: bool,
 ) -> Result<Outcome, Outcome> {
     let address = client.address;
     let client_port = client.first;
     let channel = client.second;
 
-    let own = own_addresses();
-    if is_own_address(own, &datagram.src, datagram.v6) {
+    // The sender is the binding's peer (the key matched), so screening covers it.
+    if !screened && is_own_address(own_addresses(), &datagram.src, datagram.v6) {
         return Err(Outcome::Hairpin);
     }
-    let src = source_address(own, datagram, out_v6)?;
+    let src = source_address(datagram, out_v6)?;
     if same_address(&src, &address) {
         return Err(Outcome::PacketLoop);
     }
@@ -563,17 +578,13 @@ fn is_own_address(own: Option<&OwnAddresses>, address: &Address, v6: bool) -> bo
 }
 
 /// The source address of the outgoing datagram: the incoming destination if the family stays,
-/// the own address of the new family otherwise.
+/// the own address of the new family otherwise (the only case that reads `OWN_ADDRESSES`).
 #[inline(always)]
-fn source_address(
-    own: Option<&OwnAddresses>,
-    datagram: &Datagram,
-    out_v6: bool,
-) -> Result<Address, Outcome> {
+fn source_address(datagram: &Datagram, out_v6: bool) -> Result<Address, Outcome> {
     if out_v6 == datagram.v6 {
         return Ok(datagram.dst);
     }
-    let mine = own_address(own, out_v6);
+    let mine = own_address(own_addresses(), out_v6);
     if is_zero(&mine) {
         Err(Outcome::OwnAddressUnset)
     } else {
