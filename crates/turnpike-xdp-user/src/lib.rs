@@ -36,7 +36,8 @@
 //! anything after its expiry is processed):
 //!
 //! - `Command::InstallChannel(route)` → [`XdpRelay::install_channel`]`(&route)` (the route maps,
-//!   then the caches in front of them where the binding's slots are free);
+//!   then the caches in front of them where the binding's slots are free and its peer is none of
+//!   the own addresses last set: the program tests for hairpins only outside the caches);
 //! - `Command::RemoveChannel(route)` → [`XdpRelay::remove_channel`]`(&route)`.
 //!
 //! An error there is not fatal: log it and count it; the channel then simply stays on the
@@ -47,7 +48,9 @@
 //! Periodically (the admin tick, once a second): [`XdpRelay::counters`] for metrics (relayed and
 //! passed frames per outcome, [`turnpike_xdp_common::Outcome::as_str`] giving label values, and
 //! how many bindings sit in the program's caches), and
-//! now and then (say every 30 s) re-run [`discover::own_addresses`] and write it if it changed.
+//! now and then (say every 30 s) re-run [`discover::own_addresses`] and write it if it changed
+//! ([`XdpRelay::set_own_addresses`] first evicts from the caches any binding whose peer the new
+//! addresses include).
 //!
 //! At shutdown, drop the `XdpRelay`: the program is detached and the maps freed (the kernel does
 //! the same if the process dies). Datagrams in flight then take the user-space path, which

@@ -387,11 +387,14 @@ impl XdpRelay {
             .map_err(|e| XdpError::map(maps::CONFIG, e))
     }
 
-    /// Writes the relay's own addresses (see [`crate::discover::own_addresses`]).
+    /// Writes the relay's own addresses (see [`crate::discover::own_addresses`]). Cached
+    /// bindings whose peer the new addresses include are evicted first (they stay in the route
+    /// maps, where the program tests for hairpins).
     ///
     /// # Errors
     ///
-    /// [`XdpError::Map`].
+    /// [`XdpError::Map`]. If an eviction fails the addresses are not written; the bindings
+    /// evicted so far stay out of the caches until their next refresh.
     pub fn set_own_addresses(&self, own: OwnAddresses) -> Result<(), XdpError> {
         let mut maps = self.lock();
         // The program skips the hairpin check for cached bindings, so any whose peer the new

@@ -12,7 +12,9 @@
 //! # Finding the binding, and what the cost is spent on
 //!
 //! Bindings are looked up in the direct-mapped caches first and in the hash maps only when the
-//! cache slot holds another binding (`lookup.rs`). The rest is arranged for the instruction
+//! cache slot holds another binding (`lookup.rs`). User space never caches a binding whose peer
+//! is one of the relay's own addresses, so only hash-map hits are tested for hairpins, and a
+//! cached same-family datagram never reads `OWN_ADDRESSES`. The rest is arranged for the instruction
 //! count, which is what a packet costs here: everything after parsing is compiled once per
 //! incoming and once per outgoing IP version (see `relay` and `client_to_peer`), so an IPv4
 //! address is one word and the branches on the family disappear; one bounds check covers each
