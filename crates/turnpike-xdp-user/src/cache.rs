@@ -106,23 +106,21 @@ where
         }
     }
 
-    /// Clears every slot whose binding `unwanted` picks, and returns how many.
+    /// Clears every slot whose binding `unwanted` picks.
     ///
     /// # Errors
     ///
     /// [`XdpError::Map`] from the first write that fails; slots cleared before it stay clear.
-    pub(crate) fn evict(&mut self, unwanted: impl Fn(&K, &V) -> bool) -> Result<usize, XdpError> {
-        let mut doomed: Vec<u32> = self
+    pub(crate) fn evict(&mut self, unwanted: impl Fn(&K, &V) -> bool) -> Result<(), XdpError> {
+        let doomed: Vec<u32> = self
             .held
             .iter()
             .filter(|(_, (key, value))| unwanted(key, value))
             .map(|(index, _)| *index)
             .collect();
-        doomed.sort_unstable();
-        for &index in &doomed {
-            self.write(index, None)?;
-        }
-        Ok(doomed.len())
+        doomed
+            .into_iter()
+            .try_for_each(|index| self.write(index, None))
     }
 
     /// The number of bindings the cache holds.
