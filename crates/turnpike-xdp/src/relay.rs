@@ -14,12 +14,14 @@
 //! Bindings are looked up in the direct-mapped caches first and in the hash maps only when the
 //! cache slot holds another binding (`lookup.rs`). User space never caches a binding whose peer
 //! is one of the relay's own addresses, so only hash-map hits are tested for hairpins, and a
-//! cached same-family datagram never reads `OWN_ADDRESSES`. The rest is arranged for the instruction
-//! count, which is what a packet costs here: everything after parsing is compiled once per
-//! incoming and once per outgoing IP version (see `relay` and `client_to_peer`), so an IPv4
-//! address is one word and the branches on the family disappear; one bounds check covers each
-//! header stack; and the MTU helper is called only for datagrams that grow beyond
-//! [`MIN_LINK_MTU`], the smallest MTU user space lets the program attach to.
+//! cached same-family datagram never reads `OWN_ADDRESSES`.
+//!
+//! The rest is arranged for the instruction count, which is what a packet costs here:
+//! everything after parsing is compiled once per incoming and once per outgoing IP version (see
+//! `relay` and `client_to_peer`), so an IPv4 address is one word and the branches on the family
+//! disappear; one bounds check covers each header stack; and the MTU helper is called only for
+//! datagrams that grow beyond [`MIN_LINK_MTU`], the smallest MTU user space lets the program
+//! attach to.
 //!
 //! # How a datagram is rewritten
 //!
