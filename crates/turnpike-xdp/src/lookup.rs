@@ -68,7 +68,8 @@ impl End {
     }
 
     /// Reads an entry (both route types share the layout: address, two 16-bit fields, family)
-    /// with volatile loads, in order, as the sequence protocol requires.
+    /// with volatile loads, as the sequence protocol requires. The family comes first, so an
+    /// IPv4 entry reads one address word: user space writes the other three as zeros.
     ///
     /// # Safety
     ///
@@ -77,16 +78,18 @@ impl End {
     unsafe fn read(at: *const u8) -> End {
         // SAFETY: the caller guarantees 21 readable, aligned bytes.
         unsafe {
+            let family = read_volatile(at.add(20));
+            let word = |offset: usize| read_volatile(at.add(offset).cast::<u32>());
+            let address = if family == FAMILY_V4 {
+                [word(0), 0, 0, 0]
+            } else {
+                [word(0), word(4), word(8), word(12)]
+            };
             End {
-                address: [
-                    read_volatile(at.cast::<u32>()),
-                    read_volatile(at.add(4).cast::<u32>()),
-                    read_volatile(at.add(8).cast::<u32>()),
-                    read_volatile(at.add(12).cast::<u32>()),
-                ],
+                address,
                 first: read_volatile(at.add(16).cast::<u16>()),
                 second: read_volatile(at.add(18).cast::<u16>()),
-                family: read_volatile(at.add(20)),
+                family,
             }
         }
     }

@@ -97,6 +97,17 @@ pub(crate) fn address_of(octets: &[u8; 16]) -> Address {
     }
 }
 
+/// Loads a 16-byte address field at `at` as four word loads.
+///
+/// # Safety
+///
+/// As for [`load`], with 16 bytes to spare.
+#[inline(always)]
+pub(crate) unsafe fn address_at(at: usize) -> Address {
+    // SAFETY: the caller guarantees the window.
+    unsafe { [load(at), load(at + 4), load(at + 8), load(at + 12)] }
+}
+
 /// Stores an address as four word stores at `at`.
 ///
 /// # Safety

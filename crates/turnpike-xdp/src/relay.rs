@@ -48,9 +48,19 @@
 //! The payload never moves: the headers in front of it are rebuilt and the frame start moved with
 //! `bpf_xdp_adjust_head` (by −24 to +24 bytes, whatever the families and direction demand),
 //! and trailing bytes (ChannelData padding, Ethernet padding of short frames) are cut with
-//! `bpf_xdp_adjust_tail`. Everything the new headers need is copied into locals before the head
-//! moves; nothing is written before it has moved, so a failed adjustment leaves the frame intact
-//! for `XDP_PASS`.
+//! `bpf_xdp_adjust_tail`. The new headers end where the old ones end, so both lie in one window
+//! at the frame start and the new ones are built from the old ones in place (`emit`): before
+//! the start moves when the headers shrink (such a move cannot fail), after it when they grow
+//! (a failed move then leaves the frame intact for `XDP_PASS`).
+//!
+//! # Registers
+//!
+//! eBPF keeps four registers across a call, and the compiler treats every map lookup as one,
+//! even those the verifier inlines. A value held across a call is stored on the stack and
+//! loaded back, so the program does not copy header fields out when it parses: [`Datagram`]
+//! keeps where the headers lie and loads each field where it is used, and the old headers are
+//! read again after the frame moves rather than carried across the helper call. This saved about
+//! 3 ns of the 47 a relayed packet cost (docs/benchmarks.md).
 
 use aya_ebpf::{
     helpers::{bpf_check_mtu, bpf_xdp_adjust_head, bpf_xdp_adjust_tail, bpf_xdp_load_bytes},
@@ -64,32 +74,25 @@ use turnpike_xdp_common::{
 use crate::lookup::{self, End, Found};
 use crate::packet::{
     Address, CHANNEL_HEADER, ETH_HEADER, ETHERTYPE_IPV4, ETHERTYPE_IPV6, IPV4_HEADER, IPV6_HEADER,
-    PROTO_UDP, UDP_HEADER, address_of, check, frame_len, is_ipv6_extension, is_zero, load,
-    same_address, store, store_address,
+    PROTO_UDP, UDP_HEADER, address_at, address_of, check, frame_len, is_ipv6_extension, is_zero,
+    load, same_address, store, store_address,
 };
 use crate::{CONFIG, OWN_ADDRESSES};
 
-/// The fields of an incoming UDP datagram that classification and rewriting need, copied out of
-/// the frame. Fields marked raw hold header bytes as loaded (see `packet.rs`).
+/// An incoming UDP datagram that parsing accepted. Its header fields stay in the frame and are
+/// loaded where they are used rather than copied out once: a value held in a local across a map
+/// lookup or a helper call costs a store and a load on the stack (eBPF keeps only four registers
+/// across calls), a field loaded again from the frame costs one load.
+///
+/// `ip` was checked to hold the IP header and the UDP header after it. It is valid until the frame
+/// start moves; the verifier rejects any program that reads through it after that.
+#[derive(Clone, Copy)]
 struct Datagram {
     v6: bool,
-    src: Address,
-    dst: Address,
-    /// IPv4 TOS / IPv6 traffic class: DSCP and ECN.
-    traffic_class: u8,
-    /// IPv4 identification, raw (zero for IPv6).
-    ipv4_id: u16,
-    /// IPv4 DF flag (set for IPv6, which routers never fragment).
-    dont_fragment: bool,
-    /// Ports, raw.
-    sport: u16,
-    dport: u16,
+    /// Address of the IP header in the frame.
+    ip: usize,
     /// UDP length field (header included) in host order, equal to the IP payload length.
     udp_len: u16,
-    /// UDP checksum, raw.
-    checksum: u16,
-    /// Offset of the UDP header in the frame.
-    udp_at: usize,
 }
 
 impl Datagram {
@@ -98,30 +101,113 @@ impl Datagram {
         if self.v6 { FAMILY_V6 } else { FAMILY_V4 }
     }
 
+    #[inline(always)]
+    const fn ip_header(&self) -> usize {
+        ip_header(self.v6)
+    }
+
+    /// Offset of the UDP header in the frame.
+    #[inline(always)]
+    const fn udp_at(&self) -> usize {
+        ETH_HEADER + self.ip_header()
+    }
+
     /// Length of the IP packet (header included).
     #[inline(always)]
     const fn ip_len(&self) -> usize {
-        self.udp_at - ETH_HEADER + self.udp_len as usize
+        self.ip_header() + self.udp_len as usize
+    }
+
+    #[inline(always)]
+    fn udp(&self) -> usize {
+        self.ip + self.ip_header()
+    }
+
+    // SAFETY (every `load` below): inside the window the type's invariant describes.
+
+    #[inline(always)]
+    fn src(&self) -> Address {
+        if self.v6 {
+            unsafe { address_at(self.ip + 8) }
+        } else {
+            [unsafe { load(self.ip + 12) }, 0, 0, 0]
+        }
+    }
+
+    #[inline(always)]
+    fn dst(&self) -> Address {
+        if self.v6 {
+            unsafe { address_at(self.ip + 24) }
+        } else {
+            [unsafe { load(self.ip + 16) }, 0, 0, 0]
+        }
+    }
+
+    /// IPv4 TOS / IPv6 traffic class: DSCP and ECN.
+    #[inline(always)]
+    fn traffic_class(&self) -> u8 {
+        if self.v6 {
+            let first: u8 = unsafe { load(self.ip) };
+            let second: u8 = unsafe { load(self.ip + 1) };
+            (first << 4) | (second >> 4)
+        } else {
+            unsafe { load(self.ip + 1) }
+        }
+    }
+
+    /// IPv4 identification, raw (zero for IPv6).
+    #[inline(always)]
+    fn ipv4_id(&self) -> u16 {
+        if self.v6 {
+            0
+        } else {
+            unsafe { load(self.ip + 4) }
+        }
+    }
+
+    /// IPv4 DF flag (set for IPv6, which routers never fragment).
+    #[inline(always)]
+    fn dont_fragment(&self) -> bool {
+        self.v6 || unsafe { load::<u8>(self.ip + 6) } & 0x40 != 0
+    }
+
+    /// Source port, raw.
+    #[inline(always)]
+    fn sport(&self) -> u16 {
+        unsafe { load(self.udp()) }
+    }
+
+    /// Destination port, raw.
+    #[inline(always)]
+    fn dport(&self) -> u16 {
+        unsafe { load(self.udp() + 2) }
+    }
+
+    /// UDP checksum, raw.
+    #[inline(always)]
+    fn checksum(&self) -> u16 {
+        unsafe { load(self.udp() + 6) }
+    }
+
+    /// The same datagram's headers at `ip`, where they lie after the frame start moved.
+    #[inline(always)]
+    const fn moved_to(&self, ip: usize) -> Self {
+        Self { ip, ..*self }
     }
 }
 
-/// The incoming frame's MAC addresses, as words.
-#[derive(Clone, Copy)]
-struct Macs {
-    dst: (u32, u16),
-    src: (u32, u16),
+#[inline(always)]
+const fn ip_header(v6: bool) -> usize {
+    if v6 { IPV6_HEADER } else { IPV4_HEADER }
 }
 
-/// The datagram to build in place of the incoming one.
+/// What the new headers take from the binding and the relay; the rest (MAC addresses, traffic
+/// class, IPv4 identification and DF) they copy from the old headers.
 struct Rewrite {
-    macs: Macs,
     v6: bool,
-    src: Address,
+    /// The source address, or `None` for the incoming destination (same family).
+    src: Option<Address>,
     dst: Address,
-    traffic_class: u8,
-    /// IPv4 identification, raw.
-    ipv4_id: u16,
-    dont_fragment: bool,
     hop_limit: u8,
     /// Ports, raw.
     sport: u16,
@@ -136,24 +222,29 @@ struct Rewrite {
 }
 
 impl Rewrite {
+    /// Length of the new headers, Ethernet to ChannelData.
     #[inline(always)]
-    const fn ip_header(&self) -> usize {
-        if self.v6 { IPV6_HEADER } else { IPV4_HEADER }
+    const fn headers_len(&self) -> usize {
+        let channel = if self.channel_header.is_some() {
+            CHANNEL_HEADER
+        } else {
+            0
+        };
+        ETH_HEADER + ip_header(self.v6) + UDP_HEADER + channel
     }
 
     /// Length of the rewritten frame.
     #[inline(always)]
     const fn frame_len(&self) -> usize {
-        ETH_HEADER + self.ip_header() + self.udp_len as usize
+        ETH_HEADER + ip_header(self.v6) + self.udp_len as usize
     }
 }
 
 /// Decides what to do with one frame and, for a relayed one, rewrites it.
 #[inline(always)]
 pub(crate) fn relay(ctx: &XdpContext) -> Outcome {
-    let config = match CONFIG.get(0) {
-        Some(config) => *config,
-        None => return Outcome::ConfigUnset,
+    let Some(config) = CONFIG.get(0) else {
+        return Outcome::ConfigUnset;
     };
     if !config.is_set() {
         return Outcome::ConfigUnset;
@@ -167,9 +258,9 @@ pub(crate) fn relay(ctx: &XdpContext) -> Outcome {
     // compile time, an IPv4 address is one word and three constant zeros, and the compiler
     // drops the work on the zeros (docs/benchmarks.md has what this saved).
     let result = if ethertype == ETHERTYPE_IPV4 {
-        parse_ipv4(ctx).and_then(|datagram| dispatch(ctx, &config, &datagram))
+        parse_ipv4(ctx).and_then(|datagram| dispatch(ctx, config, &datagram))
     } else if ethertype == ETHERTYPE_IPV6 {
-        parse_ipv6(ctx).and_then(|datagram| dispatch(ctx, &config, &datagram))
+        parse_ipv6(ctx).and_then(|datagram| dispatch(ctx, config, &datagram))
     } else {
         Err(Outcome::NotIp)
     };
@@ -181,17 +272,17 @@ pub(crate) fn relay(ctx: &XdpContext) -> Outcome {
 /// Sends a datagram to the direction its destination port says.
 #[inline(always)]
 fn dispatch(ctx: &XdpContext, config: &XdpConfig, datagram: &Datagram) -> Result<Outcome, Outcome> {
-    if datagram.dport == u16::from_ne_bytes(config.listen_port_wire()) {
+    let dport = datagram.dport();
+    if dport == u16::from_ne_bytes(config.listen_port_wire()) {
         client_to_peer(ctx, config, datagram)
-    } else if config.is_relay_port(u16::from_be(datagram.dport)) {
+    } else if config.is_relay_port(u16::from_be(dport)) {
         peer_to_client(ctx, config, datagram)
     } else {
         Err(Outcome::OtherPort)
     }
 }
 
-/// Parses an IPv4 header without options and the UDP header after it, and copies out what the
-/// rest needs.
+/// Parses an IPv4 header without options and the UDP header after it.
 #[inline(always)]
 fn parse_ipv4(ctx: &XdpContext) -> Result<Datagram, Outcome> {
     let frame = frame_len(ctx);
@@ -224,32 +315,18 @@ fn parse_ipv4(ctx: &XdpContext) -> Result<Datagram, Outcome> {
     if total < IPV4_HEADER + UDP_HEADER || ETH_HEADER + total > frame {
         return Err(Outcome::Malformed);
     }
-    let traffic_class: u8 = unsafe { load(ip + 1) };
-    let ipv4_id: u16 = unsafe { load(ip + 4) };
-    let src = [unsafe { load(ip + 12) }, 0, 0, 0];
-    let dst = [unsafe { load(ip + 16) }, 0, 0, 0];
-    let udp_at = ETH_HEADER + IPV4_HEADER;
-    let udp = ip + IPV4_HEADER;
-    let udp_len = u16::from_be(unsafe { load(udp + 4) });
+    let udp_len = u16::from_be(unsafe { load(ip + IPV4_HEADER + 4) });
     if udp_len as usize != total - IPV4_HEADER {
         return Err(Outcome::Malformed);
     }
     Ok(Datagram {
         v6: false,
-        src,
-        dst,
-        traffic_class,
-        ipv4_id,
-        dont_fragment: fragment & 0x4000 != 0,
-        sport: unsafe { load(udp) },
-        dport: unsafe { load(udp + 2) },
+        ip,
         udp_len,
-        checksum: unsafe { load(udp + 6) },
-        udp_at,
     })
 }
 
-/// Parses an IPv6 header followed directly by a UDP header, and copies out what the rest needs.
+/// Parses an IPv6 header followed directly by a UDP header.
 #[inline(always)]
 fn parse_ipv6(ctx: &XdpContext) -> Result<Datagram, Outcome> {
     let frame = frame_len(ctx);
@@ -272,27 +349,14 @@ fn parse_ipv6(ctx: &XdpContext) -> Result<Datagram, Outcome> {
     if payload < UDP_HEADER || ETH_HEADER + IPV6_HEADER + payload > frame {
         return Err(Outcome::Malformed);
     }
-    let second: u8 = unsafe { load(ip + 1) };
-    let src = unsafe { [load(ip + 8), load(ip + 12), load(ip + 16), load(ip + 20)] };
-    let dst = unsafe { [load(ip + 24), load(ip + 28), load(ip + 32), load(ip + 36)] };
-    let udp_at = ETH_HEADER + IPV6_HEADER;
-    let udp = ip + IPV6_HEADER;
-    let udp_len = u16::from_be(unsafe { load(udp + 4) });
+    let udp_len = u16::from_be(unsafe { load(ip + IPV6_HEADER + 4) });
     if udp_len as usize != payload {
         return Err(Outcome::Malformed);
     }
     Ok(Datagram {
         v6: true,
-        src,
-        dst,
-        traffic_class: (first << 4) | (second >> 4),
-        ipv4_id: 0,
-        dont_fragment: true,
-        sport: unsafe { load(udp) },
-        dport: unsafe { load(udp + 2) },
+        ip,
         udp_len,
-        checksum: unsafe { load(udp + 6) },
-        udp_at,
     })
 }
 
@@ -308,7 +372,7 @@ fn client_to_peer(
         return Err(Outcome::NotChannelData);
     }
     let header =
-        check::<CHANNEL_HEADER>(ctx, datagram.udp_at + UDP_HEADER).ok_or(Outcome::Malformed)?;
+        check::<CHANNEL_HEADER>(ctx, datagram.udp_at() + UDP_HEADER).ok_or(Outcome::Malformed)?;
     // SAFETY (the loads): inside the window `check` returned.
     let first: u8 = unsafe { load(header) };
     // Channel numbers 0x4000–0x4FFF: the first byte is 0x40–0x4F.
@@ -327,8 +391,8 @@ fn client_to_peer(
     }
 
     let client = End {
-        address: datagram.src,
-        first: datagram.sport,
+        address: datagram.src(),
+        first: datagram.sport(),
         second: channel,
         family: datagram.family(),
     };
@@ -400,14 +464,15 @@ fn send_to_peer(
     }
 
     let udp_len = (UDP_HEADER + length) as u16;
-    let checksum = if datagram.checksum == 0 {
+    let old_checksum = datagram.checksum();
+    let checksum = if old_checksum == 0 {
         keep_zero_checksum(datagram, out_v6)?
     } else {
         let (old_own, new_own) = own_address_terms(datagram, &src, out_v6);
-        let removed = add_address(old_own, &datagram.src)
+        let removed = add_address(old_own, &datagram.src())
             + 2 * datagram.udp_len.to_be() as u64
-            + datagram.sport as u64
-            + datagram.dport as u64
+            + datagram.sport() as u64
+            + datagram.dport() as u64
             + channel as u64
             + length_raw as u64
             + padding_sum(ctx, datagram, padding)?;
@@ -415,17 +480,13 @@ fn send_to_peer(
             + 2 * udp_len.to_be() as u64
             + relay_port as u64
             + peer_port as u64;
-        udp_on_wire(update(datagram.checksum, removed, added))
+        udp_on_wire(update(old_checksum, removed, added))
     };
 
     let rewrite = Rewrite {
-        macs: macs(ctx)?,
         v6: out_v6,
-        src,
+        src: translated_source(datagram, src, out_v6),
         dst: peer,
-        traffic_class: datagram.traffic_class,
-        ipv4_id: datagram.ipv4_id,
-        dont_fragment: datagram.dont_fragment,
         hop_limit: if out_v6 {
             config.hop_limit()
         } else {
@@ -437,13 +498,11 @@ fn send_to_peer(
         checksum,
         channel_header: None,
     };
-    let old_headers = datagram.udp_at + UDP_HEADER + CHANNEL_HEADER;
-    let new_headers = ETH_HEADER + rewrite.ip_header() + UDP_HEADER;
     emit(
         ctx,
         datagram,
         &rewrite,
-        old_headers as i32 - new_headers as i32,
+        datagram.udp_at() + UDP_HEADER + CHANNEL_HEADER,
     )?;
     Ok(Outcome::client_to_peer(datagram.v6, out_v6))
 }
@@ -456,9 +515,9 @@ fn peer_to_client(
     datagram: &Datagram,
 ) -> Result<Outcome, Outcome> {
     let peer = End {
-        address: datagram.src,
-        first: datagram.sport,
-        second: datagram.dport,
+        address: datagram.src(),
+        first: datagram.sport(),
+        second: datagram.dport(),
         family: datagram.family(),
     };
     let Found {
@@ -488,7 +547,7 @@ fn send_to_client(
     let channel = client.second;
 
     // The sender is the binding's peer (the key matched), so screening covers it.
-    if !screened && is_own_address(own_addresses(), &datagram.src, datagram.v6) {
+    if !screened && is_own_address(own_addresses(), &datagram.src(), datagram.v6) {
         return Err(Outcome::Hairpin);
     }
     let src = source_address(datagram, out_v6)?;
@@ -503,14 +562,15 @@ fn send_to_client(
     let length_raw = (datagram.udp_len - UDP_HEADER as u16).to_be();
     let udp_len = datagram.udp_len + CHANNEL_HEADER as u16;
     let listen_port = u16::from_ne_bytes(config.listen_port_wire());
-    let checksum = if datagram.checksum == 0 {
+    let old_checksum = datagram.checksum();
+    let checksum = if old_checksum == 0 {
         keep_zero_checksum(datagram, out_v6)?
     } else {
         let (old_own, new_own) = own_address_terms(datagram, &src, out_v6);
-        let removed = add_address(old_own, &datagram.src)
+        let removed = add_address(old_own, &datagram.src())
             + 2 * datagram.udp_len.to_be() as u64
-            + datagram.sport as u64
-            + datagram.dport as u64;
+            + datagram.sport() as u64
+            + datagram.dport() as u64;
         // The header sits at an even offset and shifts the payload by 4 bytes, so the payload's
         // words stay words; only the header's two words are new.
         let added = add_address(new_own, &address)
@@ -519,17 +579,13 @@ fn send_to_client(
             + client_port as u64
             + channel as u64
             + length_raw as u64;
-        udp_on_wire(update(datagram.checksum, removed, added))
+        udp_on_wire(update(old_checksum, removed, added))
     };
 
     let rewrite = Rewrite {
-        macs: macs(ctx)?,
         v6: out_v6,
-        src,
+        src: translated_source(datagram, src, out_v6),
         dst: address,
-        traffic_class: datagram.traffic_class,
-        ipv4_id: datagram.ipv4_id,
-        dont_fragment: datagram.dont_fragment,
         hop_limit: if out_v6 {
             config.hop_limit()
         } else {
@@ -541,14 +597,7 @@ fn send_to_client(
         checksum,
         channel_header: Some((channel, length_raw)),
     };
-    let old_headers = datagram.udp_at + UDP_HEADER;
-    let new_headers = ETH_HEADER + rewrite.ip_header() + UDP_HEADER + CHANNEL_HEADER;
-    emit(
-        ctx,
-        datagram,
-        &rewrite,
-        old_headers as i32 - new_headers as i32,
-    )?;
+    emit(ctx, datagram, &rewrite, datagram.udp_at() + UDP_HEADER)?;
     Ok(Outcome::peer_to_client(datagram.v6, out_v6))
 }
 
@@ -586,13 +635,25 @@ fn is_own_address(own: Option<&OwnAddresses>, address: &Address, v6: bool) -> bo
 #[inline(always)]
 fn source_address(datagram: &Datagram, out_v6: bool) -> Result<Address, Outcome> {
     if out_v6 == datagram.v6 {
-        return Ok(datagram.dst);
+        return Ok(datagram.dst());
     }
     let mine = own_address(own_addresses(), out_v6);
     if is_zero(&mine) {
         Err(Outcome::OwnAddressUnset)
     } else {
         Ok(mine)
+    }
+}
+
+/// The source address a [`Rewrite`] carries: none in the same family, where the new headers
+/// copy the incoming destination from the frame (it lies in the frame anyway, and a value held
+/// across the frame move costs more than loading it again).
+#[inline(always)]
+fn translated_source(datagram: &Datagram, src: Address, out_v6: bool) -> Option<Address> {
+    if out_v6 == datagram.v6 {
+        None
+    } else {
+        Some(src)
     }
 }
 
@@ -604,7 +665,7 @@ fn own_address_terms(datagram: &Datagram, src: &Address, out_v6: bool) -> (u64, 
     if out_v6 == datagram.v6 {
         (0, 0)
     } else {
-        (add_address(0, &datagram.dst), add_address(0, src))
+        (add_address(0, &datagram.dst()), add_address(0, src))
     }
 }
 
@@ -631,7 +692,7 @@ fn padding_sum(ctx: &XdpContext, datagram: &Datagram, padding: usize) -> Result<
     if padding == 0 {
         return Ok(0);
     }
-    let end = datagram.udp_at + datagram.udp_len as usize;
+    let end = datagram.udp_at() + datagram.udp_len as usize;
     // The payload is at least 4 + `padding` bytes, so the last 4 bytes are all after the UDP
     // header.
     let mut last = [0u8; 4];
@@ -662,19 +723,6 @@ fn padding_sum(ctx: &XdpContext, datagram: &Datagram, padding: usize) -> Result<
     })
 }
 
-/// The incoming frame's MAC addresses.
-#[inline(always)]
-fn macs(ctx: &XdpContext) -> Result<Macs, Outcome> {
-    let eth = check::<12>(ctx, 0).ok_or(Outcome::Malformed)?;
-    // SAFETY: inside the window `check` returned.
-    Ok(unsafe {
-        Macs {
-            dst: (load(eth), load(eth + 4)),
-            src: (load(eth + 6), load(eth + 10)),
-        }
-    })
-}
-
 /// Whether the rewritten IP packet of `ip_len` bytes fits the interface's MTU.
 #[inline(always)]
 fn fits_mtu(ctx: &XdpContext, ip_len: usize) -> bool {
@@ -686,36 +734,58 @@ fn fits_mtu(ctx: &XdpContext, ip_len: usize) -> bool {
     result == 0
 }
 
-/// Moves the frame start by `delta` bytes and writes the new headers; trims trailing bytes.
+/// Replaces the `old_len` bytes of headers in front of the payload with the new ones and moves
+/// the frame start to them; trims trailing bytes.
+///
+/// The new headers end where the old ones end, so the two overlap in one window of the frame,
+/// and the new ones are built from the old ones in place. When the headers shrink (client to
+/// peer in one family), they are built before the frame start moves, so nothing has to be held
+/// across the helper call: a move forwards that leaves the new headers in the frame cannot fail
+/// (the helper refuses only a start beyond `data_end` minus an Ethernet header). When they grow,
+/// the start moves first, which may fail and then leaves the frame intact for `XDP_PASS`, and the
+/// old headers are read where the move left them.
 #[inline(always)]
 fn emit(
     ctx: &XdpContext,
     datagram: &Datagram,
     rewrite: &Rewrite,
-    delta: i32,
+    old_len: usize,
 ) -> Result<(), Outcome> {
-    let ip_len = rewrite.ip_header() + rewrite.udp_len as usize;
+    let new_len = rewrite.headers_len();
+    let ip_len = ip_header(rewrite.v6) + rewrite.udp_len as usize;
     // Only a datagram that grows can outgrow the link it came in on, and only one of more than
     // `MIN_LINK_MTU` bytes can outgrow any link the relay attaches to; the helper call costs
     // as much as the rest of the rewrite, so it is spared for everything smaller.
     if ip_len > datagram.ip_len() && ip_len > MIN_LINK_MTU as usize && !fits_mtu(ctx, ip_len) {
         return Err(Outcome::TooBig);
     }
-    // SAFETY: `ctx.ctx` is the program's context. Every packet address is re-derived after this.
-    if unsafe { bpf_xdp_adjust_head(ctx.ctx, delta) } != 0 {
-        return Err(Outcome::AdjustFailed);
-    }
-    let written = if rewrite.v6 {
-        write_ipv6(ctx, rewrite)
+    if old_len >= new_len {
+        let delta = old_len - new_len;
+        // SAFETY: the old headers were checked when they were parsed (the ChannelData header
+        // by `client_to_peer`), and the new ones end where they end.
+        unsafe { build(datagram.ip - ETH_HEADER, datagram, 0, delta, rewrite) };
+        // SAFETY: `ctx.ctx` is the program's context. Every packet address is re-derived after.
+        if unsafe { bpf_xdp_adjust_head(ctx.ctx, delta as i32) } != 0 {
+            // Cannot happen (see above); the frame would go up with its headers half rewritten,
+            // which the kernel stack discards.
+            return Err(Outcome::AdjustFailed);
+        }
     } else {
-        write_ipv4(ctx, rewrite)
-    };
-    if written.is_none() {
-        // Cannot happen (the frame holds at least the new headers), but the verifier needs the
-        // check; nothing was written, so moving the start back restores the frame.
+        let delta = new_len - old_len;
         // SAFETY: as above.
-        unsafe { bpf_xdp_adjust_head(ctx.ctx, -delta) };
-        return Err(Outcome::AdjustFailed);
+        if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(delta as i32)) } != 0 {
+            return Err(Outcome::AdjustFailed);
+        }
+        let Some(f) = window(ctx, new_len) else {
+            // Cannot happen (the frame holds at least the new headers), but the verifier needs
+            // the check; nothing was written, so moving the start back restores the frame.
+            // SAFETY: as above.
+            unsafe { bpf_xdp_adjust_head(ctx.ctx, delta as i32) };
+            return Err(Outcome::AdjustFailed);
+        };
+        // SAFETY: `f` starts a checked window of `new_len` bytes, which hold the new headers at
+        // 0 and the old ones, moved, at `delta`.
+        unsafe { build(f, datagram, delta, 0, rewrite) };
     }
     let len = frame_len(ctx);
     let want = rewrite.frame_len();
@@ -727,114 +797,138 @@ fn emit(
     Ok(())
 }
 
-/// Writes Ethernet, IPv4, UDP (and ChannelData) headers at the frame start.
+/// The frame start, checked to hold `len` bytes: any header stack the relay reads or writes
+/// (one bounds check; the length is a constant where this is inlined).
 #[inline(always)]
-fn write_ipv4(ctx: &XdpContext, r: &Rewrite) -> Option<()> {
-    const UDP_AT: usize = ETH_HEADER + IPV4_HEADER;
-    let first = u16::from_ne_bytes([0x45, r.traffic_class]);
-    let total = ((IPV4_HEADER + r.udp_len as usize) as u16).to_be();
-    let flags = if r.dont_fragment {
-        0x4000u16.to_be()
-    } else {
-        0
+fn window(ctx: &XdpContext, len: usize) -> Option<usize> {
+    const V4: usize = ETH_HEADER + IPV4_HEADER + UDP_HEADER;
+    const V6: usize = ETH_HEADER + IPV6_HEADER + UDP_HEADER;
+    const V4_CHANNEL: usize = V4 + CHANNEL_HEADER;
+    const V6_CHANNEL: usize = V6 + CHANNEL_HEADER;
+    match len {
+        V4 => check::<V4>(ctx, 0),
+        V4_CHANNEL => check::<V4_CHANNEL>(ctx, 0),
+        V6 => check::<V6>(ctx, 0),
+        V6_CHANNEL => check::<V6_CHANNEL>(ctx, 0),
+        _ => None,
+    }
+}
+
+/// Writes the new headers at `f + new_at`, copying what they keep from the old headers at
+/// `f + old_at`. Every old field is loaded before the first store, since the two overlap.
+///
+/// # Safety
+///
+/// `f` must start a checked window holding the old headers of `datagram` at `old_at` and the
+/// new headers of `r` at `new_at`.
+#[inline(always)]
+unsafe fn build(f: usize, datagram: &Datagram, old_at: usize, new_at: usize, r: &Rewrite) {
+    let old = datagram.moved_to(f + old_at + ETH_HEADER);
+    // SAFETY (the loads and stores): inside the window the caller guarantees.
+    let (dst_mac, src_mac): ((u32, u16), (u32, u16)) = unsafe {
+        (
+            (load(f + old_at), load(f + old_at + 4)),
+            (load(f + old_at + 6), load(f + old_at + 10)),
+        )
     };
+    let traffic_class = old.traffic_class();
+    let ipv4_id = old.ipv4_id();
+    let dont_fragment = old.dont_fragment();
+    let src = match r.src {
+        Some(src) => src,
+        None => old.dst(),
+    };
+    let n = f + new_at;
+    unsafe {
+        store(n, src_mac.0);
+        store(n + 4, src_mac.1);
+        store(n + 6, dst_mac.0);
+        store(n + 10, dst_mac.1);
+        if r.v6 {
+            write_ipv6(n, r, traffic_class, &src);
+            write_udp(n + ETH_HEADER + IPV6_HEADER, r);
+        } else {
+            write_ipv4(n, r, traffic_class, ipv4_id, dont_fragment, src[0]);
+            write_udp(n + ETH_HEADER + IPV4_HEADER, r);
+        }
+    }
+}
+
+/// Writes the EtherType and IPv4 header after the MAC addresses at `n`.
+///
+/// # Safety
+///
+/// `n` must start a checked window holding the new headers.
+#[inline(always)]
+unsafe fn write_ipv4(
+    n: usize,
+    r: &Rewrite,
+    traffic_class: u8,
+    ipv4_id: u16,
+    dont_fragment: bool,
+    src: u32,
+) {
+    let first = u16::from_ne_bytes([0x45, traffic_class]);
+    let total = ((IPV4_HEADER + r.udp_len as usize) as u16).to_be();
+    let flags = if dont_fragment { 0x4000u16.to_be() } else { 0 };
     let ttl_protocol = u16::from_ne_bytes([r.hop_limit, PROTO_UDP]);
     let sum = first as u64
         + total as u64
-        + r.ipv4_id as u64
+        + ipv4_id as u64
         + flags as u64
         + ttl_protocol as u64
-        + r.src[0] as u64
+        + src as u64
         + r.dst[0] as u64;
-    let header_checksum = finish(sum);
-    let f = headers_window(ctx, r)?;
-    // SAFETY (the stores): inside the window `check` returned.
+    // SAFETY: the caller guarantees the window.
     unsafe {
-        write_ethernet(f, r.macs, ETHERTYPE_IPV4);
-        store(f + 14, first);
-        store(f + 16, total);
-        store(f + 18, r.ipv4_id);
-        store(f + 20, flags);
-        store(f + 22, ttl_protocol);
-        store(f + 24, header_checksum);
-        store(f + 26, r.src[0]);
-        store(f + 30, r.dst[0]);
+        store(n + 12, ETHERTYPE_IPV4);
+        store(n + 14, first);
+        store(n + 16, total);
+        store(n + 18, ipv4_id);
+        store(n + 20, flags);
+        store(n + 22, ttl_protocol);
+        store(n + 24, finish(sum));
+        store(n + 26, src);
+        store(n + 30, r.dst[0]);
     }
-    // SAFETY: `headers_window` checked the UDP header and any ChannelData header after it.
-    unsafe { write_udp(f, UDP_AT, r) };
-    Some(())
 }
 
-/// Writes Ethernet, IPv6, UDP (and ChannelData) headers at the frame start.
+/// Writes the EtherType and IPv6 header after the MAC addresses at `n`.
+///
+/// # Safety
+///
+/// As for [`write_ipv4`].
 #[inline(always)]
-fn write_ipv6(ctx: &XdpContext, r: &Rewrite) -> Option<()> {
-    const UDP_AT: usize = ETH_HEADER + IPV6_HEADER;
+unsafe fn write_ipv6(n: usize, r: &Rewrite, traffic_class: u8, src: &Address) {
     // Version 6, traffic class, flow label 0.
-    let first = u32::from_ne_bytes([0x60 | (r.traffic_class >> 4), r.traffic_class << 4, 0, 0]);
-    let f = headers_window(ctx, r)?;
-    // SAFETY (the stores): inside the window `check` returned.
+    let first = u32::from_ne_bytes([0x60 | (traffic_class >> 4), traffic_class << 4, 0, 0]);
+    // SAFETY: the caller guarantees the window.
     unsafe {
-        write_ethernet(f, r.macs, ETHERTYPE_IPV6);
-        store(f + 14, first);
-        store(f + 18, r.udp_len.to_be());
-        store(f + 20, u16::from_ne_bytes([PROTO_UDP, r.hop_limit]));
-        store_address(f + 22, &r.src);
-        store_address(f + 38, &r.dst);
+        store(n + 12, ETHERTYPE_IPV6);
+        store(n + 14, first);
+        store(n + 18, r.udp_len.to_be());
+        store(n + 20, u16::from_ne_bytes([PROTO_UDP, r.hop_limit]));
+        store_address(n + 22, src);
+        store_address(n + 38, &r.dst);
     }
-    // SAFETY: `headers_window` checked the UDP header and any ChannelData header after it.
-    unsafe { write_udp(f, UDP_AT, r) };
-    Some(())
 }
 
-/// Destination MAC = the old source, source MAC = the old destination.
+/// Writes the UDP header at `at` and, if any, the ChannelData header after it.
 ///
 /// # Safety
 ///
-/// `f` must start a checked window of at least 14 bytes.
+/// `at` must lie in a checked window with room for both.
 #[inline(always)]
-unsafe fn write_ethernet(f: usize, macs: Macs, ethertype: u16) {
+unsafe fn write_udp(at: usize, r: &Rewrite) {
     // SAFETY: the caller guarantees the window.
     unsafe {
-        store(f, macs.src.0);
-        store(f + 4, macs.src.1);
-        store(f + 6, macs.dst.0);
-        store(f + 10, macs.dst.1);
-        store(f + 12, ethertype);
-    }
-}
-
-/// The frame start, checked to hold every header of the rewrite: Ethernet, IP, UDP and the
-/// ChannelData header if it has one (one bounds check; family and direction, and so the size,
-/// are known where this is inlined).
-#[inline(always)]
-fn headers_window(ctx: &XdpContext, r: &Rewrite) -> Option<usize> {
-    const V4: usize = ETH_HEADER + IPV4_HEADER + UDP_HEADER;
-    const V6: usize = ETH_HEADER + IPV6_HEADER + UDP_HEADER;
-    match (r.v6, r.channel_header.is_some()) {
-        (false, false) => check::<V4>(ctx, 0),
-        (false, true) => check::<{ V4 + CHANNEL_HEADER }>(ctx, 0),
-        (true, false) => check::<V6>(ctx, 0),
-        (true, true) => check::<{ V6 + CHANNEL_HEADER }>(ctx, 0),
-    }
-}
-
-/// Writes the UDP header at `f + at` and, if any, the ChannelData header after it.
-///
-/// # Safety
-///
-/// `f` must start a window from [`headers_window`] for the same rewrite, and `at` be the
-/// offset of its UDP header.
-#[inline(always)]
-unsafe fn write_udp(f: usize, at: usize, r: &Rewrite) {
-    // SAFETY: the caller guarantees the window.
-    unsafe {
-        store(f + at, r.sport);
-        store(f + at + 2, r.dport);
-        store(f + at + 4, r.udp_len.to_be());
-        store(f + at + 6, r.checksum);
+        store(at, r.sport);
+        store(at + 2, r.dport);
+        store(at + 4, r.udp_len.to_be());
+        store(at + 6, r.checksum);
         if let Some((channel, length)) = r.channel_header {
-            store(f + at + UDP_HEADER, channel);
-            store(f + at + UDP_HEADER + 2, length);
+            store(at + UDP_HEADER, channel);
+            store(at + UDP_HEADER + 2, length);
         }
     }
 }
