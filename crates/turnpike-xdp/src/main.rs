@@ -20,6 +20,9 @@ mod lookup;
 mod packet;
 mod relay;
 
+use core::mem::MaybeUninit;
+use core::ptr::{read_volatile, write_volatile};
+
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, xdp_action},
     macros::{map, xdp},
@@ -70,14 +73,18 @@ static COUNTERS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(Outcome::C
 /// The relay's data plane (see the module documentation).
 #[xdp]
 pub fn turnpike_relay(ctx: XdpContext) -> u32 {
-    let len = packet::frame_len(&ctx) as u64;
+    // The arriving length is parked on the stack with volatile accesses: held as a value, it
+    // would take one of the four registers that survive calls for the whole program.
+    let mut len = MaybeUninit::<u64>::uninit();
+    // SAFETY: a stack slot of this function, written before it is read.
+    unsafe { write_volatile(len.as_mut_ptr(), packet::frame_len(&ctx) as u64) };
     let outcome = relay::relay(&ctx);
     if let Some(counter) = COUNTERS.get_ptr_mut(outcome.index()) {
         // SAFETY: a per-CPU array slot of this CPU, which nothing else writes while the program
-        // runs (XDP programs are not preempted on their CPU).
+        // runs (XDP programs are not preempted on their CPU); `len` was written above.
         unsafe {
             (*counter).packets += 1;
-            (*counter).bytes += len;
+            (*counter).bytes += read_volatile(len.as_ptr());
         }
     }
     if outcome.is_relayed() {
