@@ -79,10 +79,10 @@ use crate::packet::{
 };
 use crate::{CONFIG, OWN_ADDRESSES};
 
-/// An incoming UDP datagram that parsing accepted. Its header fields stay in the frame and are
-/// loaded where they are used rather than copied out once: a value held in a local across a map
-/// lookup or a helper call costs a store and a load on the stack (eBPF keeps only four registers
-/// across calls), a field loaded again from the frame costs one load.
+/// An incoming UDP datagram that parsing accepted. Its header fields, but for the UDP length that
+/// every step needs, stay in the frame and are loaded where they are used rather than copied out
+/// once: a value held in a local across a map lookup or a helper call costs a store and a load on
+/// the stack (eBPF keeps only four registers across calls), a field loaded again costs one load.
 ///
 /// `ip` was checked to hold the IP header and the UDP header after it. It is valid until the frame
 /// start moves; the verifier rejects any program that reads through it after that.
