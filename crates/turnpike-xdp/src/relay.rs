@@ -127,19 +127,21 @@ impl Datagram {
 
     #[inline(always)]
     fn src(&self) -> Address {
-        if self.v6 {
-            unsafe { address_at(self.ip + 8) }
-        } else {
-            [unsafe { load(self.ip + 12) }, 0, 0, 0]
-        }
+        self.address(12, 8)
     }
 
     #[inline(always)]
     fn dst(&self) -> Address {
+        self.address(16, 24)
+    }
+
+    /// The address at `ipv4_at` or `ipv6_at` in the IP header, whichever version it is.
+    #[inline(always)]
+    fn address(&self, ipv4_at: usize, ipv6_at: usize) -> Address {
         if self.v6 {
-            unsafe { address_at(self.ip + 24) }
+            unsafe { address_at(self.ip + ipv6_at) }
         } else {
-            [unsafe { load(self.ip + 16) }, 0, 0, 0]
+            [unsafe { load(self.ip + ipv4_at) }, 0, 0, 0]
         }
     }
 
