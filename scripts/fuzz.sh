@@ -11,7 +11,7 @@
 set -euo pipefail
 
 readonly NIGHTLY=nightly
-readonly TARGETS=(stun_message channel_data)
+readonly TARGETS=(stun_message channel_data stream)
 
 die() {
     echo "fuzz: error: $*" >&2

@@ -12,6 +12,9 @@
 //!   the integrity and fingerprint trailers into a `&mut [u8]`; the relay reuses one buffer per
 //!   event-loop iteration.
 //!
+//! Over TCP and TLS, [`StreamDecoder`] cuts the byte stream into messages by their length fields
+//! (RFC 8656 §12.5) before they reach the same parsers.
+//!
 //! Demultiplexing a datagram starts with [`classify`]: STUN messages begin with 0b00, ChannelData
 //! with a channel number in 0x4000–0x4FFF.
 //!
@@ -26,6 +29,7 @@ mod encoder;
 mod error_code;
 mod integrity;
 mod message;
+mod stream;
 
 pub use attribute::{
     AddressFamily, Attribute, AttributeError, AttributeType, PasswordAlgorithm, PasswordAlgorithms,
@@ -38,6 +42,10 @@ pub use demux::{DemuxError, PacketKind, classify};
 pub use encoder::{EncodeError, MessageEncoder};
 pub use error_code::ErrorCode;
 pub use integrity::{FINGERPRINT_XOR, IntegrityError};
+pub use stream::{
+    FrameError, FrameHeader, FrameKind, MAX_FRAME_LEN, StreamDecoder, channel_data_padding,
+    frame_header,
+};
 pub use message::{
     Attributes, Class, DecodeError, HEADER_LEN, MAGIC_COOKIE, Message, MessageType, Method,
     TransactionId,
