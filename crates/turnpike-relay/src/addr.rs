@@ -5,11 +5,34 @@ use core::net::SocketAddr;
 
 use turnpike_proto::AddressFamily;
 
-/// The transport a client reached the relay over. Only UDP today; TCP and TLS (TURN on 443)
-/// slot in here, because a 5-tuple includes its transport.
+/// The transport a client reached the relay over (RFC 8656 §3.1). The relayed leg to peers is UDP
+/// whatever this is; it decides only how messages to the client are framed and sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Transport {
     Udp,
+    /// TURN over TCP: messages delimited by their length fields, ChannelData padded.
+    Tcp,
+    /// TURN over TLS over TCP (`turns:`), framed as over TCP.
+    Tls,
+}
+
+impl Transport {
+    /// A short fixed name, for metric labels and logs.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Udp => "udp",
+            Self::Tcp => "tcp",
+            Self::Tls => "tls",
+        }
+    }
+
+    /// Whether messages to the client travel over a byte stream (a connection) rather than as
+    /// datagrams.
+    #[must_use]
+    pub const fn is_stream(self) -> bool {
+        !matches!(self, Self::Udp)
+    }
 }
 
 /// The client side of an allocation: client address, the relay's listening address it talked
@@ -22,6 +45,15 @@ pub struct FiveTuple {
 }
 
 impl FiveTuple {
+    #[must_use]
+    pub const fn new(client: SocketAddr, server: SocketAddr, transport: Transport) -> Self {
+        Self {
+            client,
+            server,
+            transport,
+        }
+    }
+
     #[must_use]
     pub const fn udp(client: SocketAddr, server: SocketAddr) -> Self {
         Self {

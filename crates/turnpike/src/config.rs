@@ -145,6 +145,48 @@ pub(crate) struct Options {
     /// SOFTWARE attribute for responses to authenticated requests [default: none].
     #[arg(long, env = "TURNPIKE_SOFTWARE")]
     pub(crate) software: Option<String>,
+    /// Addresses for TURN over TCP (`turn:HOST?transport=tcp`), comma-separated; "" turns TCP
+    /// off [default: the --listen addresses].
+    #[arg(long, env = "TURNPIKE_LISTEN_TCP")]
+    pub(crate) listen_tcp: Option<String>,
+    /// Addresses for TURN over TLS (`turns:`, typically port 443), comma-separated; plain TCP
+    /// is accepted there too, told apart by its first byte. Needs --tls-cert and --tls-key
+    /// [default: none].
+    #[arg(long, env = "TURNPIKE_LISTEN_TLS")]
+    pub(crate) listen_tls: Option<String>,
+    /// PEM certificate chain for --listen-tls (end-entity certificate first); read again on
+    /// SIGHUP.
+    #[arg(long, env = "TURNPIKE_TLS_CERT")]
+    pub(crate) tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert; read again on SIGHUP.
+    #[arg(long, env = "TURNPIKE_TLS_KEY")]
+    pub(crate) tls_key: Option<PathBuf>,
+    /// TCP and TLS connections open at once, over all listeners [default: 10000].
+    #[arg(long, env = "TURNPIKE_MAX_CONNECTIONS")]
+    pub(crate) max_connections: Option<usize>,
+    /// TCP and TLS connections open at once from one source (an IPv4 address or IPv6 /64)
+    /// [default: 256].
+    #[arg(long, env = "TURNPIKE_MAX_CONNECTIONS_PER_SOURCE")]
+    pub(crate) max_connections_per_source: Option<usize>,
+    /// Seconds a connection on a TLS listener may take to finish its handshake [default: 10].
+    #[arg(long, env = "TURNPIKE_TLS_HANDSHAKE_TIMEOUT")]
+    pub(crate) tls_handshake_timeout: Option<u64>,
+    /// Seconds a TCP or TLS connection without an allocation may stay silent before it is
+    /// closed [default: 30].
+    #[arg(long, env = "TURNPIKE_STREAM_IDLE_TIMEOUT")]
+    pub(crate) stream_idle_timeout: Option<u64>,
+    /// Seconds a TCP or TLS connection may take to complete a message it has started
+    /// (slowloris defence) [default: 10].
+    #[arg(long, env = "TURNPIKE_STREAM_FRAME_TIMEOUT")]
+    pub(crate) stream_frame_timeout: Option<u64>,
+    /// Longest message accepted over TCP or TLS, in bytes; a longer one closes the connection
+    /// [default: 16384].
+    #[arg(long, env = "TURNPIKE_STREAM_MAX_MESSAGE")]
+    pub(crate) stream_max_message: Option<usize>,
+    /// Bytes queued per TCP or TLS connection for a client that reads slower than it is sent
+    /// to; what does not fit is dropped and counted [default: 262144].
+    #[arg(long, env = "TURNPIKE_STREAM_WRITE_BUFFER")]
+    pub(crate) stream_write_buffer: Option<usize>,
 }
 
 macro_rules! layer {
@@ -204,6 +246,17 @@ impl Options {
             xdp_mode,
             xdp_program,
             software,
+            listen_tcp,
+            listen_tls,
+            tls_cert,
+            tls_key,
+            max_connections,
+            max_connections_per_source,
+            tls_handshake_timeout,
+            stream_idle_timeout,
+            stream_frame_timeout,
+            stream_max_message,
+            stream_write_buffer,
         )
     }
 }
@@ -222,8 +275,127 @@ pub(crate) struct Settings {
     pub(crate) socket_buffer: usize,
     /// The kernel data plane, when asked for.
     pub(crate) xdp: Option<XdpSettings>,
+    /// TURN over TCP and TLS.
+    pub(crate) streams: StreamSettings,
     /// The core's configuration; each relay thread gets a copy with its share of the ports.
     pub(crate) core: Config,
+}
+
+/// The stream listeners and the limits every connection on them lives under.
+#[derive(Debug, Clone)]
+pub(crate) struct StreamSettings {
+    pub(crate) listen_tcp: Vec<SocketAddr>,
+    pub(crate) listen_tls: Vec<SocketAddr>,
+    /// Certificate and key files, when `listen_tls` is not empty.
+    pub(crate) tls_files: Option<(PathBuf, PathBuf)>,
+    pub(crate) limits: StreamLimits,
+}
+
+/// What a stranger's connection may hold, and for how long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct StreamLimits {
+    pub(crate) max_connections: usize,
+    pub(crate) max_connections_per_source: usize,
+    pub(crate) handshake_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
+    pub(crate) frame_timeout: Duration,
+    pub(crate) max_message: usize,
+    pub(crate) write_buffer: usize,
+}
+
+/// A comma-separated address list where "" means none.
+fn parse_address_list(text: &str, setting: &str) -> Result<Vec<SocketAddr>> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .map(|item| {
+            item.parse::<SocketAddr>()
+                .with_context(|| format!("{setting}: {item:?} is not an address:port"))
+        })
+        .collect()
+}
+
+/// Seconds from 1 up to a day: a zero timeout would close every connection at once, a longer
+/// one is a typo.
+fn timeout_seconds(value: Option<u64>, default: u64, setting: &str) -> Result<Duration> {
+    let seconds = value.unwrap_or(default);
+    ensure!(
+        (1..=86_400).contains(&seconds),
+        "{setting}: must be 1 to 86400 seconds, got {seconds}"
+    );
+    Ok(Duration::from_secs(seconds))
+}
+
+impl StreamSettings {
+    fn from_options(options: &Options, listen: &[SocketAddr]) -> Result<Self> {
+        let listen_tcp = match &options.listen_tcp {
+            Some(text) => parse_address_list(text, "listen-tcp")?,
+            None => listen.to_vec(),
+        };
+        let listen_tls = match &options.listen_tls {
+            Some(text) => parse_address_list(text, "listen-tls")?,
+            None => Vec::new(),
+        };
+        if let Some(both) = listen_tcp.iter().find(|address| listen_tls.contains(address)) {
+            bail!("listen-tls: {both} is also in listen-tcp; a TLS listener takes plain TCP too");
+        }
+        let tls_files = match (&options.tls_cert, &options.tls_key, listen_tls.is_empty()) {
+            (Some(cert), Some(key), false) => Some((cert.clone(), key.clone())),
+            (None, _, false) => bail!("tls-cert: --listen-tls needs a certificate"),
+            (_, None, false) => bail!("tls-key: --listen-tls needs a private key"),
+            (Some(_), _, true) | (_, Some(_), true) => {
+                bail!("listen-tls: --tls-cert and --tls-key are set but no TLS listener")
+            }
+            (None, None, true) => None,
+        };
+        let max_connections = options.max_connections.unwrap_or(10_000);
+        ensure!(
+            max_connections >= 1,
+            "max-connections: must be at least 1"
+        );
+        let max_connections_per_source = options.max_connections_per_source.unwrap_or(256);
+        ensure!(
+            (1..=max_connections).contains(&max_connections_per_source),
+            "max-connections-per-source: must be 1 to max-connections ({max_connections})"
+        );
+        let max_message = options.stream_max_message.unwrap_or(16_384);
+        ensure!(
+            (548..=turnpike_proto::MAX_FRAME_LEN).contains(&max_message),
+            "stream-max-message: must be 548 to {} bytes",
+            turnpike_proto::MAX_FRAME_LEN
+        );
+        let write_buffer = options.stream_write_buffer.unwrap_or(256 * 1024);
+        ensure!(
+            (max_message..=64 << 20).contains(&write_buffer),
+            "stream-write-buffer: must be stream-max-message ({max_message}) to 67108864 bytes"
+        );
+        Ok(Self {
+            listen_tcp,
+            listen_tls,
+            tls_files,
+            limits: StreamLimits {
+                max_connections,
+                max_connections_per_source,
+                handshake_timeout: timeout_seconds(
+                    options.tls_handshake_timeout,
+                    10,
+                    "tls-handshake-timeout",
+                )?,
+                idle_timeout: timeout_seconds(
+                    options.stream_idle_timeout,
+                    30,
+                    "stream-idle-timeout",
+                )?,
+                frame_timeout: timeout_seconds(
+                    options.stream_frame_timeout,
+                    10,
+                    "stream-frame-timeout",
+                )?,
+                max_message,
+                write_buffer,
+            },
+        })
+    }
 }
 
 /// Where and how to run the kernel data plane.
@@ -321,6 +493,7 @@ impl Settings {
              know which address to advertise to clients; set --public-ipv4 and/or --public-ipv6"
         );
 
+        let streams = StreamSettings::from_options(&options, &listen)?;
         let relay_ports =
             parse_port_range(options.relay_ports.as_deref().unwrap_or("49152-65535"))?;
         if let Some(listen_port) = listen
@@ -479,6 +652,7 @@ impl Settings {
                 mode: options.xdp_mode.unwrap_or(XdpMode::Driver),
                 program: options.xdp_program,
             }),
+            streams,
             core,
         })
     }
@@ -559,6 +733,59 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("dev"), "{error}");
+    }
+
+    #[test]
+    fn tcp_listens_where_udp_does_unless_turned_off() {
+        let settings = settings(&["--dev"]).unwrap();
+        assert_eq!(settings.streams.listen_tcp, settings.listen);
+        assert!(settings.streams.listen_tls.is_empty());
+        let settings = settings_without_tcp();
+        assert!(settings.streams.listen_tcp.is_empty());
+    }
+
+    fn settings_without_tcp() -> Settings {
+        settings(&["--dev", "--listen-tcp", ""]).unwrap()
+    }
+
+    #[test]
+    fn stream_settings_name_the_setting_at_fault() {
+        for (args, setting) in [
+            (&["--listen-tcp", "127.0.0.1"][..], "listen-tcp"),
+            (&["--listen-tls", "127.0.0.1:443"][..], "tls-cert"),
+            (
+                &["--listen-tls", "127.0.0.1:443", "--tls-cert", "/c"][..],
+                "tls-key",
+            ),
+            (&["--tls-cert", "/c", "--tls-key", "/k"][..], "listen-tls"),
+            (
+                &[
+                    "--listen-tls",
+                    "127.0.0.1:3478",
+                    "--tls-cert",
+                    "/c",
+                    "--tls-key",
+                    "/k",
+                ][..],
+                "listen-tls",
+            ),
+            (&["--max-connections", "0"][..], "max-connections"),
+            (
+                &["--max-connections", "5", "--max-connections-per-source", "6"][..],
+                "max-connections-per-source",
+            ),
+            (&["--tls-handshake-timeout", "0"][..], "tls-handshake-timeout"),
+            (&["--stream-idle-timeout", "0"][..], "stream-idle-timeout"),
+            (&["--stream-frame-timeout", "99999999"][..], "stream-frame-timeout"),
+            (&["--stream-max-message", "100"][..], "stream-max-message"),
+            (&["--stream-max-message", "70000"][..], "stream-max-message"),
+            (&["--stream-write-buffer", "1000"][..], "stream-write-buffer"),
+        ] {
+            let mut argv = vec!["--dev"];
+            argv.extend_from_slice(args);
+            let error = settings(&argv).map(|_| ()).unwrap_err().to_string();
+            assert!(error.contains(setting), "{args:?}: {error}");
+        }
     }
 
     #[test]

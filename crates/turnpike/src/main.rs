@@ -2,13 +2,16 @@
 //!
 //! Reads its configuration, binds every socket (failing with a message that names the setting
 //! at fault), starts one relay thread per shard and the admin endpoint, and on SIGTERM or
-//! SIGINT stops taking new allocations, keeps relaying for the drain period, then exits 0.
+//! SIGINT stops taking new allocations, keeps relaying for the drain period, then exits 0. SIGHUP
+//! reads the TLS certificate and key again.
 
 mod admin;
 mod config;
 mod logging;
 mod metrics;
 mod shard;
+mod stream;
+mod tls;
 mod xdp;
 
 use std::sync::Arc;
@@ -59,7 +62,20 @@ async fn run(settings: Settings, log: logging::LogControl) -> Result<()> {
                 "relay-ports: {needed} file descriptors needed, the hard limit allows {limit}; raise it or shrink the range"
             )
         }
-        Ok(_) => {}
+        Ok(limit) => {
+            let for_connections = limit.saturating_sub(needed);
+            let wanted = settings.streams.limits.max_connections as u64;
+            if !settings.streams.listen_tcp.is_empty() || !settings.streams.listen_tls.is_empty() {
+                if for_connections < wanted {
+                    tracing::warn!(
+                        max_connections = wanted,
+                        descriptors_left = for_connections,
+                        "max-connections: the open-file limit leaves room for fewer connections; \
+                         accepts beyond it fail and are counted"
+                    );
+                }
+            }
+        }
         Err(error) => tracing::warn!(%error, "cannot read or raise the open-file limit"),
     }
 
@@ -68,6 +84,22 @@ async fn run(settings: Settings, log: logging::LogControl) -> Result<()> {
         Some(xdp_settings) => Some(xdp::start(&settings, xdp_settings)?),
         None => None,
     };
+    let tls = match &settings.streams.tls_files {
+        Some((cert, key)) => Some(Arc::new(tls::TlsCertificates::load(cert, key)?)),
+        None => None,
+    };
+    let streams = Arc::new(stream::StreamShared {
+        limits: settings.streams.limits,
+        limiter: Arc::new(stream::ConnectionLimiter::new(&settings.streams.limits)),
+        tls: tls.clone(),
+    });
+    let stream_listen: Vec<(std::net::SocketAddr, bool)> = settings
+        .streams
+        .listen_tcp
+        .iter()
+        .map(|address| (*address, false))
+        .chain(settings.streams.listen_tls.iter().map(|address| (*address, true)))
+        .collect();
     let shared = Arc::new(Shared::new(settings.threads));
     let budget = turnpike_relay::AllocationBudget::new(settings.core.quotas.allocations_total);
     let mut bound = Vec::new();
@@ -85,6 +117,8 @@ async fn run(settings: Settings, log: logging::LogControl) -> Result<()> {
             relay_ports,
             socket_buffer: settings.socket_buffer,
             core,
+            stream_listen: stream_listen.clone(),
+            streams: Arc::clone(&streams),
         };
         bound.push(ShardSockets::bind(plan)?);
     }
@@ -119,6 +153,8 @@ async fn run(settings: Settings, log: logging::LogControl) -> Result<()> {
     }
     tracing::info!(
         listen = ?settings.listen,
+        listen_tcp = ?settings.streams.listen_tcp,
+        listen_tls = ?settings.streams.listen_tls,
         relay_ipv4 = ?settings.core.relay_ipv4,
         relay_ipv6 = ?settings.core.relay_ipv6,
         relay_ports = ?settings.relay_ports,
@@ -138,12 +174,25 @@ async fn run(settings: Settings, log: logging::LogControl) -> Result<()> {
     ));
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot watch SIGTERM")?;
-    tokio::select! {
-        _ = terminate.recv() => tracing::info!("SIGTERM: draining"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: draining"),
-        result = admin_task => {
-            shared.stopping.store(true, Ordering::Relaxed);
-            return result.context("admin endpoint panicked")?;
+    // SIGHUP, which operators and log rotation send out of habit, must not end the relay.
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("cannot watch SIGHUP")?;
+    tokio::pin!(admin_task);
+    loop {
+        tokio::select! {
+            _ = terminate.recv() => {
+                tracing::info!("SIGTERM: draining");
+                break;
+            }
+            _ = tokio::signal::ctrl_c() => {
+                tracing::info!("SIGINT: draining");
+                break;
+            }
+            _ = hangup.recv() => reload_certificates(tls.as_deref()),
+            result = &mut admin_task => {
+                shared.stopping.store(true, Ordering::Relaxed);
+                return result.context("admin endpoint panicked")?;
+            }
         }
     }
     shared.draining.store(true, Ordering::Relaxed);
@@ -174,6 +223,21 @@ async fn run(settings: Settings, log: logging::LogControl) -> Result<()> {
     Ok(())
 }
 
+/// SIGHUP: the TLS certificate and key are read again for new connections; a bad pair keeps
+/// the old one serving.
+fn reload_certificates(tls: Option<&tls::TlsCertificates>) {
+    let Some(tls) = tls else {
+        tracing::info!("SIGHUP: no TLS listener, nothing to reload");
+        return;
+    };
+    match tls.reload() {
+        Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
+        Err(error) => {
+            tracing::error!(error = format!("{error:#}"), "SIGHUP: TLS certificate not reloaded, the old one keeps serving");
+        }
+    }
+}
+
 /// What a developer needs to talk to the relay started with `--dev`.
 fn print_dev_instructions(settings: &Settings) {
     let expiry = SystemTime::now()
@@ -184,13 +248,18 @@ fn print_dev_instructions(settings: &Settings) {
     let password = rest_password(DEV_SECRET.as_bytes(), &username);
     let server = settings.listen[0];
     println!(
-        "\nTurnpike development relay on {server} (realm {realm}).\n\
+        "\nTurnpike development relay on {server} (realm {realm}); {tcp}.\n\
          Ready-made credentials, valid for 24 hours:\n  username: {username}\n  password: {password}\n\
          Relay some traffic through it with the load generator:\n  \
          cargo run --release -p turnpike-load -- run --server {server} --secret {DEV_SECRET} --allocations 4 --duration 5\n\
          Metrics: curl http://{admin}/metrics\n",
         realm = settings.core.credentials.realm(),
         admin = settings.admin_listen,
+        tcp = if settings.streams.listen_tcp.is_empty() {
+            "UDP only".to_owned()
+        } else {
+            format!("turn:{server}?transport=tcp works too")
+        },
     );
 }
 

@@ -28,6 +28,51 @@ pub(crate) struct ShardMetrics {
     pub(crate) excluded_ports: usize,
     /// Channels the kernel map refused (full) or could not drop.
     pub(crate) kernel_map_errors: u64,
+    /// TURN over TCP and TLS.
+    pub(crate) streams: StreamMetrics,
+}
+
+/// Index of a stream transport in [`StreamMetrics`]' arrays.
+pub(crate) const STREAM_TRANSPORTS: [&str; 2] = ["tcp", "tls"];
+
+/// The counters of one relay thread's TCP and TLS connections. Arrays are indexed like
+/// [`STREAM_TRANSPORTS`]; reasons are fixed names from the stream module.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct StreamMetrics {
+    pub(crate) open: [u64; 2],
+    pub(crate) accepted: [u64; 2],
+    pub(crate) messages_in: [u64; 2],
+    pub(crate) bytes_in: [u64; 2],
+    pub(crate) messages_out: [u64; 2],
+    pub(crate) bytes_out: [u64; 2],
+    pub(crate) refused: BTreeMap<&'static str, u64>,
+    pub(crate) closed: BTreeMap<&'static str, u64>,
+    /// Frames to a client whose write buffer was full.
+    pub(crate) dropped_frames: u64,
+    pub(crate) dropped_bytes: u64,
+    /// Bytes held in connection buffers now (partial frames read, data not yet written).
+    pub(crate) buffered_bytes: u64,
+}
+
+impl StreamMetrics {
+    fn add(&mut self, other: &Self) {
+        let add = |into: &mut [u64; 2], from: &[u64; 2]| {
+            for (into, from) in into.iter_mut().zip(from) {
+                *into += from;
+            }
+        };
+        add(&mut self.open, &other.open);
+        add(&mut self.accepted, &other.accepted);
+        add(&mut self.messages_in, &other.messages_in);
+        add(&mut self.bytes_in, &other.bytes_in);
+        add(&mut self.messages_out, &other.messages_out);
+        add(&mut self.bytes_out, &other.bytes_out);
+        add_map(&mut self.refused, &other.refused);
+        add_map(&mut self.closed, &other.closed);
+        self.dropped_frames += other.dropped_frames;
+        self.dropped_bytes += other.dropped_bytes;
+        self.buffered_bytes += other.buffered_bytes;
+    }
 }
 
 /// State shared between the relay threads, the admin endpoint and the signal handler.
@@ -94,6 +139,7 @@ impl Shared {
             total.no_socket += shard.no_socket;
             total.excluded_ports += shard.excluded_ports;
             total.kernel_map_errors += shard.kernel_map_errors;
+            total.streams.add(&shard.streams);
         }
         total
     }
@@ -312,6 +358,7 @@ pub(crate) fn render(total: &ShardMetrics, kernel: Option<&Counters>) -> String 
             vec![(String::new(), total.kernel_map_errors)],
         );
     }
+    render_streams(&mut section, &total.streams);
     section(
         "turnpike_excluded_ports",
         "gauge",
@@ -319,6 +366,98 @@ pub(crate) fn render(total: &ShardMetrics, kernel: Option<&Counters>) -> String 
         vec![(String::new(), total.excluded_ports as u64)],
     );
     out
+}
+
+/// The TCP and TLS series; every transport appears even at zero, so a dashboard never sees a
+/// series vanish.
+fn render_streams(
+    section: &mut impl FnMut(&str, &str, &str, Vec<(String, u64)>),
+    streams: &StreamMetrics,
+) {
+    let by_transport = |values: &[u64; 2]| -> Vec<(String, u64)> {
+        STREAM_TRANSPORTS
+            .iter()
+            .zip(values)
+            .map(|(transport, value)| (format!("{{transport=\"{transport}\"}}"), *value))
+            .collect()
+    };
+    let by_reason = |reasons: &[&str], values: &BTreeMap<&'static str, u64>| {
+        reasons
+            .iter()
+            .map(|reason| {
+                (
+                    format!("{{reason=\"{reason}\"}}"),
+                    values.get(reason).copied().unwrap_or(0),
+                )
+            })
+            .collect()
+    };
+    section(
+        "turnpike_stream_connections",
+        "gauge",
+        "TCP and TLS client connections open now, by transport.",
+        by_transport(&streams.open),
+    );
+    section(
+        "turnpike_stream_connections_accepted_total",
+        "counter",
+        "TCP and TLS client connections accepted, by transport.",
+        by_transport(&streams.accepted),
+    );
+    section(
+        "turnpike_stream_connections_refused_total",
+        "counter",
+        "Connections closed at once on accept, by the limit they hit.",
+        by_reason(crate::stream::REFUSE_REASONS, &streams.refused),
+    );
+    section(
+        "turnpike_stream_connections_closed_total",
+        "counter",
+        "TCP and TLS connections closed, by reason.",
+        by_reason(crate::stream::CLOSE_REASONS, &streams.closed),
+    );
+    section(
+        "turnpike_stream_messages_received_total",
+        "counter",
+        "STUN and ChannelData messages received over TCP and TLS, by transport.",
+        by_transport(&streams.messages_in),
+    );
+    section(
+        "turnpike_stream_received_bytes_total",
+        "counter",
+        "Bytes of those messages (padding included), by transport.",
+        by_transport(&streams.bytes_in),
+    );
+    section(
+        "turnpike_stream_messages_sent_total",
+        "counter",
+        "STUN and ChannelData messages queued to TCP and TLS clients, by transport.",
+        by_transport(&streams.messages_out),
+    );
+    section(
+        "turnpike_stream_sent_bytes_total",
+        "counter",
+        "Bytes of those messages (padding included), by transport.",
+        by_transport(&streams.bytes_out),
+    );
+    section(
+        "turnpike_stream_dropped_messages_total",
+        "counter",
+        "Messages to a TCP or TLS client dropped because its write buffer was full.",
+        vec![(String::new(), streams.dropped_frames)],
+    );
+    section(
+        "turnpike_stream_dropped_bytes_total",
+        "counter",
+        "Bytes of those messages.",
+        vec![(String::new(), streams.dropped_bytes)],
+    );
+    section(
+        "turnpike_stream_buffered_bytes",
+        "gauge",
+        "Bytes held in TCP and TLS connection buffers now (partial messages, unsent data).",
+        vec![(String::new(), streams.buffered_bytes)],
+    );
 }
 
 const CLIENT_TO_PEER: &str = "client_to_peer";

@@ -37,6 +37,7 @@ use turnpike_relay::{Command, Config, FiveTuple, Forward, RelaySocket, Server};
 use turnpike_xdp_user::XdpRelay;
 
 use crate::metrics::{ShardMetrics, Shared};
+use crate::stream::{self, StreamListener, StreamShared, Streams};
 use turnpike_io::{self as udp, HEADROOM, RecvBatch, SendBatch};
 
 /// Datagrams received in one round before anything is sent: eight batches.
@@ -52,6 +53,9 @@ pub(crate) struct ShardPlan {
     pub(crate) relay_ports: RangeInclusive<u16>,
     pub(crate) socket_buffer: usize,
     pub(crate) core: Config,
+    /// Stream listeners: address, and whether TLS is spoken there.
+    pub(crate) stream_listen: Vec<(SocketAddr, bool)>,
+    pub(crate) streams: Arc<StreamShared>,
 }
 
 /// The sockets of a shard, bound before its thread starts so that start-up errors are reported
@@ -59,6 +63,7 @@ pub(crate) struct ShardPlan {
 pub(crate) struct ShardSockets {
     plan: ShardPlan,
     listeners: Vec<(SocketAddr, UdpSocket)>,
+    stream_listeners: Vec<StreamListener>,
     /// Indexed by relay slot: (port - low) * 2 + family (0 IPv4, 1 IPv6).
     relays: Vec<Option<UdpSocket>>,
     excluded: Vec<u16>,
@@ -110,6 +115,11 @@ impl ShardSockets {
             smallest_buffer = smallest_buffer.min(sizes.receive).min(sizes.send);
             listeners.push((*address, socket));
         }
+        let stream_listeners = plan
+            .stream_listen
+            .iter()
+            .map(|(address, tls)| StreamListener::bind(*address, *tls))
+            .collect::<Result<Vec<_>>>()?;
         let families: Vec<AddressFamily> = [
             plan.core.relay_ipv4.map(|_| AddressFamily::V4),
             plan.core.relay_ipv6.map(|_| AddressFamily::V6),
@@ -147,6 +157,7 @@ impl ShardSockets {
         Ok(Self {
             plan,
             listeners,
+            stream_listeners,
             relays,
             excluded,
             smallest_buffer,
@@ -172,6 +183,9 @@ struct Shard {
     queued: Vec<bool>,
     recv: RecvBatch,
     sends: SendBatch,
+    streams: Streams,
+    /// Stream events of the last poll, served after the UDP round.
+    stream_events: Vec<(usize, bool)>,
     metrics: ShardMetrics,
     shared: Arc<Shared>,
 }
@@ -186,6 +200,7 @@ pub(crate) fn run(sockets: ShardSockets, shared: Arc<Shared>) -> Result<()> {
     let ShardSockets {
         plan,
         listeners,
+        stream_listeners,
         relays,
         excluded,
         ..
@@ -217,6 +232,8 @@ pub(crate) fn run(sockets: ShardSockets, shared: Arc<Shared>) -> Result<()> {
             )?;
         }
     }
+    let mut streams = Streams::new(stream_listeners, Arc::clone(&plan.streams));
+    streams.register(registry)?;
     let listener_by_address = listeners
         .iter()
         .enumerate()
@@ -236,6 +253,8 @@ pub(crate) fn run(sockets: ShardSockets, shared: Arc<Shared>) -> Result<()> {
         queued: vec![false; tokens],
         recv: RecvBatch::with_capacity(RECEIVE_POOL),
         sends: SendBatch::default(),
+        streams,
+        stream_events: Vec::new(),
         metrics: ShardMetrics {
             excluded_ports: excluded.len(),
             ..ShardMetrics::default()
@@ -253,6 +272,7 @@ impl Shard {
         self.shared.shard_started();
         loop {
             if self.shared.stopping.load(Ordering::Relaxed) {
+                self.close_streams();
                 self.server.shutdown();
                 self.run_commands();
                 self.publish();
@@ -263,7 +283,7 @@ impl Shard {
                 self.server.begin_drain();
             }
             let now = Instant::now();
-            let timeout = if self.ready.is_empty() {
+            let timeout = if self.ready.is_empty() && !self.streams.has_ready() {
                 let wake = self
                     .server
                     .poll_timeout()
@@ -283,6 +303,10 @@ impl Shard {
             }
             for event in &events {
                 let token = event.token().0;
+                if Streams::owns(token) {
+                    self.stream_events.push((token, event.is_writable()));
+                    continue;
+                }
                 if !self.queued[token] {
                     self.queued[token] = true;
                     self.ready.push_back(token);
@@ -306,6 +330,7 @@ impl Shard {
                     self.queued[token] = false;
                 }
             }
+            self.serve_streams(now);
             self.flush();
             if now.duration_since(last_publish) >= Duration::from_secs(1) {
                 last_publish = now;
@@ -315,7 +340,50 @@ impl Shard {
         }
     }
 
+    /// Serves the stream events of the last poll and what was left from earlier rounds, closes
+    /// connections whose timers ran out, and writes what is queued for stream clients.
+    fn serve_streams(&mut self, now: Instant) {
+        let sockets = Sockets {
+            kernel: self.kernel.as_deref(),
+            listeners: &self.listeners,
+            by_address: &self.listener_by_address,
+            relays: &self.relays,
+            relay_low: self.relay_low,
+        };
+        let registry = self.poll.registry();
+        let mut cx = stream::StreamContext {
+            now,
+            server: &mut self.server,
+            sockets: &sockets,
+            metrics: &mut self.metrics,
+        };
+        for (token, writable) in self.stream_events.drain(..) {
+            self.streams.on_event(token, writable, registry, &mut cx);
+        }
+        self.streams.serve_ready(registry, &mut cx);
+        self.streams.sweep(registry, &mut cx);
+        self.streams.flush(registry, &mut cx);
+    }
+
+    fn close_streams(&mut self) {
+        let sockets = Sockets {
+            kernel: self.kernel.as_deref(),
+            listeners: &self.listeners,
+            by_address: &self.listener_by_address,
+            relays: &self.relays,
+            relay_low: self.relay_low,
+        };
+        let mut cx = stream::StreamContext {
+            now: Instant::now(),
+            server: &mut self.server,
+            sockets: &sockets,
+            metrics: &mut self.metrics,
+        };
+        self.streams.close_all(self.poll.registry(), &mut cx);
+    }
+
     fn publish(&mut self) {
+        self.streams.publish(&mut self.metrics.streams);
         self.metrics.stats = self.server.stats().clone();
         self.metrics.allocations = self.server.allocation_count();
         self.metrics.permissions = self.server.permission_count();
@@ -383,12 +451,13 @@ impl Shard {
                 queue_forward(
                     &sockets,
                     &mut self.sends,
+                    &mut self.streams,
                     &mut self.metrics,
                     forward,
                     received.slot,
                 );
             }
-            execute_commands(&sockets, &mut self.server, &mut self.metrics);
+            execute_commands(&sockets, &mut self.streams, &mut self.server, &mut self.metrics);
         }
         count == udp::BATCH
     }
@@ -410,12 +479,12 @@ impl Shard {
             relays: &self.relays,
             relay_low: self.relay_low,
         };
-        execute_commands(&sockets, &mut self.server, &mut self.metrics);
+        execute_commands(&sockets, &mut self.streams, &mut self.server, &mut self.metrics);
     }
 }
 
 /// The sockets of a shard, borrowed apart from the rest of it.
-struct Sockets<'a> {
+pub(crate) struct Sockets<'a> {
     kernel: Option<&'a XdpRelay>,
     listeners: &'a [(SocketAddr, UdpSocket)],
     by_address: &'a HashMap<SocketAddr, usize>,
@@ -424,14 +493,14 @@ struct Sockets<'a> {
 }
 
 impl Sockets<'_> {
-    fn relay(&self, relay: RelaySocket) -> Option<&UdpSocket> {
+    pub(crate) fn relay(&self, relay: RelaySocket) -> Option<&UdpSocket> {
         let offset = relay.port.checked_sub(self.relay_low)?;
         self.relays
             .get(usize::from(offset) * 2 + family_index(relay.family))?
             .as_ref()
     }
 
-    fn listener(&self, address: SocketAddr) -> Option<&UdpSocket> {
+    pub(crate) fn listener(&self, address: SocketAddr) -> Option<&UdpSocket> {
         self.by_address
             .get(&address)
             .map(|index| &self.listeners[*index].1)
@@ -442,6 +511,7 @@ impl Sockets<'_> {
 fn queue_forward(
     sockets: &Sockets<'_>,
     sends: &mut SendBatch,
+    streams: &mut Streams,
     metrics: &mut ShardMetrics,
     forward: Forward,
     slot: &mut [u8],
@@ -464,6 +534,15 @@ fn queue_forward(
             client,
             channel_header,
             payload,
+        } if client.transport.is_stream() => {
+            // Framed and copied into the connection's write buffer (and through TLS).
+            let bytes = &slot[HEADROOM + payload.start..HEADROOM + payload.end];
+            streams.send_frame(&client, &channel_header, bytes, &mut metrics.streams);
+        }
+        Forward::ToClient {
+            client,
+            channel_header,
+            payload,
         } => {
             let Some(socket) = sockets.listener(client.server) else {
                 metrics.no_socket += 1;
@@ -481,13 +560,17 @@ fn queue_forward(
 }
 
 /// Executes the core's commands, in order, until there are none.
-fn execute_commands(
+pub(crate) fn execute_commands(
     sockets: &Sockets<'_>,
+    streams: &mut Streams,
     server: &mut Server<StdRng>,
     metrics: &mut ShardMetrics,
 ) {
     while let Some(command) = server.next_command() {
         match command {
+            Command::SendToClient { to, payload } if to.transport.is_stream() => {
+                streams.send_message(&to, &payload, &mut metrics.streams);
+            }
             Command::SendToClient { to, payload } => match sockets.listener(to.server) {
                 Some(socket) => udp::send_now(socket, to.client, &payload, &mut metrics.sends),
                 None => metrics.no_socket += 1,
@@ -514,6 +597,10 @@ fn execute_commands(
             Command::CloseRelaySocket(_) => {}
             // The kernel mirrors the core's channels; a failure (a full map, say) leaves that
             // channel on the user-space path, which relays it all the same.
+            // The kernel program speaks UDP only: a stream client's channels stay here, and
+            // their peers' data comes up to user space and out on the client's connection.
+            Command::InstallChannel(route) | Command::RemoveChannel(route)
+                if route.client.transport.is_stream() => {}
             Command::InstallChannel(route) => {
                 if let Some(kernel) = sockets.kernel
                     && let Err(error) = kernel.install_channel(&route)

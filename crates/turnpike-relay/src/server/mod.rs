@@ -584,6 +584,23 @@ impl<R: RngCore> Server<R> {
         }
     }
 
+    /// The client's connection (TCP or TLS) is gone, and with it the 5-tuple of any allocation
+    /// it made: that allocation is deleted at once, with its channels and permissions (RFC 8656
+    /// §3.1 ties an allocation to its 5-tuple; coturn does the same). A no-op for a 5-tuple with
+    /// no allocation.
+    pub fn handle_connection_closed(&mut self, _now: Instant, client: FiveTuple) {
+        if let Some(id) = self.by_five_tuple.get(&client).copied() {
+            self.free_allocation(id);
+        }
+    }
+
+    /// Whether `client` holds an allocation now; a driver closes connections that hold none
+    /// after an idle timeout.
+    #[must_use]
+    pub fn has_allocation(&self, client: &FiveTuple) -> bool {
+        self.by_five_tuple.contains_key(client)
+    }
+
     /// Removes an allocation with all its families, channels and permissions.
     fn free_allocation(&mut self, id: AllocationId) {
         for family in [AddressFamily::V4, AddressFamily::V6] {
