@@ -1,6 +1,7 @@
 //! `turnpike-load`: measures any TURN server (Turnpike, coturn, ...) by relaying ChannelData
 //! round trips through real allocations to UDP echo peers it runs itself.
 
+use turnpike_load::stream_client::{self, StreamAllocation, StreamTransport};
 use turnpike_load::{echo, run, turn_client};
 
 use std::net::{IpAddr, SocketAddr};
@@ -74,6 +75,23 @@ struct RunArgs {
     /// Also write the JSON summary to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// How clients reach the server: UDP, TCP, or TLS over TCP (one connection per
+    /// allocation, one load thread per connection). The relayed leg is UDP in every case.
+    #[arg(long, value_enum, default_value_t = Transport::Udp)]
+    transport: Transport,
+    /// PEM certificates to trust for --transport tls [default: trust any certificate].
+    #[arg(long)]
+    tls_ca: Option<PathBuf>,
+    /// Name the server's certificate must carry [default: the server's IP address].
+    #[arg(long)]
+    tls_server_name: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Transport {
+    Udp,
+    Tcp,
+    Tls,
 }
 
 fn main() -> Result<()> {
@@ -139,6 +157,9 @@ fn run_load(args: &RunArgs) -> Result<()> {
         .as_secs()
         + 4 * 3600;
 
+    if args.transport != Transport::Udp {
+        return run_stream_load(args, peer, expiry, &stop);
+    }
     let setup_started = Instant::now();
     let mut allocations = Vec::with_capacity(args.allocations);
     for index in 0..args.allocations {
@@ -226,7 +247,53 @@ fn run_load(args: &RunArgs) -> Result<()> {
         send_errors += measured.send_errors;
         histogram.add(&measured.rtt_micros)?;
     }
-    let seconds = load.duration.as_secs_f64();
+    finish(
+        args,
+        &Totals {
+            sent,
+            received,
+            malformed,
+            send_errors,
+            per_allocation,
+        },
+        &histogram,
+    )?;
+    if args.hold > 0 {
+        eprintln!("holding the allocations for {} s", args.hold);
+        std::thread::sleep(Duration::from_secs(args.hold));
+    }
+    let released = finished
+        .into_iter()
+        .map(turn_client::Allocation::release)
+        .filter(Result::is_ok)
+        .count();
+    eprintln!("released {released} allocations");
+    stop.store(true, Ordering::Relaxed);
+    if received == 0 {
+        bail!("no round trip completed: is the peer {peer} allowed by the relay's peer policy?");
+    }
+    Ok(())
+}
+
+/// What every load thread counted, summed.
+struct Totals {
+    sent: u64,
+    received: u64,
+    malformed: u64,
+    send_errors: u64,
+    per_allocation: Vec<u64>,
+}
+
+/// Prints (and writes) the summary of a run.
+fn finish(args: &RunArgs, totals: &Totals, histogram: &hdrhistogram::Histogram<u64>) -> Result<()> {
+    let Totals {
+        sent,
+        received,
+        malformed,
+        send_errors,
+        ref per_allocation,
+    } = *totals;
+    let seconds = Duration::from_secs(args.duration).as_secs_f64();
     let summary = Summary {
         server: args.server,
         allocations: args.allocations,
@@ -259,18 +326,112 @@ fn run_load(args: &RunArgs) -> Result<()> {
         std::fs::write(path, format!("{json}\n"))
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
+    Ok(())
+}
+
+/// The load over TCP or TLS: one connection and one blocking thread per allocation.
+fn run_stream_load(
+    args: &RunArgs,
+    peer: SocketAddr,
+    expiry: u64,
+    stop: &Arc<std::sync::atomic::AtomicBool>,
+) -> Result<()> {
+    let transport = match args.transport {
+        Transport::Tls => StreamTransport::Tls {
+            config: stream_client::tls_config(args.tls_ca.as_deref())?,
+            server_name: match &args.tls_server_name {
+                Some(name) => rustls::pki_types::ServerName::try_from(name.clone())
+                    .context("--tls-server-name is not a DNS name or IP address")?,
+                None => rustls::pki_types::ServerName::IpAddress(args.server.ip().into()),
+            },
+        },
+        _ => StreamTransport::Tcp,
+    };
+    let setup_started = Instant::now();
+    let mut allocations = Vec::with_capacity(args.allocations);
+    for index in 0..args.allocations {
+        let (username, password) =
+            turn_client::rest_credentials(&args.secret, &format!("load{index}"), expiry);
+        let allocation =
+            StreamAllocation::open(args.server, &transport, &username, &password, peer, CHANNEL)
+                .with_context(|| format!("allocation {index}"))?;
+        allocations.push(allocation);
+    }
+    eprintln!(
+        "{} {:?} allocations with a channel to {peer} ready in {:.1} s",
+        allocations.len(),
+        args.transport,
+        setup_started.elapsed().as_secs_f64()
+    );
+    let progress = Arc::new(Progress::default());
+    let start = Instant::now();
+    let until = start + Duration::from_secs(args.duration);
+    let workers: Vec<_> = allocations
+        .into_iter()
+        .map(|mut allocation| {
+            let progress = Arc::clone(&progress);
+            let stop = Arc::clone(stop);
+            let (payload, window) = (args.payload, args.window);
+            std::thread::spawn(move || {
+                stream_client::round_trips(
+                    &mut allocation,
+                    CHANNEL,
+                    payload,
+                    window,
+                    until,
+                    &stop,
+                    &progress,
+                )
+                .map(|measured| (measured, allocation))
+            })
+        })
+        .collect();
+    while Instant::now() < until {
+        std::thread::sleep(
+            Duration::from_secs(1).min(until.saturating_duration_since(Instant::now())),
+        );
+        eprintln!(
+            "t={:>4.1}s sent {:>10} received {:>10}",
+            start.elapsed().as_secs_f64(),
+            progress.sent.load(Ordering::Relaxed),
+            progress.received.load(Ordering::Relaxed),
+        );
+    }
+    let mut histogram = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut totals = Totals {
+        sent: 0,
+        received: 0,
+        malformed: 0,
+        send_errors: 0,
+        per_allocation: Vec::new(),
+    };
+    let mut finished = Vec::new();
+    for worker in workers {
+        let (measured, allocation) = worker
+            .join()
+            .map_err(|_| anyhow::anyhow!("a load thread panicked"))??;
+        totals.sent += measured.sent;
+        totals.received += measured.received;
+        totals.malformed += measured.malformed;
+        totals.per_allocation.push(measured.received);
+        for rtt in measured.rtt_micros {
+            let _ = histogram.record(rtt.min(60_000_000));
+        }
+        finished.push(allocation);
+    }
+    finish(args, &totals, &histogram)?;
     if args.hold > 0 {
         eprintln!("holding the allocations for {} s", args.hold);
         std::thread::sleep(Duration::from_secs(args.hold));
     }
     let released = finished
         .into_iter()
-        .map(turn_client::Allocation::release)
+        .map(StreamAllocation::release)
         .filter(Result::is_ok)
         .count();
     eprintln!("released {released} allocations");
     stop.store(true, Ordering::Relaxed);
-    if received == 0 {
+    if totals.received == 0 {
         bail!("no round trip completed: is the peer {peer} allowed by the relay's peer policy?");
     }
     Ok(())

@@ -42,11 +42,11 @@ pub use demux::{DemuxError, PacketKind, classify};
 pub use encoder::{EncodeError, MessageEncoder};
 pub use error_code::ErrorCode;
 pub use integrity::{FINGERPRINT_XOR, IntegrityError};
-pub use stream::{
-    FrameError, FrameHeader, FrameKind, MAX_FRAME_LEN, StreamDecoder, channel_data_padding,
-    frame_header,
-};
 pub use message::{
     Attributes, Class, DecodeError, HEADER_LEN, MAGIC_COOKIE, Message, MessageType, Method,
     TransactionId,
+};
+pub use stream::{
+    FrameError, FrameHeader, FrameKind, MAX_FRAME_LEN, StreamDecoder, channel_data_padding,
+    frame_header,
 };

@@ -336,7 +336,10 @@ impl StreamSettings {
             Some(text) => parse_address_list(text, "listen-tls")?,
             None => Vec::new(),
         };
-        if let Some(both) = listen_tcp.iter().find(|address| listen_tls.contains(address)) {
+        if let Some(both) = listen_tcp
+            .iter()
+            .find(|address| listen_tls.contains(address))
+        {
             bail!("listen-tls: {both} is also in listen-tcp; a TLS listener takes plain TCP too");
         }
         let tls_files = match (&options.tls_cert, &options.tls_key, listen_tls.is_empty()) {
@@ -349,10 +352,7 @@ impl StreamSettings {
             (None, None, true) => None,
         };
         let max_connections = options.max_connections.unwrap_or(10_000);
-        ensure!(
-            max_connections >= 1,
-            "max-connections: must be at least 1"
-        );
+        ensure!(max_connections >= 1, "max-connections: must be at least 1");
         let max_connections_per_source = options.max_connections_per_source.unwrap_or(256);
         ensure!(
             (1..=max_connections).contains(&max_connections_per_source),
@@ -771,15 +771,29 @@ mod tests {
             ),
             (&["--max-connections", "0"][..], "max-connections"),
             (
-                &["--max-connections", "5", "--max-connections-per-source", "6"][..],
+                &[
+                    "--max-connections",
+                    "5",
+                    "--max-connections-per-source",
+                    "6",
+                ][..],
                 "max-connections-per-source",
             ),
-            (&["--tls-handshake-timeout", "0"][..], "tls-handshake-timeout"),
+            (
+                &["--tls-handshake-timeout", "0"][..],
+                "tls-handshake-timeout",
+            ),
             (&["--stream-idle-timeout", "0"][..], "stream-idle-timeout"),
-            (&["--stream-frame-timeout", "99999999"][..], "stream-frame-timeout"),
+            (
+                &["--stream-frame-timeout", "99999999"][..],
+                "stream-frame-timeout",
+            ),
             (&["--stream-max-message", "100"][..], "stream-max-message"),
             (&["--stream-max-message", "70000"][..], "stream-max-message"),
-            (&["--stream-write-buffer", "1000"][..], "stream-write-buffer"),
+            (
+                &["--stream-write-buffer", "1000"][..],
+                "stream-write-buffer",
+            ),
         ] {
             let mut argv = vec!["--dev"];
             argv.extend_from_slice(args);

@@ -98,7 +98,13 @@ async fn run(settings: Settings, log: logging::LogControl) -> Result<()> {
         .listen_tcp
         .iter()
         .map(|address| (*address, false))
-        .chain(settings.streams.listen_tls.iter().map(|address| (*address, true)))
+        .chain(
+            settings
+                .streams
+                .listen_tls
+                .iter()
+                .map(|address| (*address, true)),
+        )
         .collect();
     let shared = Arc::new(Shared::new(settings.threads));
     let budget = turnpike_relay::AllocationBudget::new(settings.core.quotas.allocations_total);
@@ -233,7 +239,10 @@ fn reload_certificates(tls: Option<&tls::TlsCertificates>) {
     match tls.reload() {
         Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
         Err(error) => {
-            tracing::error!(error = format!("{error:#}"), "SIGHUP: TLS certificate not reloaded, the old one keeps serving");
+            tracing::error!(
+                error = format!("{error:#}"),
+                "SIGHUP: TLS certificate not reloaded, the old one keeps serving"
+            );
         }
     }
 }

@@ -457,7 +457,12 @@ impl Shard {
                     received.slot,
                 );
             }
-            execute_commands(&sockets, &mut self.streams, &mut self.server, &mut self.metrics);
+            execute_commands(
+                &sockets,
+                &mut self.streams,
+                &mut self.server,
+                &mut self.metrics,
+            );
         }
         count == udp::BATCH
     }
@@ -479,7 +484,12 @@ impl Shard {
             relays: &self.relays,
             relay_low: self.relay_low,
         };
-        execute_commands(&sockets, &mut self.streams, &mut self.server, &mut self.metrics);
+        execute_commands(
+            &sockets,
+            &mut self.streams,
+            &mut self.server,
+            &mut self.metrics,
+        );
     }
 }
 

@@ -388,7 +388,12 @@ impl Streams {
         }
     }
 
-    fn serve_listener(&mut self, index: usize, registry: &Registry, cx: &mut StreamContext<'_, '_>) {
+    fn serve_listener(
+        &mut self,
+        index: usize,
+        registry: &Registry,
+        cx: &mut StreamContext<'_, '_>,
+    ) {
         let Some(listener) = self.listeners.get(index) else {
             return;
         };
@@ -487,7 +492,12 @@ impl Streams {
     }
 
     /// Reads what is there (within the budget), relays it, and writes what is queued.
-    fn serve_connection(&mut self, key: usize, registry: &Registry, cx: &mut StreamContext<'_, '_>) {
+    fn serve_connection(
+        &mut self,
+        key: usize,
+        registry: &Registry,
+        cx: &mut StreamContext<'_, '_>,
+    ) {
         match self.read(key, cx) {
             ReadEnd::Drained => {}
             ReadEnd::Budget => {
@@ -561,7 +571,11 @@ impl Streams {
     }
 
     /// Hands every whole message buffered on `key` to the core.
-    fn relay_messages(&mut self, key: usize, cx: &mut StreamContext<'_, '_>) -> Result<(), &'static str> {
+    fn relay_messages(
+        &mut self,
+        key: usize,
+        cx: &mut StreamContext<'_, '_>,
+    ) -> Result<(), &'static str> {
         let mut scratch = std::mem::take(&mut self.scratch);
         let result = loop {
             let Some(connection) = self.connections.get_mut(key) else {
@@ -608,19 +622,21 @@ impl Streams {
     }
 
     /// Relays what a stream client sent: to a peer over UDP, or (hairpin) to another client.
-    fn forward_from_stream(&mut self, forward: Forward, message: &[u8], cx: &mut StreamContext<'_, '_>) {
+    fn forward_from_stream(
+        &mut self,
+        forward: Forward,
+        message: &[u8],
+        cx: &mut StreamContext<'_, '_>,
+    ) {
         match forward {
             Forward::ToPeer {
                 relay,
                 peer,
                 payload,
             } => match cx.sockets.relay(relay) {
-                Some(socket) => turnpike_io::send_now(
-                    socket,
-                    peer,
-                    &message[payload],
-                    &mut cx.metrics.sends,
-                ),
+                Some(socket) => {
+                    turnpike_io::send_now(socket, peer, &message[payload], &mut cx.metrics.sends)
+                }
                 None => cx.metrics.no_socket += 1,
             },
             Forward::ToClient {
@@ -652,7 +668,12 @@ impl Streams {
     }
 
     /// Queues a STUN message to the client of `to`.
-    pub(crate) fn send_message(&mut self, to: &FiveTuple, message: &[u8], metrics: &mut StreamMetrics) {
+    pub(crate) fn send_message(
+        &mut self,
+        to: &FiveTuple,
+        message: &[u8],
+        metrics: &mut StreamMetrics,
+    ) {
         self.send_frame(to, &[], message, metrics);
     }
 
@@ -732,7 +753,12 @@ impl Streams {
 
     /// Closes the connections whose timers ran out; cheap enough to run about once a second.
     pub(crate) fn sweep(&mut self, registry: &Registry, cx: &mut StreamContext<'_, '_>) {
-        if cx.now.saturating_duration_since(self.last_sweep).as_millis() < 500 {
+        if cx
+            .now
+            .saturating_duration_since(self.last_sweep)
+            .as_millis()
+            < 500
+        {
             return;
         }
         self.last_sweep = cx.now;
@@ -772,7 +798,13 @@ impl Streams {
     }
 
     /// Closes connection `key`; an allocation made on it is deleted at once.
-    fn close(&mut self, key: usize, reason: &'static str, registry: &Registry, cx: &mut StreamContext<'_, '_>) {
+    fn close(
+        &mut self,
+        key: usize,
+        reason: &'static str,
+        registry: &Registry,
+        cx: &mut StreamContext<'_, '_>,
+    ) {
         if !self.connections.contains(key) {
             return;
         }
@@ -982,10 +1014,12 @@ mod tests {
     #[test]
     fn ipv6_sources_are_counted_per_64() {
         let limiter = Arc::new(ConnectionLimiter::new(&limits(10, 1)));
-        let _held = limiter
-            .admit("2001:db8:1:2::1".parse().unwrap())
-            .unwrap();
-        assert!(limiter.admit("2001:db8:1:2:ffff::9".parse().unwrap()).is_err());
+        let _held = limiter.admit("2001:db8:1:2::1".parse().unwrap()).unwrap();
+        assert!(
+            limiter
+                .admit("2001:db8:1:2:ffff::9".parse().unwrap())
+                .is_err()
+        );
         assert!(limiter.admit("2001:db8:1:3::1".parse().unwrap()).is_ok());
         assert!(limiter.admit("::ffff:192.0.2.1".parse().unwrap()).is_ok());
         assert!(limiter.admit("192.0.2.1".parse().unwrap()).is_err());

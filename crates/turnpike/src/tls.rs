@@ -67,10 +67,13 @@ fn server_config(cert_path: &Path, key_path: &Path, now: SystemTime) -> Result<S
         "tls-cert: {} holds no certificate",
         cert_path.display()
     );
-    check_validity(&chain[0], now)
-        .with_context(|| format!("tls-cert: {}", cert_path.display()))?;
-    let key = PrivateKeyDer::from_pem_file(key_path)
-        .with_context(|| format!("tls-key: cannot read a private key from {}", key_path.display()))?;
+    check_validity(&chain[0], now).with_context(|| format!("tls-cert: {}", cert_path.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key_path).with_context(|| {
+        format!(
+            "tls-key: cannot read a private key from {}",
+            key_path.display()
+        )
+    })?;
     #[expect(
         deprecated,
         reason = "ring lacks the post-quantum key exchange, which TURN clients do not need yet; \
@@ -105,7 +108,10 @@ fn check_validity(certificate: &CertificateDer<'_>, now: SystemTime) -> Result<(
         bail!("the certificate expired at {}", validity.not_after);
     }
     if unix < validity.not_before.timestamp() {
-        bail!("the certificate is not valid before {}", validity.not_before);
+        bail!(
+            "the certificate is not valid before {}",
+            validity.not_before
+        );
     }
     Ok(())
 }
