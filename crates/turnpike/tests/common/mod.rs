@@ -57,7 +57,9 @@ impl Relay {
         // A setting given in `extra` replaces the default above.
         let name = |arg: &str| arg.split('=').next().unwrap_or(arg).to_owned();
         args.retain(|arg| !extra.iter().any(|given| name(given) == name(arg)));
-        args.extend(extra.iter().map(|arg| (*arg).to_owned()));
+        // `{tls}` in a setting is this test's spare port (for a TLS listener).
+        let spare = (listen_port + 3).to_string();
+        args.extend(extra.iter().map(|arg| arg.replace("{tls}", &spare)));
         let child = Command::new(env!("CARGO_BIN_EXE_turnpike"))
             .args(&args)
             .env("TURNPIKE_SECRETS", SECRET)
