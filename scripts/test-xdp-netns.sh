@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # End-to-end test of the kernel data plane (as root): real traffic through `turnpike` with XDP on,
 # in network namespaces joined by a router (scripts/lib/netns.sh), for all four address-family
-# pairs; then expiry (the kernel stops relaying a channel whose allocation expired) and detach
+# pairs; TURN over TCP (never relayed in the kernel); then expiry (the kernel stops relaying a channel whose allocation expired) and detach
 # (no program stays attached after the relay exits, by SIGTERM or SIGKILL).
 #
 #   bash scripts/test-xdp-netns.sh [target-dir profile: debug|release]    default: debug
@@ -107,6 +107,25 @@ for pair in "${pairs[@]}"; do
 done
 userspace=$(metric 'turnpike_relayed_packets_total{direction="client_to_peer",path="userspace"}')
 check "bound channels never reached user space ($userspace datagrams did)" test "$userspace" -eq 0
+
+# TURN over TCP with the kernel path on: the program speaks UDP only, so it must never relay for
+# a stream client; its peer's datagrams go up to user space and out on the client's connection.
+for pair in "4to4 $TP_RELAY_IP:3478 $TP_PEER_IP:9000" "6to6 [$TP_RELAY_IP6]:3478 [$TP_PEER_IP6]:9000"; do
+    read -r name server peer <<<"$pair"
+    kernel0=$(($(metric 'turnpike_relayed_packets_total{direction="client_to_peer",path="kernel"}') +
+        $(metric 'turnpike_relayed_packets_total{direction="peer_to_client",path="kernel"}')))
+    user0=$(metric 'turnpike_relayed_packets_total{direction="peer_to_client",path="userspace"}')
+    summary=$(timeout 30 ip netns exec "$TP_CLIENT" "$bin/turnpike-load" run --transport tcp --server "$server" \
+        --peer "$peer" --secret "$secret" --allocations 2 --duration 2 --window 8 2>/dev/null | tail -n 1) || summary='{}'
+    sleep 1.2
+    kernel1=$(($(metric 'turnpike_relayed_packets_total{direction="client_to_peer",path="kernel"}') +
+        $(metric 'turnpike_relayed_packets_total{direction="peer_to_client",path="kernel"}')))
+    user1=$(metric 'turnpike_relayed_packets_total{direction="peer_to_client",path="userspace"}')
+    received=$(sed -n 's/.*"received":\([0-9]*\).*/\1/p' <<<"$summary")
+    check "tcp $name: round trips completed over TCP (${received:-0})" test "${received:-0}" -gt 1000
+    check "tcp $name: the kernel relayed nothing for the stream client ($((kernel1 - kernel0)) frames)" test "$kernel1" -eq "$kernel0"
+    check "tcp $name: peer data went through user space ($((user1 - user0)) datagrams)" test "$((user1 - user0))" -ge "${received:-1}"
+done
 
 # Expiry: allocations live 4 s; a load of 7 s outlives them, so the kernel must stop relaying
 # and pass the rest to user space, which has no allocation for it either.
