@@ -1,0 +1,96 @@
+//! Allocations made over TCP or TLS (RFC 8656 §3.1): the core sees only the 5-tuple's
+//! transport, keeps such allocations apart from a UDP client at the same address, and deletes
+//! one at once when the driver reports its connection closed.
+
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code, and the harness it shares: a panic is how a test reports a failure"
+)]
+
+mod common;
+
+use common::*;
+use turnpike_proto::{Attribute, Method};
+use turnpike_relay::{Command, FiveTuple, Transport};
+
+const PEER: &str = "192.0.2.10:5000";
+
+fn over(transport: Transport, client: &mut Client) {
+    client.five_tuple = FiveTuple::new(
+        client.five_tuple.client,
+        client.five_tuple.server,
+        transport,
+    );
+}
+
+#[test]
+fn a_closed_connection_deletes_its_allocation_with_channels_and_permissions() {
+    let mut harness = Harness::new();
+    let mut client = Client::new("203.0.113.5:40000");
+    over(Transport::Tcp, &mut client);
+    let relayed = client.allocate(&mut harness);
+    let (response, _) = client.send(
+        &mut harness,
+        Method::ChannelBind,
+        &[
+            Attribute::ChannelNumber(0x4001),
+            Attribute::XorPeerAddress(PEER.parse().unwrap()),
+        ],
+    );
+    assert_eq!(error_code(&response), None);
+    assert!(harness.server.has_allocation(&client.five_tuple));
+
+    harness
+        .server
+        .handle_connection_closed(harness.now, client.five_tuple);
+    let commands = harness.drain();
+    assert_eq!(harness.server.allocation_count(), 0);
+    assert_eq!(harness.server.permission_count(), 0);
+    assert!(!harness.server.has_allocation(&client.five_tuple));
+    assert!(
+        commands
+            .iter()
+            .any(|command| matches!(command, Command::RemoveChannel(route) if route.client == client.five_tuple)),
+        "{commands:?}"
+    );
+    assert!(commands.contains(&Command::CloseRelaySocket(relay_socket(relayed))));
+    // Nothing is left to expire later.
+    assert!(
+        harness
+            .advance(std::time::Duration::from_secs(3600))
+            .is_empty()
+    );
+}
+
+#[test]
+fn a_connection_closed_without_an_allocation_changes_nothing() {
+    let mut harness = Harness::new();
+    let mut udp_client = Client::new("203.0.113.5:40000");
+    udp_client.allocate(&mut harness);
+    // The same address and port over TCP is another 5-tuple.
+    let tcp = FiveTuple::new(
+        udp_client.five_tuple.client,
+        udp_client.five_tuple.server,
+        Transport::Tcp,
+    );
+    assert!(!harness.server.has_allocation(&tcp));
+    harness.server.handle_connection_closed(harness.now, tcp);
+    assert!(harness.drain().is_empty());
+    assert_eq!(harness.server.allocation_count(), 1);
+}
+
+#[test]
+fn responses_to_a_stream_client_name_its_transport() {
+    let mut harness = Harness::new();
+    let mut client = Client::new("203.0.113.5:40000");
+    over(Transport::Tls, &mut client);
+    client.allocate(&mut harness);
+    let (response, commands) =
+        client.send(&mut harness, Method::Refresh, &[Attribute::Lifetime(600)]);
+    assert_eq!(error_code(&response), None);
+    assert!(commands.iter().all(|command| match command {
+        Command::SendToClient { to, .. } => to.transport == Transport::Tls,
+        _ => true,
+    }));
+}
