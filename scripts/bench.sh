@@ -15,7 +15,13 @@
 # from /proc/stat: XDP work is accounted there, not to the relay process.
 #
 # Environment: BENCH_PAYLOADS (default "100 1200"), BENCH_ALLOCATIONS (default "1 16 64"),
-# BENCH_SERVERS (default "turnpike turnpike-xdp coturn").
+# BENCH_SERVERS (default "turnpike turnpike-xdp coturn"), BENCH_TRANSPORT (udp, tcp or tls;
+# default udp): how clients reach the relay, the relayed leg being UDP in every case. Over TCP and
+# TLS both relays get the same throwaway certificate, coturn its TCP and TLS listeners on (and
+# nothing else changed from its fastest setup), and the kernel data plane is left out (it relays
+# UDP clients only). There the client side is a byte stream, so relayed packets are counted as the
+# peer's UDP datagrams received plus the round trips the load generator completed (each one a
+# datagram relayed back to the client).
 set -euo pipefail
 
 seconds=${1:-5}
@@ -31,6 +37,11 @@ elf=$(bash "$root/scripts/build-xdp.sh")
 turnpike="$root/target/release/turnpike"
 load="$root/target/release/turnpike-load"
 secret=bench-secret-$RANDOM$RANDOM
+transport=${BENCH_TRANSPORT:-udp}
+case $transport in
+    udp | tcp | tls) ;;
+    *) echo "bench: BENCH_TRANSPORT must be udp, tcp or tls" >&2; exit 1 ;;
+esac
 work=$(mktemp -d)
 pids=()
 
@@ -49,16 +60,34 @@ pids+=($!)
 ip netns exec "$TP_PEER" "$load" echo --listen "$TP_PEER_IP:9000" --threads 1 2>/dev/null &
 pids+=($!)
 
+# The port clients connect to, and the relays' stream settings.
+server_port=3478
+turnpike_streams=(--listen-tcp "$TP_RELAY_IP:3478")
+coturn_streams="no-tcp
+no-tls"
+if [[ $transport == tls ]]; then
+    server_port=5349
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+        -keyout "$work/key.pem" -out "$work/cert.pem" -subj /CN=bench >/dev/null 2>&1
+    turnpike_streams+=(--listen-tls "$TP_RELAY_IP:5349" --tls-cert "$work/cert.pem" --tls-key "$work/key.pem")
+    coturn_streams="tls-listening-port=5349
+cert=$work/cert.pem
+pkey=$work/key.pem"
+elif [[ $transport == tcp ]]; then
+    coturn_streams="no-tls"
+fi
+
 start_turnpike() {
-    TURNPIKE_SECRETS=$secret ip netns exec "$TP_RELAY" "$turnpike" \
+    TURNPIKE_SECRETS=$secret ip netns exec "$TP_RELAY" "$turnpike" "${turnpike_streams[@]}" \
         --listen "$TP_RELAY_IP:3478" --allow-peers 10.100.3.0/24 --relay-ports 49152-65535 \
         --admin-listen 127.0.0.1:9478 --log-level warn --drain-seconds 0 "$@" >"$work/relay.log" 2>&1 &
     echo $!
 }
 
 start_coturn() {
-    # coturn's fastest plain-UDP setup: one relay thread per CPU (its default), no TCP/TLS/DTLS,
-    # no CLI, no database; REST API credentials like Turnpike's.
+    # coturn's fastest setup: one relay thread per CPU (its default), no DTLS, no CLI, no
+    # database, TCP and TLS only when the run is about them; REST API credentials like
+    # Turnpike's.
     cat >"$work/turnserver.conf" <<EOF
 listening-ip=$TP_RELAY_IP
 relay-ip=$TP_RELAY_IP
@@ -69,8 +98,7 @@ realm=bench
 use-auth-secret
 static-auth-secret=$secret
 allowed-peer-ip=10.100.3.0-10.100.3.255
-no-tcp
-no-tls
+$coturn_streams
 no-dtls
 no-tcp-relay
 no-cli
@@ -89,7 +117,10 @@ wait_for_port() {
     local i
     for i in $(seq 1 200); do
         # Filtered by ss itself: piping 16,000 sockets into `grep -q` ends in SIGPIPE.
-        if [[ -n $(ip netns exec "$TP_RELAY" ss -Hnlu "( sport = :3478 )") ]]; then return 0; fi
+        if [[ -n $(ip netns exec "$TP_RELAY" ss -Hnlu "( sport = :3478 )") ]] &&
+            { [[ $transport == udp ]] || [[ -n $(ip netns exec "$TP_RELAY" ss -Hnlt "( sport = :$server_port )") ]]; }; then
+            return 0
+        fi
         sleep 0.1
     done
     echo "bench: the relay did not start; log:" >&2
@@ -108,11 +139,15 @@ measure() {
     local hz client0 peer0 cpu0 soft0 client1 peer1 cpu1 soft1 relayed cpu_seconds soft_seconds summary
     hz=$(getconf CLK_TCK)
     client0=$(tp_udp_in "$TP_CLIENT"); peer0=$(tp_udp_in "$TP_PEER"); cpu0=$(tp_cpu_ticks "$pid"); soft0=$(softirq_ticks)
-    summary=$(ip netns exec "$TP_CLIENT" "$load" run --server "$TP_RELAY_IP:3478" --peer "$TP_PEER_IP:9000" \
+    summary=$(ip netns exec "$TP_CLIENT" "$load" run --server "$TP_RELAY_IP:$server_port" --peer "$TP_PEER_IP:9000" \
         --secret "$secret" --allocations "$allocations" --payload "$payload" --duration "$seconds" \
-        --window 32 2>"$work/load.log" | tail -n 1) || { cat "$work/load.log" >&2; return 1; }
+        --window 32 --transport "$transport" 2>"$work/load.log" | tail -n 1) || { cat "$work/load.log" >&2; return 1; }
     client1=$(tp_udp_in "$TP_CLIENT"); peer1=$(tp_udp_in "$TP_PEER"); cpu1=$(tp_cpu_ticks "$pid"); soft1=$(softirq_ticks)
-    relayed=$(( (client1 - client0) + (peer1 - peer0) ))
+    if [[ $transport == udp ]]; then
+        relayed=$(( (client1 - client0) + (peer1 - peer0) ))
+    else
+        relayed=$(( (peer1 - peer0) + $(sed -n 's/.*"received":\([0-9]*\).*/\1/p' <<<"$summary") ))
+    fi
     cpu_seconds=$(awk -v t=$((cpu1 - cpu0)) -v hz="$hz" 'BEGIN { printf "%.3f", t / hz }')
     soft_seconds=$(awk -v t=$((soft1 - soft0)) -v hz="$hz" 'BEGIN { printf "%.3f", t / hz }')
     local p99
@@ -125,7 +160,9 @@ results="$work/results"
 : >"$results"
 for payload in ${BENCH_PAYLOADS:-100 1200}; do
     for allocations in ${BENCH_ALLOCATIONS:-1 16 64}; do
-        for server in ${BENCH_SERVERS:-turnpike turnpike-xdp coturn}; do
+        default_servers="turnpike turnpike-xdp coturn"
+        [[ $transport == udp ]] || default_servers="turnpike coturn"
+        for server in ${BENCH_SERVERS:-$default_servers}; do
             case $server in
                 turnpike) pid=$(start_turnpike) ;;
                 turnpike-xdp) pid=$(start_turnpike --xdp-interface tp2-h) ;;
@@ -142,6 +179,7 @@ for payload in ${BENCH_PAYLOADS:-100 1200}; do
 done
 
 echo
+echo "Transport: $transport"
 echo "| payload (B) | allocations | relay | relayed pkt/s | × coturn | × Turnpike user space | relay CPU µs/pkt | × coturn | softirq µs/pkt (system) | rtt p99 µs |"
 echo "| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
 awk '
