@@ -53,27 +53,31 @@ fn port_blocks(
 async fn run(settings: Settings, log: logging::LogControl) -> Result<()> {
     let families = usize::from(settings.core.relay_ipv4.is_some())
         + usize::from(settings.core.relay_ipv6.is_some());
+    let stream_listeners = settings.streams.listen_tcp.len() + settings.streams.listen_tls.len();
     let needed = (settings.relay_ports.clone().count() * families
-        + settings.listen.len() * settings.threads
+        + (settings.listen.len() + stream_listeners) * settings.threads
         + 256) as u64;
-    match turnpike_io::raise_file_limit(needed) {
+    // Connections are asked for too, but only the sockets bound at start are a hard need: a
+    // connection that finds no descriptor is refused and counted, and the relay goes on.
+    let connections = if stream_listeners > 0 {
+        settings.streams.limits.max_connections as u64
+    } else {
+        0
+    };
+    match turnpike_io::raise_file_limit(needed + connections) {
         Ok(limit) if limit < needed => {
             bail!(
                 "relay-ports: {needed} file descriptors needed, the hard limit allows {limit}; raise it or shrink the range"
             )
         }
         Ok(limit) => {
-            let for_connections = limit.saturating_sub(needed);
-            let wanted = settings.streams.limits.max_connections as u64;
-            if !settings.streams.listen_tcp.is_empty() || !settings.streams.listen_tls.is_empty() {
-                if for_connections < wanted {
-                    tracing::warn!(
-                        max_connections = wanted,
-                        descriptors_left = for_connections,
-                        "max-connections: the open-file limit leaves room for fewer connections; \
-                         accepts beyond it fail and are counted"
-                    );
-                }
+            if limit < needed + connections {
+                tracing::warn!(
+                    max_connections = connections,
+                    descriptors_left = limit - needed,
+                    "max-connections: the open-file limit leaves room for fewer connections; \
+                     accepts beyond it fail and are counted"
+                );
             }
         }
         Err(error) => tracing::warn!(%error, "cannot read or raise the open-file limit"),
@@ -178,6 +182,7 @@ async fn run(settings: Settings, log: logging::LogControl) -> Result<()> {
         log,
         kernel.clone(),
     ));
+    tokio::spawn(return_freed_memory());
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot watch SIGTERM")?;
     // SIGHUP, which operators and log rotation send out of habit, must not end the relay.
@@ -227,6 +232,25 @@ async fn run(settings: Settings, log: logging::LogControl) -> Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Gives memory that load left free back to the system every 10 s.
+///
+/// glibc's allocator keeps freed memory in each thread's arena for reuse, so after a burst of
+/// allocations, connections or TLS sessions the relay's resident size would stay at its peak
+/// although nothing holds it; `malloc_trim` returns the free pages. It walks the arenas under
+/// their locks, which costs the relay threads at most a short wait once per period.
+async fn return_freed_memory() {
+    let mut period = tokio::time::interval(std::time::Duration::from_secs(10));
+    loop {
+        period.tick().await;
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        // SAFETY: malloc_trim only releases free memory of the allocator's own arenas; it reads
+        // and writes no memory of ours.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+    }
 }
 
 /// SIGHUP: the TLS certificate and key are read again for new connections; a bad pair keeps

@@ -64,7 +64,11 @@ pub(crate) const LISTENER_TOKENS: usize = usize::MAX / 4;
 const CONNECTION_TOKENS: usize = usize::MAX / 2;
 
 /// Why a connection was refused at accept; each is a metric label.
-pub(crate) const REFUSE_REASONS: &[&str] = &["max_connections", "max_connections_per_source"];
+pub(crate) const REFUSE_REASONS: &[&str] = &[
+    "max_connections",
+    "max_connections_per_source",
+    "accept_failed",
+];
 
 /// Why a connection was closed; each is a metric label.
 pub(crate) const CLOSE_REASONS: &[&str] = &[
@@ -403,10 +407,10 @@ impl Streams {
                 Ok(accepted) => accepted,
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => return,
                 Err(error) => {
-                    // Out of descriptors, or the client gave up in the queue: counted, and the
-                    // next connection brings a new event.
+                    // Out of descriptors (EMFILE), or the client gave up in the queue: counted,
+                    // and the next connection brings a new event.
                     tracing::debug!(%error, "accept failed");
-                    cx.metrics.receive_errors += 1;
+                    *cx.metrics.streams.refused.entry(REFUSE_REASONS[2]).or_default() += 1;
                     return;
                 }
             };
@@ -794,6 +798,21 @@ impl Streams {
         }
         for (key, reason) in expired {
             self.close(key, reason, registry, cx);
+        }
+        // Give back what a burst of connections left: tables sized for the peak.
+        if self.connections.is_empty() && self.connections.capacity() > 64 {
+            self.connections = Slab::new();
+        }
+        if self.by_five_tuple.capacity() > 64
+            && self.by_five_tuple.len() * 4 < self.by_five_tuple.capacity()
+        {
+            self.by_five_tuple.shrink_to_fit();
+        }
+        if self.ready.capacity() > 64 && self.ready.is_empty() {
+            self.ready.shrink_to_fit();
+        }
+        if self.dirty.capacity() > 64 && self.dirty.is_empty() {
+            self.dirty.shrink_to_fit();
         }
     }
 
