@@ -278,14 +278,28 @@ pub struct SendBatch {
     pending: Vec<Pending>,
     /// Copies of GSO runs, contiguous as the kernel wants them.
     arena: Vec<u8>,
+    /// Datagrams queued with [`SendBatch::push_copy`]: chunks that are filled only up to the
+    /// capacity they were created with, so a pointer into one stays valid until the flush.
+    copies: Vec<Vec<u8>>,
+    /// Emptied chunks kept for the next round (at most [`SPARE_CHUNKS`]).
+    spare: Vec<Vec<u8>>,
+    copied: usize,
     gso: bool,
 }
+
+/// Size of a chunk of [`SendBatch::push_copy`] data.
+const COPY_CHUNK: usize = 64 * 1024;
+/// Chunks kept between flushes; more are freed.
+const SPARE_CHUNKS: usize = 4;
 
 impl Default for SendBatch {
     fn default() -> Self {
         Self {
             pending: Vec::new(),
             arena: Vec::new(),
+            copies: Vec::new(),
+            spare: Vec::new(),
+            copied: 0,
             gso: true,
         }
     }
@@ -315,6 +329,42 @@ impl SendBatch {
             data: data.as_ptr(),
             len: data.len(),
         });
+    }
+
+    /// Queues a copy of `data` to be sent from `socket` to `to`: for data that does not outlive
+    /// the call (a message cut out of a TCP stream, say), batched like the rest.
+    pub fn push_copy(&mut self, socket: &impl AsRawFd, to: SocketAddr, data: &[u8]) {
+        let fits = self
+            .copies
+            .last()
+            .is_some_and(|chunk| chunk.capacity() - chunk.len() >= data.len());
+        if !fits {
+            let mut chunk = self.spare.pop().unwrap_or_default();
+            chunk.clear();
+            chunk.reserve_exact(COPY_CHUNK.max(data.len()));
+            self.copies.push(chunk);
+        }
+        let Some(chunk) = self.copies.last_mut() else {
+            unreachable!("a chunk was just pushed")
+        };
+        let start = chunk.len();
+        // Within the capacity checked above: the chunk does not reallocate, so the pointers
+        // taken into it earlier stay valid.
+        chunk.extend_from_slice(data);
+        self.copied += data.len();
+        self.pending.push(Pending {
+            fd: socket.as_raw_fd(),
+            to,
+            // `as_ptr` takes no reference to the buffer, so later writes past `start + len`
+            // leave this pointer valid (the aliasing guarantee of `Vec::as_ptr`).
+            data: chunk.as_ptr().wrapping_add(start),
+            len: data.len(),
+        });
+    }
+
+    /// Bytes of copies queued since the last flush; a caller flushes early to bound them.
+    pub fn copied_bytes(&self) -> usize {
+        self.copied
     }
 
     pub fn is_empty(&self) -> bool {
@@ -379,6 +429,12 @@ impl SendBatch {
         }
         self.pending.clear();
         self.arena.clear();
+        self.copied = 0;
+        for chunk in self.copies.drain(..) {
+            if self.spare.len() < SPARE_CHUNKS && chunk.capacity() == COPY_CHUNK {
+                self.spare.push(chunk);
+            }
+        }
     }
 
     /// Groups the sorted pending datagrams into messages, copying GSO runs into the arena.

@@ -126,3 +126,33 @@ fn without_gso_the_same_datagrams_arrive_the_same_way() {
         .collect();
     assert_eq!(got, messages);
 }
+
+#[test]
+fn copies_outlive_their_source_and_span_chunks_in_order() {
+    let sender = socket();
+    let receiver = socket();
+    let to = receiver.local_addr().unwrap();
+    let mut batch = SendBatch::default();
+    // 150 datagrams of 1,000 bytes: more than two 64 KiB chunks, each queued from a buffer that
+    // is overwritten at once, as a stream's message buffer is.
+    let mut scratch = vec![0u8; 1000];
+    for index in 0..150u8 {
+        scratch.fill(index);
+        batch.push_copy(&sender, to, &scratch);
+    }
+    assert_eq!(batch.copied_bytes(), 150_000);
+    scratch.fill(0xEE);
+    let mut outcome = SendOutcome::default();
+    batch.flush(&mut outcome);
+    assert_eq!(outcome.sent, 150, "{outcome:?}");
+    assert_eq!(batch.copied_bytes(), 0);
+    let got = receive(&receiver, 150);
+    assert_eq!(got.len(), 150);
+    for (index, (_, bytes)) in got.iter().enumerate() {
+        assert_eq!(bytes, &vec![u8::try_from(index).unwrap(); 1000], "datagram {index}");
+    }
+    // The chunks are reused for the next round.
+    batch.push_copy(&sender, to, b"again");
+    batch.flush(&mut outcome);
+    assert_eq!(receive(&receiver, 1)[0].1, b"again");
+}

@@ -40,6 +40,7 @@ use rand::rngs::StdRng;
 use rustls::ServerConnection;
 use slab::Slab;
 use turnpike_proto::{FrameError, StreamDecoder, channel_data_padding};
+use turnpike_io::SendBatch;
 use turnpike_relay::{FiveTuple, Forward, Server, Transport};
 
 use crate::config::StreamLimits;
@@ -53,6 +54,8 @@ const READ_BUDGET: usize = 64 * 1024;
 const READ_CHUNK: usize = 16 * 1024;
 /// Plaintext handed to rustls at a time, so its own buffer stays small.
 const TLS_WRITE_CHUNK: usize = 16 * 1024;
+/// Bytes of datagrams to peers queued before they are sent without waiting for the round's end.
+const PEER_SEND_LIMIT: usize = 1 << 20;
 /// Connections accepted from one listener per round.
 const ACCEPT_BUDGET: usize = 256;
 /// Write-buffer capacity kept once it is empty.
@@ -294,6 +297,9 @@ pub(crate) struct Streams {
     /// Each message is copied here before the core sees it, so that what the core asks to
     /// send can go to any connection, this one included.
     scratch: Vec<u8>,
+    /// Datagrams from stream clients to their peers, sent together at the end of the round
+    /// (one `sendmmsg` per relayed socket, GSO for runs), like the UDP path's.
+    peer_sends: SendBatch,
     last_sweep: Instant,
 }
 
@@ -325,6 +331,7 @@ impl Streams {
             dirty: Vec::new(),
             shared,
             scratch: Vec::new(),
+            peer_sends: SendBatch::default(),
             last_sweep: Instant::now(),
         }
     }
@@ -639,7 +646,10 @@ impl Streams {
                 payload,
             } => match cx.sockets.relay(relay) {
                 Some(socket) => {
-                    turnpike_io::send_now(socket, peer, &message[payload], &mut cx.metrics.sends)
+                    self.peer_sends.push_copy(socket, peer, &message[payload]);
+                    if self.peer_sends.copied_bytes() >= PEER_SEND_LIMIT {
+                        self.peer_sends.flush(&mut cx.metrics.sends);
+                    }
                 }
                 None => cx.metrics.no_socket += 1,
             },
@@ -736,6 +746,7 @@ impl Streams {
     /// Writes what every connection has queued, as far as its socket takes it; the rest waits
     /// for the socket's next writable event.
     pub(crate) fn flush(&mut self, registry: &Registry, cx: &mut StreamContext<'_, '_>) {
+        self.peer_sends.flush(&mut cx.metrics.sends);
         // Closing can queue more (the core's answers to a deletion go nowhere, but a hairpin
         // could), so take the list in rounds, bounded by the connection count.
         for _ in 0..=self.connections.len() {
@@ -845,6 +856,7 @@ impl Streams {
 
     /// Closes everything, at shutdown.
     pub(crate) fn close_all(&mut self, registry: &Registry, cx: &mut StreamContext<'_, '_>) {
+        self.peer_sends.flush(&mut cx.metrics.sends);
         let keys: Vec<usize> = self.connections.iter().map(|(key, _)| key).collect();
         for key in keys {
             self.close(key, "shutdown", registry, cx);
