@@ -7,11 +7,16 @@
 //! SHA-256 and stateless nonces), and refuses peers the operator's [`policy::PeerPolicy`] does
 //! not allow. Read the driving contract on [`Server`] before writing a driver.
 
+// Nothing here needs unsafe code; the only unsafe code outside the kernel program lives in
+// turnpike-io, where the system calls are.
+#![forbid(unsafe_code)]
+
 mod addr;
 mod allocation;
 pub mod auth;
 mod command;
 mod config;
+mod occurrence;
 pub mod policy;
 mod ports;
 mod ratelimit;

@@ -22,6 +22,8 @@ impl Relayed {
 /// Why a datagram was dropped without an answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Drop {
+    /// A STUN message whose FINGERPRINT does not match (RFC 8489 §7.3: silently discarded).
+    BadFingerprint,
     /// A data message over the size a ChannelData or Data indication can carry.
     OversizedPeerData,
     /// ChannelData that does not parse.
@@ -48,6 +50,7 @@ impl Drop {
     #[must_use]
     pub const fn as_str(self) -> &'static str {
         match self {
+            Self::BadFingerprint => "bad_fingerprint",
             Self::OversizedPeerData => "oversized_peer_data",
             Self::MalformedChannelData => "malformed_channel_data",
             Self::MalformedStun => "malformed_stun",

@@ -12,6 +12,7 @@ use self::credentials::{
 };
 use self::nonce::{NonceSecret, SecurityFeatures, StatelessNonces};
 use crate::config::Config;
+use crate::occurrence::first_occurrences;
 
 /// The PASSWORD-ALGORITHMS value this server offers: SHA-256 first (preferred), then MD5.
 pub(crate) const OFFERED_PASSWORD_ALGORITHMS: [u8; 8] =
@@ -139,7 +140,8 @@ impl Authenticator {
         let mut nonce = None;
         let mut offered_algorithms = None;
         let mut chosen_algorithm = None;
-        for raw in message.attributes() {
+        // Only the first occurrence of each credential attribute counts (RFC 8489 §14).
+        for raw in first_occurrences(message) {
             match Attribute::decode(raw, &transaction_id) {
                 Ok(Attribute::Username(value)) => username = Some(value),
                 Ok(Attribute::Userhash(value)) => userhash = Some(*value),

@@ -19,6 +19,7 @@ use crate::allocation::{Allocation, AllocationId};
 use crate::auth::Authenticator;
 use crate::command::{ChannelRoute, Command, Forward};
 use crate::config::Config;
+use crate::occurrence::first_occurrences;
 use crate::ports::PortPool;
 use crate::ratelimit::UnauthenticatedLimiter;
 use crate::stats::{Drop, Stats};
@@ -234,6 +235,15 @@ impl<R: RngCore> Server<R> {
         match classify(datagram) {
             Ok(PacketKind::ChannelData) => self.handle_channel_data(now, from, datagram),
             Ok(PacketKind::Stun) => match Message::parse(datagram) {
+                // RFC 8489 §7.3: a message whose FINGERPRINT does not match is discarded
+                // silently. It is not STUN, or not intact; an answer would only tell a prober
+                // what it reached, and a damaged request must not be acted on.
+                Ok(message)
+                    if message.has_fingerprint() && message.verify_fingerprint().is_err() =>
+                {
+                    self.stats.drop(Drop::BadFingerprint);
+                    None
+                }
                 Ok(message) => self.handle_stun(now, from, &message),
                 Err(_) => {
                     self.stats.drop(Drop::MalformedStun);
@@ -651,10 +661,10 @@ impl<R: RngCore> Server<R> {
         let transaction_id = message.transaction_id();
         let mut peer = None;
         let mut data = None;
-        for raw in message.attributes() {
+        for raw in first_occurrences(message) {
             match Attribute::decode(raw, &transaction_id) {
-                Ok(Attribute::XorPeerAddress(address)) if peer.is_none() => peer = Some(address),
-                Ok(Attribute::Data(bytes)) if data.is_none() => data = Some(bytes),
+                Ok(Attribute::XorPeerAddress(address)) => peer = Some(address),
+                Ok(Attribute::Data(bytes)) => data = Some(bytes),
                 Ok(_) => {}
                 Err(_) => {
                     self.stats.drop(Drop::MalformedStun);

