@@ -16,6 +16,7 @@ mod allocation;
 pub mod auth;
 mod command;
 mod config;
+mod memory;
 mod occurrence;
 pub mod policy;
 mod ports;
@@ -28,5 +29,7 @@ mod transactions;
 pub use addr::{FiveTuple, RelaySocket, Transport};
 pub use command::{ChannelRoute, Command, Forward};
 pub use config::{AllocationBudget, Config, Lifetimes, Quotas, RateLimit};
+#[doc(hidden)]
+pub use memory::Footprint;
 pub use server::Server;
 pub use stats::{Drop, Relayed, Stats, method_label};

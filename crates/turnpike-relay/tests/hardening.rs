@@ -11,6 +11,7 @@
 mod common;
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use common::*;
 use turnpike_proto::{Attribute, ChannelNumber, Method};
@@ -208,4 +209,108 @@ fn a_create_permission_with_several_peer_addresses_installs_them_all() {
     );
     assert_eq!(error_code(&response), None);
     assert_eq!(harness.server.permission_count(), 2);
+}
+
+// Determinism: every command stream is a function of the inputs and the seed
+
+/// Everything a run produced, in order: forwards and commands after every input.
+type Transcript = Vec<String>;
+
+/// A busy life of a relay: 24 clients, half of them with dual allocations, each with
+/// permissions and channels towards several peers of both families, peer data, refreshes,
+/// permission expiry, one family's deletion, allocation expiry, and finally shutdown.
+fn busy_life(seed: u64) -> Transcript {
+    let mut harness = Harness::with_seed(config(), seed);
+    let mut transcript = Transcript::new();
+    let mut record =
+        |label: &str, forward: Option<turnpike_relay::Forward>, commands: Vec<Command>| {
+            transcript.push(format!("{label}: {forward:?} {commands:?}"));
+        };
+    let peers_v4: Vec<SocketAddr> = (10..16)
+        .map(|i| addr(&format!("192.0.2.{i}:5000")))
+        .collect();
+    let peers_v6: Vec<SocketAddr> = (10..13)
+        .map(|i| addr(&format!("[2001:db8:ffff::{i}]:5000")))
+        .collect();
+    let mut clients = Vec::new();
+    for i in 0..24_u16 {
+        let mut client = Client::new(&format!("203.0.113.{}:{}", 1 + i, 40_000 + i));
+        let mut allocate = vec![udp()];
+        if i % 2 == 0 {
+            allocate.push(Attribute::AdditionalAddressFamily(
+                turnpike_proto::AddressFamily::V6,
+            ));
+        }
+        let (_, commands) = client.send(&mut harness, Method::Allocate, &allocate);
+        record("allocate", None, commands);
+        let mut peers: Vec<SocketAddr> = peers_v4.clone();
+        if i % 2 == 0 {
+            peers.extend(&peers_v6);
+        }
+        let permission: Vec<Attribute<'_>> = peers
+            .iter()
+            .map(|peer| Attribute::XorPeerAddress(*peer))
+            .collect();
+        let (_, commands) = client.send(&mut harness, Method::CreatePermission, &permission);
+        record("permission", None, commands);
+        for (n, peer) in peers.iter().enumerate() {
+            let number = 0x4000 + u16::try_from(n).unwrap();
+            let (_, commands) = client.send(
+                &mut harness,
+                Method::ChannelBind,
+                &[
+                    Attribute::ChannelNumber(number),
+                    Attribute::XorPeerAddress(*peer),
+                ],
+            );
+            record("bind", None, commands);
+        }
+        clients.push(client);
+    }
+    for client in &clients {
+        let (forward, commands) =
+            harness.from_client(client.five_tuple, &channel_data(0x4000, b"x"));
+        record("data", forward, commands);
+    }
+    record("advance", None, harness.advance(Duration::from_secs(200)));
+    for client in clients.iter_mut().step_by(3) {
+        let (_, commands) =
+            client.send(&mut harness, Method::Refresh, &[Attribute::Lifetime(1200)]);
+        record("refresh", None, commands);
+    }
+    for client in clients.iter_mut().step_by(4) {
+        let (_, commands) = client.send(
+            &mut harness,
+            Method::Refresh,
+            &[
+                Attribute::Lifetime(0),
+                Attribute::RequestedAddressFamily(turnpike_proto::AddressFamily::V4),
+            ],
+        );
+        record("delete v4", None, commands);
+    }
+    record(
+        "permissions expire",
+        None,
+        harness.advance(Duration::from_secs(101)),
+    );
+    record(
+        "allocations expire",
+        None,
+        harness.advance(Duration::from_secs(300)),
+    );
+    harness.server.shutdown();
+    record("shutdown", None, harness.drain());
+    transcript
+}
+
+#[test]
+fn the_same_inputs_and_seed_give_the_same_commands_through_expiry_and_shutdown() {
+    let first = busy_life(7);
+    let second = busy_life(7);
+    assert!(first.len() > 100);
+    assert_eq!(first.len(), second.len());
+    for (a, b) in first.iter().zip(&second) {
+        assert_eq!(a, b);
+    }
 }

@@ -5,7 +5,7 @@ mod respond;
 
 use core::net::{IpAddr, SocketAddr};
 use core::time::Duration;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Instant;
 
 use rand::RngCore;
@@ -19,6 +19,7 @@ use crate::allocation::{Allocation, AllocationId};
 use crate::auth::Authenticator;
 use crate::command::{ChannelRoute, Command, Forward};
 use crate::config::Config;
+use crate::memory::{Footprint, shrink_map, shrink_queue};
 use crate::occurrence::first_occurrences;
 use crate::ports::PortPool;
 use crate::ratelimit::UnauthenticatedLimiter;
@@ -26,7 +27,9 @@ use crate::stats::{Drop, Stats};
 use crate::timer::{Timer, TimerQueue};
 use crate::transactions::TransactionCache;
 
-type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+/// A hash map for lookups only, keyed from the server's seeded RNG: never iterated (that would
+/// make command order depend on hash order), and no per-process randomness beyond the seed.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::FixedState>;
 
 /// A channel route in the client-to-peer direction.
 #[derive(Debug, Clone, Copy)]
@@ -97,10 +100,11 @@ pub struct Server<R> {
     ports: PortPool,
     wall_clock: WallClock,
     next_allocation_id: u64,
-    allocations: HashMap<AllocationId, Allocation>,
+    /// Ordered by id, that is by creation: shutdown walks it.
+    allocations: BTreeMap<AllocationId, Allocation>,
     by_five_tuple: FastMap<FiveTuple, AllocationId>,
     by_port: FastMap<u16, AllocationId>,
-    allocations_per_user: HashMap<Box<str>, usize>,
+    allocations_per_user: FastMap<Box<str>, usize>,
     to_peer: FastMap<(FiveTuple, ChannelNumber), ToPeerRoute>,
     to_client: FastMap<(u16, SocketAddr), ToClientRoute>,
     timers: TimerQueue,
@@ -121,7 +125,7 @@ impl<R: RngCore> Server<R> {
         let mut hash_seed = [0; 8];
         rng.fill_bytes(&mut hash_seed);
         let hash_seed = u64::from_le_bytes(hash_seed);
-        let fast_map = || foldhash::fast::RandomState::default();
+        let fast_map = || foldhash::fast::FixedState::with_seed(hash_seed);
         Self {
             auth: Authenticator::new(&config, nonce_secret),
             ports: PortPool::new(
@@ -139,10 +143,10 @@ impl<R: RngCore> Server<R> {
                 unix_at_anchor: unix_time,
             },
             next_allocation_id: 0,
-            allocations: HashMap::new(),
+            allocations: BTreeMap::new(),
             by_five_tuple: HashMap::with_hasher(fast_map()),
             by_port: HashMap::with_hasher(fast_map()),
-            allocations_per_user: HashMap::new(),
+            allocations_per_user: HashMap::with_hasher(fast_map()),
             to_peer: HashMap::with_hasher(fast_map()),
             to_client: HashMap::with_hasher(fast_map()),
             timers: TimerQueue::default(),
@@ -175,6 +179,7 @@ impl<R: RngCore> Server<R> {
     /// Ends every allocation now, as at the end of a drain: the fast path gets a remove for
     /// every channel and permission, and every relayed socket is closed.
     pub fn shutdown(&mut self) {
+        // In id order, that is in the order the allocations were made.
         let ids: Vec<AllocationId> = self.allocations.keys().copied().collect();
         for id in ids {
             self.free_allocation(id);
@@ -184,7 +189,12 @@ impl<R: RngCore> Server<R> {
     /// The next control-path action; call until `None` after every input.
     #[must_use]
     pub fn next_command(&mut self) -> Option<Command> {
-        self.commands.pop_front()
+        let command = self.commands.pop_front();
+        if command.is_none() {
+            // Drained: give back what a burst (a shutdown, say) made the queue grow to.
+            shrink_queue(&mut self.commands);
+        }
+        command
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) must be called next.
@@ -206,6 +216,28 @@ impl<R: RngCore> Server<R> {
     #[must_use]
     pub fn allocation_count(&self) -> usize {
         self.allocations.len()
+    }
+
+    /// Sizes of internal collections, for tests that memory follows what is alive.
+    #[doc(hidden)]
+    #[must_use]
+    pub fn footprint(&self) -> Footprint {
+        Footprint {
+            timers: self.timers.len(),
+            cached_transactions: self.transactions.len(),
+            table_entries: self.by_five_tuple.len()
+                + self.by_port.len()
+                + self.allocations_per_user.len()
+                + self.to_peer.len()
+                + self.to_client.len(),
+            table_capacity: self.by_five_tuple.capacity()
+                + self.by_port.capacity()
+                + self.allocations_per_user.capacity()
+                + self.to_peer.capacity()
+                + self.to_client.capacity()
+                + self.transactions.capacity(),
+            command_capacity: self.commands.capacity(),
+        }
     }
 
     /// Permissions alive now, over all allocations.
@@ -542,6 +574,8 @@ impl<R: RngCore> Server<R> {
     fn remove_route(&mut self, client: FiveTuple, number: ChannelNumber) {
         if let Some(old) = self.to_peer.remove(&(client, number)) {
             self.to_client.remove(&(old.relay.port, old.peer));
+            shrink_map(&mut self.to_peer);
+            shrink_map(&mut self.to_client);
             self.commands
                 .push_back(Command::RemoveChannel(ChannelRoute {
                     client,
@@ -576,10 +610,16 @@ impl<R: RngCore> Server<R> {
         for (number, peer) in &channels {
             allocation.channels.remove(number);
             allocation.channel_by_peer.remove(peer);
+            self.timers.cancel(Timer::Channel {
+                id,
+                channel: *number,
+            });
         }
         for peer in &permissions {
             allocation.permissions.remove(peer);
+            self.timers.cancel(Timer::Permission { id, peer: *peer });
         }
+        self.timers.cancel(Timer::Allocation { id, family });
         let emptied = allocation.families().next().is_none();
         for (number, _) in channels {
             self.remove_route(client, number);
@@ -615,6 +655,8 @@ impl<R: RngCore> Server<R> {
         };
         self.by_five_tuple.remove(&allocation.five_tuple);
         self.by_port.remove(&allocation.port);
+        shrink_map(&mut self.by_five_tuple);
+        shrink_map(&mut self.by_port);
         self.ports.release(allocation.port);
         if let Some(budget) = &self.config.shared_budget {
             budget.give_back();
@@ -623,6 +665,7 @@ impl<R: RngCore> Server<R> {
             *count -= 1;
             if *count == 0 {
                 self.allocations_per_user.remove(&allocation.username);
+                shrink_map(&mut self.allocations_per_user);
             }
         }
     }
