@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use common::*;
 use turnpike_proto::{Attribute, ChannelNumber, Method};
-use turnpike_relay::{ChannelRoute, Command, Drop};
+use turnpike_relay::{ChannelRoute, Command, Config, Drop};
 
 const ALICE: &str = "203.0.113.5:40000";
 const PEER: &str = "192.0.2.10:5000";
@@ -313,4 +313,129 @@ fn the_same_inputs_and_seed_give_the_same_commands_through_expiry_and_shutdown()
     for (a, b) in first.iter().zip(&second) {
         assert_eq!(a, b);
     }
+}
+
+// Memory follows what is alive, not how many requests came
+
+#[test]
+fn a_hundred_thousand_refreshes_leave_one_timer_per_live_object() {
+    let mut harness = Harness::new();
+    let mut client = Client::new(ALICE);
+    client.allocate(&mut harness);
+    client.send(
+        &mut harness,
+        Method::ChannelBind,
+        &[
+            Attribute::ChannelNumber(0x4001),
+            Attribute::XorPeerAddress(addr(PEER)),
+        ],
+    );
+    // One allocation family, one permission, one channel.
+    let live = 3;
+    assert_eq!(harness.server.footprint().timers, live);
+    for i in 0..100_000_u32 {
+        let (response, _) = if i % 2 == 0 {
+            client.send(&mut harness, Method::Refresh, &[Attribute::Lifetime(600)])
+        } else {
+            client.send(
+                &mut harness,
+                Method::CreatePermission,
+                &[Attribute::XorPeerAddress(addr(PEER))],
+            )
+        };
+        assert_eq!(error_code(&response), None);
+        harness.now += Duration::from_millis(1);
+        harness.server.handle_timeout(harness.now);
+        harness.drain();
+        assert!(harness.server.footprint().timers <= live);
+    }
+    assert_eq!(harness.server.footprint().timers, live);
+    // The retransmission cache holds 40 s of responses, then nothing.
+    harness.advance(Duration::from_secs(41));
+    let footprint = harness.server.footprint();
+    assert_eq!(footprint.cached_transactions, 0);
+    assert!(footprint.table_capacity < 1_000, "{footprint:?}");
+}
+
+/// A config whose quotas let one user hold `allocations` allocations.
+fn roomy(allocations: usize) -> Config {
+    let mut config = config();
+    config.quotas.allocations_per_user = allocations;
+    config.quotas.allocations_total = allocations;
+    config
+}
+
+#[test]
+fn creating_and_deleting_ten_thousand_allocations_returns_the_tables_to_their_start() {
+    const CLIENTS: u32 = 10_000;
+    let mut harness = Harness::with_config(roomy(CLIENTS as usize));
+    let baseline = harness.server.footprint();
+    let mut clients: Vec<Client> = (0..CLIENTS)
+        .map(|i| Client::new(&format!("198.18.{}.{}:40000", i / 256, i % 256)))
+        .collect();
+    for client in &mut clients {
+        client.allocate(&mut harness);
+        let (response, _) = client.send(
+            &mut harness,
+            Method::ChannelBind,
+            &[
+                Attribute::ChannelNumber(0x4001),
+                Attribute::XorPeerAddress(addr(PEER)),
+            ],
+        );
+        assert_eq!(error_code(&response), None);
+    }
+    let peak = harness.server.footprint();
+    assert_eq!(harness.server.allocation_count(), CLIENTS as usize);
+    assert_eq!(peak.timers, 3 * CLIENTS as usize);
+    for client in &mut clients {
+        let (response, _) = client.send(&mut harness, Method::Refresh, &[Attribute::Lifetime(0)]);
+        assert_eq!(error_code(&response), None);
+    }
+    assert_eq!(harness.server.allocation_count(), 0);
+    // Past the retransmission window, nothing of the burst is left.
+    harness.advance(Duration::from_secs(41));
+    let after = harness.server.footprint();
+    assert_eq!(after.timers, 0);
+    assert_eq!(after.cached_transactions, 0);
+    assert_eq!(after.table_entries, 0);
+    assert!(
+        after.table_capacity <= baseline.table_capacity + 1_000,
+        "baseline {baseline:?}, peak {peak:?}, after {after:?}"
+    );
+    assert!(after.command_capacity <= 128, "{after:?}");
+    assert!(
+        peak.table_capacity > 10 * after.table_capacity,
+        "{peak:?} {after:?}"
+    );
+}
+
+#[test]
+fn allocations_that_expire_take_their_timers_and_tables_with_them() {
+    const CLIENTS: u32 = 2_000;
+    let mut harness = Harness::with_config(roomy(CLIENTS as usize));
+    let baseline = harness.server.footprint();
+    for i in 0..CLIENTS {
+        let mut client = Client::new(&format!("198.18.{}.{}:40000", i / 256, i % 256));
+        client.allocate(&mut harness);
+        client.send(
+            &mut harness,
+            Method::ChannelBind,
+            &[
+                Attribute::ChannelNumber(0x4001),
+                Attribute::XorPeerAddress(addr(PEER)),
+            ],
+        );
+    }
+    harness.advance(Duration::from_secs(600));
+    // Channel numbers stay reserved through their cool-down, within the allocation; the
+    // allocation is gone, so that ends too.
+    let after = harness.server.footprint();
+    assert_eq!(harness.server.allocation_count(), 0);
+    assert_eq!(after.timers, 0);
+    assert_eq!(after.table_entries, 0);
+    assert!(
+        after.table_capacity <= baseline.table_capacity + 1_000,
+        "{after:?}"
+    );
 }
