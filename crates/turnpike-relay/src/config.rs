@@ -128,6 +128,11 @@ pub struct Lifetimes {
     pub nonce: Duration,
     /// How long a response is kept to answer a retransmitted request (RFC 8489 §6.3.1: 40 s).
     pub transaction: Duration,
+    /// The furthest ahead an ephemeral (REST API or Firezone) username's expiry may lie; a
+    /// username that expires later is refused with 401, as if its password were wrong. 48 hours
+    /// by default, Cloudflare's cap on TURN credentials: long enough for any call, short enough
+    /// that a leaked username is not a standing key. Static users are not affected.
+    pub credential_max: Duration,
 }
 
 impl Default for Lifetimes {
@@ -140,6 +145,7 @@ impl Default for Lifetimes {
             channel_cooldown: Duration::from_secs(300),
             nonce: Duration::from_secs(600),
             transaction: Duration::from_secs(40),
+            credential_max: Duration::from_secs(48 * 3600),
         }
     }
 }

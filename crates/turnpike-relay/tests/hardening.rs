@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::*;
-use turnpike_proto::{Attribute, ChannelNumber, Method};
+use turnpike_proto::{Attribute, ChannelNumber, ErrorCode, Method};
 use turnpike_relay::{ChannelRoute, Command, Config, Drop};
 
 const ALICE: &str = "203.0.113.5:40000";
@@ -438,4 +438,165 @@ fn allocations_that_expire_take_their_timers_and_tables_with_them() {
         after.table_capacity <= baseline.table_capacity + 1_000,
         "{after:?}"
     );
+}
+
+// Credential lifetimes
+
+/// The TURN REST API password of `username` with the harness's secret.
+fn rest_password(username: &str) -> String {
+    use turnpike_relay::auth::credentials::{CredentialStore, SharedSecret};
+    let store =
+        CredentialStore::new(REALM).with_rest_secret(SharedSecret::new(REST_SECRET.as_bytes()));
+    let password = store
+        .candidate_passwords(username, 0)
+        .unwrap()
+        .next()
+        .unwrap();
+    String::from_utf8(password.as_bytes().to_vec()).unwrap()
+}
+
+/// A client with REST credentials that expire at `expiry` (unix seconds).
+fn rest_client(address: &str, expiry: u64) -> Client {
+    let username = format!("{expiry}:alice");
+    let password = rest_password(&username);
+    Client::with_credentials(address, &username, &password)
+}
+
+fn auth_failures(harness: &Harness, reason: &str) -> u64 {
+    harness
+        .server
+        .stats()
+        .auth_failures
+        .get(reason)
+        .copied()
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_rest_username_that_expires_in_the_year_2100_is_refused() {
+    let mut harness = Harness::new();
+    // 2100-01-01T00:00:00Z.
+    let mut client = rest_client(ALICE, 4_102_444_800);
+    let (response, _) = client.send(&mut harness, Method::Allocate, &[udp()]);
+    assert_eq!(error_code(&response), Some(ErrorCode::UNAUTHORIZED));
+    assert_eq!(auth_failures(&harness, "credential_lifetime_too_long"), 1);
+    assert_eq!(harness.server.allocation_count(), 0);
+}
+
+#[test]
+fn rest_usernames_are_accepted_up_to_48_hours_ahead_by_default() {
+    let mut harness = Harness::new();
+    let start = harness.unix_now();
+    let mut within = rest_client(ALICE, start + 48 * 3600);
+    let (response, _) = within.send(&mut harness, Method::Allocate, &[udp()]);
+    assert_eq!(error_code(&response), None);
+    let mut beyond = rest_client("203.0.113.6:40000", start + 48 * 3600 + 1);
+    let (response, _) = beyond.send(&mut harness, Method::Allocate, &[udp()]);
+    assert_eq!(error_code(&response), Some(ErrorCode::UNAUTHORIZED));
+}
+
+#[test]
+fn a_username_too_far_ahead_is_accepted_once_its_expiry_is_within_the_maximum() {
+    let mut config = config();
+    config.lifetimes.credential_max = Duration::from_secs(3600);
+    let mut harness = Harness::with_config(config);
+    let mut client = rest_client(ALICE, harness.unix_now() + 2 * 3600);
+    let (response, _) = client.send(&mut harness, Method::Allocate, &[udp()]);
+    assert_eq!(error_code(&response), Some(ErrorCode::UNAUTHORIZED));
+    harness.advance(Duration::from_secs(3599));
+    let (response, _) = client.send(&mut harness, Method::Allocate, &[udp()]);
+    assert_eq!(
+        error_code(&response),
+        Some(ErrorCode::UNAUTHORIZED),
+        "3601 s ahead"
+    );
+    harness.advance(Duration::from_secs(1));
+    let (response, _) = client.send(&mut harness, Method::Allocate, &[udp()]);
+    assert_eq!(error_code(&response), None, "3600 s ahead");
+}
+
+#[test]
+fn static_users_are_not_bound_by_the_credential_lifetime() {
+    let mut config = config();
+    config.lifetimes.credential_max = Duration::from_secs(1);
+    let mut harness = Harness::with_config(config);
+    let mut client = Client::new(ALICE);
+    client.allocate(&mut harness);
+}
+
+#[test]
+fn after_its_rest_credentials_expire_a_client_can_still_delete_its_allocation_and_nothing_else() {
+    let mut harness = Harness::new();
+    let mut client = rest_client(ALICE, harness.unix_now() + 60);
+    let relayed = client.allocate(&mut harness);
+    harness.advance(Duration::from_secs(120));
+
+    for (method, attributes) in [
+        (Method::Refresh, vec![Attribute::Lifetime(600)]),
+        (Method::Refresh, vec![]),
+        (
+            Method::CreatePermission,
+            vec![Attribute::XorPeerAddress(addr(PEER))],
+        ),
+        (
+            Method::ChannelBind,
+            vec![
+                Attribute::ChannelNumber(0x4001),
+                Attribute::XorPeerAddress(addr(PEER)),
+            ],
+        ),
+        (Method::Allocate, vec![udp()]),
+    ] {
+        let (response, commands) = client.send(&mut harness, method, &attributes);
+        assert_eq!(
+            error_code(&response),
+            Some(ErrorCode::UNAUTHORIZED),
+            "{method:?}"
+        );
+        assert_eq!(commands.len(), 1, "{method:?}: {commands:?}");
+    }
+    assert_eq!(auth_failures(&harness, "expired_credentials"), 5);
+
+    let (response, commands) =
+        client.send(&mut harness, Method::Refresh, &[Attribute::Lifetime(0)]);
+    assert_eq!(error_code(&response), None);
+    client.verify_response(&response);
+    assert_eq!(
+        commands[0],
+        Command::CloseRelaySocket(relay_socket(relayed))
+    );
+    assert_eq!(harness.server.allocation_count(), 0);
+}
+
+#[test]
+fn expired_credentials_cannot_delete_an_allocation_they_did_not_create() {
+    let mut harness = Harness::new();
+    // Alice's allocation, made with a static password, on the 5-tuple the REST client uses.
+    let mut alice = Client::new(ALICE);
+    alice.allocate(&mut harness);
+    let mut expired = rest_client(ALICE, harness.unix_now() + 60);
+    for _ in 0..128 {
+        expired.transaction_id();
+    }
+    harness.advance(Duration::from_secs(61));
+    let (response, _) = expired.send(&mut harness, Method::Refresh, &[Attribute::Lifetime(0)]);
+    assert_eq!(error_code(&response), Some(ErrorCode::UNAUTHORIZED));
+    assert_eq!(harness.server.allocation_count(), 1);
+
+    // Nor one on another 5-tuple: there is none, so 401 rather than 437.
+    let mut elsewhere = rest_client("203.0.113.6:40000", harness.unix_now() - 1);
+    let (response, _) = elsewhere.send(&mut harness, Method::Refresh, &[Attribute::Lifetime(0)]);
+    assert_eq!(error_code(&response), Some(ErrorCode::UNAUTHORIZED));
+}
+
+#[test]
+fn expired_credentials_with_a_wrong_password_still_get_401_for_a_deletion() {
+    let mut harness = Harness::new();
+    let mut client = rest_client(ALICE, harness.unix_now() + 60);
+    client.allocate(&mut harness);
+    harness.advance(Duration::from_secs(61));
+    client.password = "not the password".to_owned();
+    let (response, _) = client.send(&mut harness, Method::Refresh, &[Attribute::Lifetime(0)]);
+    assert_eq!(error_code(&response), Some(ErrorCode::UNAUTHORIZED));
+    assert_eq!(harness.server.allocation_count(), 1);
 }

@@ -14,7 +14,7 @@ use super::respond::{self, Protection};
 use super::{Drop, Server};
 use crate::addr::FiveTuple;
 use crate::allocation::{Allocation, AllocationId, Channel};
-use crate::auth::{Authenticated, OFFERED_PASSWORD_ALGORITHMS};
+use crate::auth::{AuthFailure, Authenticated, OFFERED_PASSWORD_ALGORITHMS};
 use crate::command::Command;
 use crate::occurrence::{first_occurrences, first_occurrences_and_every};
 use crate::timer::Timer;
@@ -114,39 +114,16 @@ impl<R: RngCore> Server<R> {
         }
         let now_unix = self.wall_clock.unix_seconds(now);
         let authenticated = match self.auth.authenticate(message, from.client, now_unix) {
+            Ok(authenticated)
+                if authenticated.expired
+                    && !self.deletes_own_allocation(from, message, &authenticated) =>
+            {
+                self.refuse_authentication(now, from, message, AuthFailure::ExpiredCredentials);
+                return;
+            }
             Ok(authenticated) => authenticated,
             Err(failure) => {
-                self.stats.auth_failure(failure.label());
-                if !self.limiter.allow(from.client.ip(), now) {
-                    self.stats.drop(Drop::RateLimited);
-                    return;
-                }
-                let code = failure.error_code();
-                self.stats.response(message.method(), code.0);
-                let mut attributes = vec![Attribute::ErrorCode { code, reason: "" }];
-                let nonce;
-                if failure.challenges() {
-                    nonce = self.auth.issue_nonce(from.client, now_unix);
-                    attributes.push(Attribute::Realm(self.auth.realm()));
-                    attributes.push(Attribute::Nonce(nonce.as_str()));
-                    if self.auth.offers_sha256() {
-                        attributes.extend(
-                            Attribute::password_algorithms(&OFFERED_PASSWORD_ALGORITHMS).ok(),
-                        );
-                    }
-                }
-                let protection = Protection {
-                    signer: None,
-                    fingerprint: message.has_fingerprint(),
-                };
-                let encoded = respond::response(
-                    message.method(),
-                    Class::ErrorResponse,
-                    transaction_id,
-                    &attributes,
-                    protection,
-                );
-                self.send(from, encoded);
+                self.refuse_authentication(now, from, message, failure);
                 return;
             }
         };
@@ -210,6 +187,80 @@ impl<R: RngCore> Server<R> {
                 .insert(expires_at, from, transaction_id, payload.clone());
         }
         self.send(from, encoded);
+    }
+
+    /// Answers a request that failed authentication: 401 or 438 with a challenge, or 400.
+    fn refuse_authentication(
+        &mut self,
+        now: Instant,
+        from: FiveTuple,
+        message: &Message<'_>,
+        failure: AuthFailure,
+    ) {
+        self.stats.auth_failure(failure.label());
+        if !self.limiter.allow(from.client.ip(), now) {
+            self.stats.drop(Drop::RateLimited);
+            return;
+        }
+        let now_unix = self.wall_clock.unix_seconds(now);
+        let code = failure.error_code();
+        self.stats.response(message.method(), code.0);
+        let mut attributes = vec![Attribute::ErrorCode { code, reason: "" }];
+        let nonce;
+        if failure.challenges() {
+            nonce = self.auth.issue_nonce(from.client, now_unix);
+            attributes.push(Attribute::Realm(self.auth.realm()));
+            attributes.push(Attribute::Nonce(nonce.as_str()));
+            if self.auth.offers_sha256() {
+                attributes
+                    .extend(Attribute::password_algorithms(&OFFERED_PASSWORD_ALGORITHMS).ok());
+            }
+        }
+        let protection = Protection {
+            signer: None,
+            fingerprint: message.has_fingerprint(),
+        };
+        let encoded = respond::response(
+            message.method(),
+            Class::ErrorResponse,
+            message.transaction_id(),
+            &attributes,
+            protection,
+        );
+        self.send(from, encoded);
+    }
+
+    /// Whether `message` deletes the allocation of `from` (Refresh with LIFETIME 0, RFC 8656
+    /// §7.3) and that allocation was created by the user who signed it.
+    ///
+    /// The one request credentials past their expiry are good for. A client whose REST
+    /// credentials expired could otherwise not release its allocation, which would then hold a
+    /// port and a quota slot until its lifetime ran out. Accepting the deletion gives an
+    /// attacker nothing: it needs the key the allocation was created with (the same username,
+    /// so the same secret-derived password), a nonce issued to this client address, and the
+    /// allocation's own 5-tuple, and all it can do is end that allocation early, which the
+    /// allocation's owner asked for. Anything else (refreshing, permissions, channels, a new
+    /// allocation) still gets 401, so expiry keeps meaning what the credential issuer meant.
+    fn deletes_own_allocation(
+        &self,
+        from: FiveTuple,
+        message: &Message<'_>,
+        authenticated: &Authenticated,
+    ) -> bool {
+        if message.method() != Method::Refresh {
+            return false;
+        }
+        let transaction_id = message.transaction_id();
+        let lifetime = first_occurrences(message)
+            .find(|raw| raw.kind() == AttributeType::LIFETIME)
+            .map(|raw| Attribute::decode(raw, &transaction_id));
+        if !matches!(lifetime, Some(Ok(Attribute::Lifetime(0)))) {
+            return false;
+        }
+        self.by_five_tuple
+            .get(&from)
+            .and_then(|id| self.allocations.get(id))
+            .is_some_and(|allocation| *allocation.username == *authenticated.username)
     }
 
     fn send(&mut self, to: FiveTuple, encoded: Result<Vec<u8>, turnpike_proto::EncodeError>) {
