@@ -600,3 +600,45 @@ fn expired_credentials_with_a_wrong_password_still_get_401_for_a_deletion() {
     assert_eq!(error_code(&response), Some(ErrorCode::UNAUTHORIZED));
     assert_eq!(harness.server.allocation_count(), 1);
 }
+
+// Arithmetic on configured values
+
+#[test]
+fn lifetimes_of_any_length_never_panic_and_are_clamped_to_the_ceiling() {
+    let mut config = config();
+    config.lifetimes.allocation_default = Duration::MAX;
+    config.lifetimes.allocation_max = Duration::MAX;
+    config.lifetimes.permission = Duration::MAX;
+    config.lifetimes.channel = Duration::MAX;
+    config.lifetimes.channel_cooldown = Duration::MAX;
+    config.lifetimes.transaction = Duration::MAX;
+    config.lifetimes.nonce = Duration::MAX;
+    assert_eq!(
+        config.validate().unwrap_err().setting,
+        "lifetimes.allocation_default"
+    );
+    let mut harness = Harness::with_config(config);
+    let mut client = Client::new(ALICE);
+    let (response, _) = client.send(
+        &mut harness,
+        Method::Allocate,
+        &[udp(), Attribute::Lifetime(u32::MAX)],
+    );
+    assert_eq!(error_code(&response), None);
+    assert_eq!(
+        lifetime(&response),
+        Some(u32::try_from(turnpike_relay::Lifetimes::CEILING.as_secs()).unwrap())
+    );
+    let (response, _) = client.send(
+        &mut harness,
+        Method::ChannelBind,
+        &[
+            Attribute::ChannelNumber(0x4001),
+            Attribute::XorPeerAddress(addr(PEER)),
+        ],
+    );
+    assert_eq!(error_code(&response), None);
+    harness.advance(turnpike_relay::Lifetimes::CEILING);
+    assert_eq!(harness.server.allocation_count(), 0);
+    assert_eq!(harness.server.footprint().timers, 0);
+}

@@ -57,8 +57,19 @@ struct WallClock {
 
 impl WallClock {
     fn unix_seconds(&self, now: Instant) -> u64 {
-        (self.unix_at_anchor + now.saturating_duration_since(self.anchor)).as_secs()
+        self.unix_at_anchor
+            .saturating_add(now.saturating_duration_since(self.anchor))
+            .as_secs()
     }
+}
+
+/// `now + duration` without a panic. Lifetimes are clamped to [`Lifetimes::CEILING`] when the
+/// server is made, so this overflows only for an `Instant` at the very end of its range, which
+/// no clock reaches; then whatever it was for expires at once rather than never.
+///
+/// [`Lifetimes::CEILING`]: crate::Lifetimes::CEILING
+pub(crate) fn later(now: Instant, duration: Duration) -> Instant {
+    now.checked_add(duration).unwrap_or(now)
 }
 
 /// A TURN server (RFC 8656 over RFC 8489, with RFC 6156 IPv6) as a state machine.
@@ -119,7 +130,11 @@ impl<R: RngCore> Server<R> {
     /// Creates a server. `now` and `unix_time` (time since the Unix epoch) anchor the wall
     /// clock; `rng` chooses relayed ports and the nonce secret.
     #[must_use]
-    pub fn new(config: Config, mut rng: R, now: Instant, unix_time: Duration) -> Self {
+    ///
+    /// Lifetimes longer than [`Lifetimes::CEILING`](crate::Lifetimes::CEILING) are clamped to
+    /// it; check a configuration with [`Config::validate`] first to refuse them instead.
+    pub fn new(mut config: Config, mut rng: R, now: Instant, unix_time: Duration) -> Self {
+        config.lifetimes = config.lifetimes.clamped();
         let mut nonce_secret = [0; 32];
         rng.fill_bytes(&mut nonce_secret);
         let mut hash_seed = [0; 8];
@@ -481,7 +496,7 @@ impl<R: RngCore> Server<R> {
             return;
         }
         self.sync_route(now, id, number);
-        let cooldown_end = channel.expires_at + self.config.lifetimes.channel_cooldown;
+        let cooldown_end = later(channel.expires_at, self.config.lifetimes.channel_cooldown);
         if cooldown_end <= now {
             if let Some(allocation) = self.allocations.get_mut(&id) {
                 allocation.channels.remove(&number);

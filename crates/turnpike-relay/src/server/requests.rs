@@ -11,7 +11,7 @@ use turnpike_proto::{
 };
 
 use super::respond::{self, Protection};
-use super::{Drop, Server};
+use super::{Drop, Server, later};
 use crate::addr::FiveTuple;
 use crate::allocation::{Allocation, AllocationId, Channel};
 use crate::auth::{AuthFailure, Authenticated, OFFERED_PASSWORD_ALGORITHMS};
@@ -182,7 +182,7 @@ impl<R: RngCore> Server<R> {
             )
         };
         if let Ok(payload) = &encoded {
-            let expires_at = now + self.config.lifetimes.transaction;
+            let expires_at = later(now, self.config.lifetimes.transaction);
             self.transactions
                 .insert(expires_at, from, transaction_id, payload.clone());
         }
@@ -374,7 +374,7 @@ impl<R: RngCore> Server<R> {
         }
 
         let lifetime = self.granted_lifetime(request.lifetime);
-        let expires_at = now + lifetime;
+        let expires_at = later(now, lifetime);
         let id = AllocationId(self.next_allocation_id);
         self.next_allocation_id += 1;
         let mut allocation = Allocation {
@@ -513,7 +513,7 @@ impl<R: RngCore> Server<R> {
             return Reply::Success(vec![Attribute::Lifetime(0)]);
         }
         let granted = self.granted_lifetime(lifetime);
-        let expires_at = now + granted;
+        let expires_at = later(now, granted);
         let Some(allocation) = self.allocations.get_mut(&id) else {
             return Reply::Error(ErrorCode::ALLOCATION_MISMATCH);
         };
@@ -560,7 +560,7 @@ impl<R: RngCore> Server<R> {
 
     /// Installs or refreshes the permission for `peer`; the caller has checked quota and policy.
     fn install_permission(&mut self, now: Instant, id: AllocationId, peer: IpAddr) {
-        let expires_at = now + self.config.lifetimes.permission;
+        let expires_at = later(now, self.config.lifetimes.permission);
         let Some(allocation) = self.allocations.get_mut(&id) else {
             return;
         };
@@ -679,7 +679,7 @@ impl<R: RngCore> Server<R> {
         {
             return Reply::Error(ErrorCode::ALLOCATION_QUOTA_REACHED);
         }
-        let expires_at = now + self.config.lifetimes.channel;
+        let expires_at = later(now, self.config.lifetimes.channel);
         if let Some(allocation) = self.allocations.get_mut(&id) {
             allocation
                 .channels
