@@ -21,6 +21,7 @@ mod occurrence;
 pub mod policy;
 mod ports;
 mod ratelimit;
+mod refusal;
 mod server;
 mod stats;
 mod timer;
@@ -31,5 +32,6 @@ pub use command::{ChannelRoute, Command, Forward};
 pub use config::{AllocationBudget, Config, ConfigError, Lifetimes, Quotas, RateLimit};
 #[doc(hidden)]
 pub use memory::Footprint;
+pub use refusal::Refusal;
 pub use server::Server;
 pub use stats::{Drop, Relayed, Stats, method_label};

@@ -642,3 +642,53 @@ fn lifetimes_of_any_length_never_panic_and_are_clamped_to_the_ceiling() {
     assert_eq!(harness.server.allocation_count(), 0);
     assert_eq!(harness.server.footprint().timers, 0);
 }
+
+// Typed refusals
+
+#[test]
+fn refusals_sharing_a_wire_code_are_counted_apart_by_reason() {
+    use turnpike_relay::Refusal;
+    let mut config = config();
+    config.quotas.permissions_per_allocation = 1;
+    config.quotas.channels_per_allocation = 1;
+    let mut harness = Harness::with_config(config);
+    let mut client = Client::new(ALICE);
+    client.allocate(&mut harness);
+    let bind = |number: u16, peer: &str| {
+        [
+            Attribute::ChannelNumber(number),
+            Attribute::XorPeerAddress(addr(peer)),
+        ]
+    };
+    let (response, _) = client.send(&mut harness, Method::ChannelBind, &bind(0x4001, PEER));
+    assert_eq!(error_code(&response), None);
+    // A second channel: over the channel quota. A second peer: over the permission quota.
+    let (response, _) = client.send(&mut harness, Method::ChannelBind, &bind(0x4002, PEER));
+    assert_eq!(
+        error_code(&response),
+        Some(ErrorCode::BAD_REQUEST),
+        "in use"
+    );
+    let (channel_quota, _) =
+        client.send(&mut harness, Method::ChannelBind, &bind(0x4003, OTHER_PEER));
+    let (permission_quota, _) = client.send(
+        &mut harness,
+        Method::CreatePermission,
+        &[Attribute::XorPeerAddress(addr(OTHER_PEER))],
+    );
+    for response in [&channel_quota, &permission_quota] {
+        assert_eq!(
+            error_code(response),
+            Some(ErrorCode::ALLOCATION_QUOTA_REACHED)
+        );
+    }
+    let refusals = &harness.server.stats().refusals;
+    assert_eq!(refusals.get(&Refusal::ChannelInUse), Some(&1));
+    assert_eq!(refusals.get(&Refusal::ChannelQuota), Some(&1));
+    assert_eq!(refusals.get(&Refusal::PermissionQuota), Some(&1));
+    assert_eq!(Refusal::ChannelQuota.as_str(), "channel_quota");
+    assert_eq!(
+        ErrorCode::from(Refusal::PermissionQuota),
+        ErrorCode::ALLOCATION_QUOTA_REACHED
+    );
+}
