@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs the wire-codec fuzz targets (fuzz/, a cargo-fuzz crate outside the workspace) one after the
+# Runs the fuzz targets (fuzz/, a cargo-fuzz crate outside the workspace: the wire codec's
+# stun_message and channel_data, and server, which drives the core) one after the
 # other, each for a fixed number of executions, and prints libFuzzer's final counts.
 #
 #   scripts/fuzz.sh [RUNS] [LIBFUZZER_ARGS...]    RUNS defaults to 10_000_000 per target
@@ -11,7 +12,7 @@
 set -euo pipefail
 
 readonly NIGHTLY=nightly
-readonly TARGETS=(stun_message channel_data)
+readonly TARGETS=(stun_message channel_data server)
 
 die() {
     echo "fuzz: error: $*" >&2
