@@ -58,7 +58,8 @@ const PORTS: core::ops::RangeInclusive<u16> = 49152..=49167;
 const CHANNELS_PER_ALLOCATION: usize = 3;
 
 fn addr(text: &str) -> SocketAddr {
-    text.parse().unwrap_or_else(|_| unreachable!("constant address"))
+    text.parse()
+        .unwrap_or_else(|_| unreachable!("constant address"))
 }
 
 /// The input, read a byte at a time; zeros once it runs out.
@@ -204,7 +205,10 @@ impl Model {
                 assert!(self.sockets.insert(*socket), "{socket:?} opened twice");
             }
             Command::CloseRelaySocket(socket) => {
-                assert!(self.sockets.remove(socket), "{socket:?} closed, never opened");
+                assert!(
+                    self.sockets.remove(socket),
+                    "{socket:?} closed, never opened"
+                );
                 assert!(
                     !self.channels.values().any(|route| route.relay == *socket),
                     "{socket:?} closed with a channel still installed"
@@ -215,7 +219,10 @@ impl Model {
                 );
             }
             Command::InstallChannel(route) => {
-                assert!(self.sockets.contains(&route.relay), "{route:?} on a closed socket");
+                assert!(
+                    self.sockets.contains(&route.relay),
+                    "{route:?} on a closed socket"
+                );
                 assert!(
                     self.permissions.contains(&(route.relay, route.peer.ip())),
                     "{route:?} installed without its permission"
@@ -234,7 +241,10 @@ impl Model {
                 );
             }
             Command::InstallPermission { relay, peer } => {
-                assert!(self.sockets.contains(relay), "permission on a closed socket");
+                assert!(
+                    self.sockets.contains(relay),
+                    "permission on a closed socket"
+                );
                 assert_eq!(AddressFamily::of(*peer), relay.family);
                 self.permissions.insert((*relay, *peer));
             }
@@ -252,9 +262,11 @@ impl Model {
                 );
             }
             Command::SendToClient { to, payload } => {
-                assert!(Message::parse(payload).is_ok(), "the server sent a malformed message");
-                if let Some(client) = clients.iter_mut().find(|client| client.five_tuple == *to)
-                {
+                assert!(
+                    Message::parse(payload).is_ok(),
+                    "the server sent a malformed message"
+                );
+                if let Some(client) = clients.iter_mut().find(|client| client.five_tuple == *to) {
                     client.learn(payload);
                 }
             }
@@ -281,7 +293,10 @@ impl Run {
     fn check_forward(&self, forward: Option<Forward>, len: usize) {
         match forward {
             Some(Forward::ToPeer { relay, payload, .. }) => {
-                assert!(self.model.sockets.contains(&relay), "relayed from a closed socket");
+                assert!(
+                    self.model.sockets.contains(&relay),
+                    "relayed from a closed socket"
+                );
                 assert!(payload.end <= len && payload.start <= payload.end);
             }
             Some(Forward::ToClient { payload, .. }) => {
@@ -316,10 +331,18 @@ impl Run {
 
     /// Counts the server reports against what its commands installed.
     fn check_counts(&self) {
-        let ports: BTreeSet<u16> = self.model.sockets.iter().map(|socket| socket.port).collect();
+        let ports: BTreeSet<u16> = self
+            .model
+            .sockets
+            .iter()
+            .map(|socket| socket.port)
+            .collect();
         assert_eq!(self.server.allocation_count(), ports.len());
         assert_eq!(self.server.permission_count(), self.model.permissions.len());
-        assert_eq!(self.server.active_channel_count(), self.model.channels.len());
+        assert_eq!(
+            self.server.active_channel_count(),
+            self.model.channels.len()
+        );
         let allocations = self.server.allocation_count();
         let footprint = self.server.footprint();
         assert!(
@@ -336,7 +359,11 @@ impl Run {
         assert_eq!(self.server.allocation_count(), 0);
         assert!(self.model.sockets.is_empty(), "{:?}", self.model.sockets);
         assert!(self.model.channels.is_empty(), "{:?}", self.model.channels);
-        assert!(self.model.permissions.is_empty(), "{:?}", self.model.permissions);
+        assert!(
+            self.model.permissions.is_empty(),
+            "{:?}",
+            self.model.permissions
+        );
         let footprint = self.server.footprint();
         assert_eq!(footprint.timers, 0, "{footprint:?}");
         assert_eq!(footprint.table_entries, 0, "{footprint:?}");
@@ -348,8 +375,10 @@ fn config(input: &mut Input<'_>) -> Config {
         .with_static_user("alice", Password::new(PASSWORD))
         .with_static_user("bob", Password::new(PASSWORD))
         .with_rest_secret(SharedSecret::new(REST_SECRET.to_vec()));
-    let allowed = ["192.0.2.0/24", "2001:db8:ffff::/48"]
-        .map(|cidr| cidr.parse::<Cidr>().unwrap_or_else(|_| unreachable!("constant CIDR")));
+    let allowed = ["192.0.2.0/24", "2001:db8:ffff::/48"].map(|cidr| {
+        cidr.parse::<Cidr>()
+            .unwrap_or_else(|_| unreachable!("constant CIDR"))
+    });
     let mut config = Config::new(credentials, PeerPolicy::new().with_allowed(allowed));
     let flags = input.byte();
     config.relay_ipv4 = Some(RELAY_V4.parse().unwrap_or_else(|_| unreachable!()));
@@ -495,7 +524,9 @@ fn step(run: &mut Run, input: &mut Input<'_>) {
                 Attribute::XorPeerAddress(peer),
             ];
             if input.byte() & 1 != 0 {
-                attributes.push(Attribute::ChannelNumber(0x4000 + u16::from(input.byte() % 5)));
+                attributes.push(Attribute::ChannelNumber(
+                    0x4000 + u16::from(input.byte() % 5),
+                ));
             }
             run.request(client, Method::ChannelBind, &attributes);
         }
