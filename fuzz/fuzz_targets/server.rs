@@ -106,7 +106,8 @@ impl<'a> Input<'a> {
 struct Client {
     five_tuple: FiveTuple,
     username: String,
-    password: String,
+    /// Derived once: the client's cost per request is then the server's to measure.
+    key: LongTermKey,
     nonce: Option<String>,
     sha256: bool,
     fingerprint: bool,
@@ -114,13 +115,13 @@ struct Client {
 }
 
 impl Client {
-    fn key(&self) -> LongTermKey {
-        let algorithm = if self.sha256 {
+    fn derive_key(username: &str, password: &str, sha256: bool) -> LongTermKey {
+        let algorithm = if sha256 {
             PasswordAlgorithm::Sha256
         } else {
             PasswordAlgorithm::Md5
         };
-        LongTermKey::derive(algorithm, &self.username, REALM, self.password.as_bytes())
+        LongTermKey::derive(algorithm, username, REALM, password.as_bytes())
     }
 
     fn transaction_id(&mut self) -> TransactionId {
@@ -151,7 +152,7 @@ impl Client {
             let _ = encoder.push(&Attribute::Username(&self.username));
             let _ = encoder.push(&Attribute::Realm(REALM));
             let _ = encoder.push(&Attribute::Nonce(nonce));
-            let key = self.key();
+            let key = &self.key;
             if self.sha256 {
                 let offered = [0x00, 0x02, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00];
                 if let Ok(offered) = Attribute::password_algorithms(&offered) {
@@ -198,8 +199,30 @@ struct Model {
     permissions: BTreeSet<(RelaySocket, IpAddr)>,
 }
 
+/// Whether to print every command and response code (`TURNPIKE_FUZZ_TRACE=1`), to see what an
+/// input does when replaying it: `fuzz/target/.../server <input>`.
+fn trace() -> bool {
+    static TRACE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *TRACE.get_or_init(|| std::env::var_os("TURNPIKE_FUZZ_TRACE").is_some())
+}
+
 impl Model {
     fn execute(&mut self, command: &Command, clients: &mut [Client]) {
+        if trace() {
+            match command {
+                Command::SendToClient { to, payload } => {
+                    let code = Message::parse(payload).ok().and_then(|message| {
+                        let raw = message.attribute(AttributeType::ERROR_CODE)?;
+                        match Attribute::decode(raw, &message.transaction_id()) {
+                            Ok(Attribute::ErrorCode { code, .. }) => Some(code.0),
+                            _ => None,
+                        }
+                    });
+                    eprintln!("send to {}: error {code:?}", to.client);
+                }
+                other => eprintln!("{other:?}"),
+            }
+        }
         match command {
             Command::OpenRelaySocket(socket) => {
                 assert!(self.sockets.insert(*socket), "{socket:?} opened twice");
@@ -429,12 +452,13 @@ fn client(input: &mut Input<'_>, index: usize) -> Client {
             (username, password)
         }
     };
+    let sha256 = kind & 0x40 != 0;
     Client {
         five_tuple,
+        key: Client::derive_key(&username, &password, sha256),
         username,
-        password,
         nonce: None,
-        sha256: kind & 0x40 != 0,
+        sha256,
         fingerprint: kind & 0x80 == 0,
         next_transaction: 0,
     }
@@ -560,7 +584,7 @@ fn step(run: &mut Run, input: &mut Input<'_>) {
             } else {
                 None
             }
-            .unwrap_or(RelaySocket {
+            .unwrap_or_else(|| RelaySocket {
                 port: *PORTS.start() + u16::from(input.byte() % 20),
                 family: input.pick(&[AddressFamily::V4, AddressFamily::V6]),
             });
@@ -673,4 +697,7 @@ fuzz_target!(|data: &[u8]| {
     run.server.shutdown();
     run.drain();
     run.check_empty();
+    if trace() {
+        eprintln!("{:?}", run.server.stats());
+    }
 });
