@@ -519,14 +519,13 @@ impl<R: RngCore> Server<R> {
         let Some(allocation) = self.allocations.get(&id) else {
             return;
         };
-        let mut channels: Vec<ChannelNumber> = allocation
+        // In number order: the map is ordered.
+        let channels: Vec<ChannelNumber> = allocation
             .channels
             .iter()
             .filter(|(_, channel)| channel.peer.ip() == ip)
             .map(|(number, _)| *number)
             .collect();
-        // In number order, so the commands do not depend on hash order.
-        channels.sort_unstable();
         for channel in channels {
             self.sync_route(now, id, channel);
         }
