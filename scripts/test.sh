@@ -12,7 +12,7 @@ step() {
 
 # Suites beyond `cargo test`, each after the unit and integration tests have passed. The fuzz
 # smoke run replays the committed seeds and a few hundred thousand mutations per target; the
-# 10-million-run campaigns are `bash scripts/fuzz.sh` (see docs/benchmarks.md for the last one).
+# 10-million-run campaigns are `bash scripts/fuzz.sh` (see docs/fuzzing.md for the last one).
 run_extra_suites() {
     step "fuzz smoke run"
     bash scripts/fuzz.sh 300000 >/dev/null

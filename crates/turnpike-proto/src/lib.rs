@@ -22,6 +22,10 @@
 //! is computed over the exact byte range RFC 8489 §14.5/§14.6 prescribes, with the header length
 //! adjusted, and compared in constant time.
 
+// Nothing here needs unsafe code; the only unsafe code outside the kernel program lives in
+// turnpike-io, where the system calls are.
+#![forbid(unsafe_code)]
+
 mod attribute;
 mod channel_data;
 mod demux;

@@ -1,7 +1,7 @@
 //! The state of one allocation: its relayed addresses, permissions and channels.
 
 use core::net::{IpAddr, SocketAddr};
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 use turnpike_proto::{AddressFamily, ChannelNumber, TransactionId};
@@ -27,9 +27,12 @@ pub(crate) struct Allocation {
     pub(crate) ipv4_expiry: Option<Instant>,
     pub(crate) ipv6_expiry: Option<Instant>,
     /// Permission expiry by peer IP (RFC 8656 §9: permissions ignore the port).
-    pub(crate) permissions: HashMap<IpAddr, Instant>,
-    pub(crate) channels: HashMap<ChannelNumber, Channel>,
-    pub(crate) channel_by_peer: HashMap<SocketAddr, ChannelNumber>,
+    ///
+    /// Ordered maps (at most a quota's worth of entries each): whatever is emitted while walking
+    /// them, on refresh, family removal or shutdown, comes out in key order, not hash order.
+    pub(crate) permissions: BTreeMap<IpAddr, Instant>,
+    pub(crate) channels: BTreeMap<ChannelNumber, Channel>,
+    pub(crate) channel_by_peer: BTreeMap<SocketAddr, ChannelNumber>,
 }
 
 /// A channel binding. Bound while `now < expires_at`; after that its number and peer stay

@@ -128,6 +128,48 @@ pub struct Lifetimes {
     pub nonce: Duration,
     /// How long a response is kept to answer a retransmitted request (RFC 8489 §6.3.1: 40 s).
     pub transaction: Duration,
+    /// The furthest ahead an ephemeral (REST API or Firezone) username's expiry may lie; a
+    /// username that expires later is refused with 401, as if its password were wrong. 48 hours
+    /// by default, Cloudflare's cap on TURN credentials: long enough for any call, short enough
+    /// that a leaked username is not a standing key. Static users are not affected.
+    pub credential_max: Duration,
+}
+
+impl Lifetimes {
+    /// The longest any lifetime may be: 7 days. Far beyond what TURN uses (RFC 8656 recommends
+    /// at most an hour for allocations), and far enough from the end of `Instant`'s range that
+    /// `now + lifetime` cannot overflow. [`Config::validate`] refuses longer lifetimes;
+    /// [`crate::Server::new`] clamps them to this, so a server never panics whatever it is given.
+    pub const CEILING: Duration = Duration::from_secs(7 * 24 * 3600);
+
+    /// Every lifetime at most [`Lifetimes::CEILING`].
+    pub(crate) fn clamped(self) -> Self {
+        let clamp = |duration: Duration| duration.min(Self::CEILING);
+        Self {
+            allocation_default: clamp(self.allocation_default),
+            allocation_max: clamp(self.allocation_max),
+            permission: clamp(self.permission),
+            channel: clamp(self.channel),
+            channel_cooldown: clamp(self.channel_cooldown),
+            nonce: clamp(self.nonce),
+            transaction: clamp(self.transaction),
+            credential_max: clamp(self.credential_max),
+        }
+    }
+
+    /// Each lifetime with the name of its setting, for validation messages.
+    fn named(&self) -> [(&'static str, Duration); 8] {
+        [
+            ("lifetimes.allocation_default", self.allocation_default),
+            ("lifetimes.allocation_max", self.allocation_max),
+            ("lifetimes.permission", self.permission),
+            ("lifetimes.channel", self.channel),
+            ("lifetimes.channel_cooldown", self.channel_cooldown),
+            ("lifetimes.nonce", self.nonce),
+            ("lifetimes.transaction", self.transaction),
+            ("lifetimes.credential_max", self.credential_max),
+        ]
+    }
 }
 
 impl Default for Lifetimes {
@@ -140,6 +182,7 @@ impl Default for Lifetimes {
             channel_cooldown: Duration::from_secs(300),
             nonce: Duration::from_secs(600),
             transaction: Duration::from_secs(40),
+            credential_max: Duration::from_secs(48 * 3600),
         }
     }
 }
@@ -170,7 +213,116 @@ impl Default for Quotas {
     }
 }
 
+/// A setting [`Config::validate`] refuses, and why.
+///
+/// `setting` is the field's path in [`Config`] (`lifetimes.allocation_max`, say), so a driver
+/// can name its own flag for it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{setting}: {problem}")]
+#[non_exhaustive]
+pub struct ConfigError {
+    pub setting: &'static str,
+    pub problem: String,
+}
+
+impl ConfigError {
+    fn new(setting: &'static str, problem: impl Into<String>) -> Self {
+        Self {
+            setting,
+            problem: problem.into(),
+        }
+    }
+}
+
+/// The longest REALM and SOFTWARE values (RFC 8489 §14.9, §14.14: fewer than 128 characters,
+/// at most 763 bytes); a longer one could not be encoded, and every response carrying it would
+/// fail.
+const MAX_TEXT_LEN: usize = 763;
+
 impl Config {
+    /// Checks the settings a server cannot work with, naming the first one refused.
+    ///
+    /// The bounds, for a driver that wants to check its flags itself:
+    ///
+    /// - every lifetime at most [`Lifetimes::CEILING`] (7 days);
+    /// - `allocation_default`, `allocation_max`, `permission`, `channel`, `nonce` and
+    ///   `credential_max` at least one second, and `allocation_default <= allocation_max`;
+    /// - `relay_ports` not empty, `shard_ports` (if set) not empty and inside `relay_ports`;
+    /// - the realm and `software` at most 763 bytes, the realm not empty.
+    ///
+    /// Rates and quotas take any value: the limiter's arithmetic saturates.
+    ///
+    /// A server built from a configuration that fails this check still works: lifetimes are
+    /// clamped to the ceiling. The check is for refusing a mistake at start, with a message.
+    ///
+    /// # Errors
+    ///
+    /// The first setting out of bounds.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let lifetimes = &self.lifetimes;
+        for (setting, duration) in lifetimes.named() {
+            if duration > Lifetimes::CEILING {
+                return Err(ConfigError::new(
+                    setting,
+                    format!(
+                        "{} s is longer than the maximum of {} s",
+                        duration.as_secs(),
+                        Lifetimes::CEILING.as_secs()
+                    ),
+                ));
+            }
+        }
+        for (setting, duration) in [
+            ("lifetimes.allocation_default", lifetimes.allocation_default),
+            ("lifetimes.allocation_max", lifetimes.allocation_max),
+            ("lifetimes.permission", lifetimes.permission),
+            ("lifetimes.channel", lifetimes.channel),
+            ("lifetimes.nonce", lifetimes.nonce),
+            ("lifetimes.credential_max", lifetimes.credential_max),
+        ] {
+            if duration < Duration::from_secs(1) {
+                return Err(ConfigError::new(setting, "must be at least 1 s"));
+            }
+        }
+        if lifetimes.allocation_default > lifetimes.allocation_max {
+            return Err(ConfigError::new(
+                "lifetimes.allocation_default",
+                "must be at most lifetimes.allocation_max",
+            ));
+        }
+        if self.relay_ports.is_empty() {
+            return Err(ConfigError::new("relay_ports", "the range is empty"));
+        }
+        if let Some(shard) = &self.shard_ports
+            && (shard.is_empty()
+                || !self.relay_ports.contains(shard.start())
+                || !self.relay_ports.contains(shard.end()))
+        {
+            return Err(ConfigError::new(
+                "shard_ports",
+                "must be a non-empty part of relay_ports",
+            ));
+        }
+        let realm = self.credentials.realm();
+        if realm.is_empty() || realm.len() > MAX_TEXT_LEN {
+            return Err(ConfigError::new(
+                "credentials.realm",
+                "must be 1 to 763 bytes long",
+            ));
+        }
+        if self
+            .software
+            .as_ref()
+            .is_some_and(|software| software.len() > MAX_TEXT_LEN)
+        {
+            return Err(ConfigError::new(
+                "software",
+                "must be at most 763 bytes long",
+            ));
+        }
+        Ok(())
+    }
+
     /// A configuration with RFC defaults for the given credentials (which carry the realm) and
     /// peer policy; no relayed address family is offered until one is set.
     #[must_use]
@@ -189,5 +341,80 @@ impl Config {
             unauthenticated_rate: RateLimit::per_second(100),
             shared_budget: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> Config {
+        Config::new(CredentialStore::new("example.org"), PeerPolicy::new())
+    }
+
+    #[test]
+    fn the_defaults_are_valid() {
+        assert_eq!(config().validate(), Ok(()));
+    }
+
+    /// A change that puts one setting out of bounds.
+    type Breakage = fn(&mut Config);
+
+    #[test]
+    fn each_setting_out_of_bounds_is_refused_by_name() {
+        let year = Duration::from_secs(365 * 24 * 3600);
+        let table: [(&str, Breakage); 9] = [
+            ("lifetimes.allocation_max", |c| {
+                c.lifetimes.allocation_max = Duration::from_secs(u64::MAX)
+            }),
+            ("lifetimes.permission", |c| {
+                c.lifetimes.permission = Duration::ZERO
+            }),
+            ("lifetimes.allocation_default", |c| {
+                c.lifetimes.allocation_default = c.lifetimes.allocation_max + Duration::from_secs(1)
+            }),
+            ("lifetimes.channel_cooldown", |c| {
+                c.lifetimes.channel_cooldown = Duration::MAX
+            }),
+            ("lifetimes.credential_max", |c| {
+                c.lifetimes.credential_max = Duration::ZERO
+            }),
+            ("relay_ports", |c| c.relay_ports = RangeInclusive::new(2, 1)),
+            ("shard_ports", |c| c.shard_ports = Some(1000..=2000)),
+            ("credentials.realm", |c| {
+                c.credentials = CredentialStore::new("")
+            }),
+            ("software", |c| c.software = Some("x".repeat(764))),
+        ];
+        for (setting, change) in table {
+            let mut config = config();
+            change(&mut config);
+            let error = config.validate().unwrap_err();
+            assert_eq!(error.setting, setting);
+            assert!(error.to_string().starts_with(setting), "{error}");
+        }
+        let mut config = config();
+        config.lifetimes.nonce = year;
+        assert_eq!(
+            config.validate().unwrap_err().to_string(),
+            "lifetimes.nonce: 31536000 s is longer than the maximum of 604800 s"
+        );
+    }
+
+    #[test]
+    fn clamping_brings_every_lifetime_under_the_ceiling() {
+        let huge = Lifetimes {
+            allocation_default: Duration::MAX,
+            allocation_max: Duration::MAX,
+            permission: Duration::MAX,
+            channel: Duration::MAX,
+            channel_cooldown: Duration::MAX,
+            nonce: Duration::MAX,
+            transaction: Duration::MAX,
+            credential_max: Duration::MAX,
+        };
+        let mut config = config();
+        config.lifetimes = huge.clamped();
+        assert_eq!(config.validate(), Ok(()));
     }
 }

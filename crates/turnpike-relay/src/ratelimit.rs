@@ -48,8 +48,11 @@ impl UnauthenticatedLimiter {
         if self.limit.per_second == 0 {
             return true;
         }
+        // Saturating throughout: both factors are the operator's, and an idle bucket's elapsed
+        // time is unbounded; a bucket idle for days with a high rate overflowed a plain
+        // product. Saturation only ever means "full", which is what a long idle earns anyway.
         let per_second = u64::from(self.limit.per_second.max(1));
-        let capacity = u64::from(self.limit.burst.max(1)) * per_second;
+        let capacity = u64::from(self.limit.burst.max(1)).saturating_mul(per_second);
         let mut hasher = self.hasher.build_hasher();
         match source {
             IpAddr::V4(ip) => ip.hash(&mut hasher),
@@ -61,9 +64,10 @@ impl UnauthenticatedLimiter {
             None => capacity,
             Some(last) => {
                 let elapsed = now.saturating_duration_since(last);
-                let earned = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX)
-                    * per_second
-                    * per_second
+                let earned = u64::try_from(elapsed.as_micros())
+                    .unwrap_or(u64::MAX)
+                    .saturating_mul(per_second)
+                    .saturating_mul(per_second)
                     / 1_000_000;
                 bucket.tokens.saturating_add(earned).min(capacity)
             }
@@ -98,6 +102,24 @@ mod tests {
         assert_eq!((0..20).filter(|_| limiter.allow(source, start)).count(), 5);
         let later = start + Duration::from_millis(500);
         assert_eq!((0..20).filter(|_| limiter.allow(source, later)).count(), 5);
+    }
+
+    #[test]
+    fn a_bucket_idle_for_days_at_any_rate_refills_without_overflow() {
+        let source: IpAddr = "203.0.113.9".parse().unwrap();
+        let start = Instant::now();
+        for per_second in [10_000, u32::MAX] {
+            let mut limiter = UnauthenticatedLimiter::new(
+                RateLimit {
+                    per_second,
+                    burst: u32::MAX,
+                },
+                1,
+            );
+            assert!(limiter.allow(source, start));
+            let later = start + Duration::from_secs(3 * 24 * 3600);
+            assert!(limiter.allow(source, later));
+        }
     }
 
     #[test]

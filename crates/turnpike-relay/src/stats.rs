@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 
 use turnpike_proto::Method;
 
+use crate::refusal::Refusal;
+
 /// Packets and bytes relayed in one direction.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Relayed {
@@ -22,6 +24,8 @@ impl Relayed {
 /// Why a datagram was dropped without an answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Drop {
+    /// A STUN message whose FINGERPRINT does not match (RFC 8489 §7.3: silently discarded).
+    BadFingerprint,
     /// A data message over the size a ChannelData or Data indication can carry.
     OversizedPeerData,
     /// ChannelData that does not parse.
@@ -48,6 +52,7 @@ impl Drop {
     #[must_use]
     pub const fn as_str(self) -> &'static str {
         match self {
+            Self::BadFingerprint => "bad_fingerprint",
             Self::OversizedPeerData => "oversized_peer_data",
             Self::MalformedChannelData => "malformed_channel_data",
             Self::MalformedStun => "malformed_stun",
@@ -84,6 +89,9 @@ pub struct Stats {
     pub responses: BTreeMap<(&'static str, u16), u64>,
     /// Failed authentications, by reason.
     pub auth_failures: BTreeMap<&'static str, u64>,
+    /// Requests refused after authentication (and unauthenticated 400 and 420), by reason; a
+    /// finer split of the error codes in `responses` (label: [`Refusal::as_str`]).
+    pub refusals: BTreeMap<Refusal, u64>,
     /// Datagrams dropped, by reason.
     pub dropped: BTreeMap<Drop, u64>,
     pub relayed_to_peer: Relayed,
@@ -108,6 +116,10 @@ impl Stats {
             .responses
             .entry((method_label(method), code))
             .or_default() += 1;
+    }
+
+    pub(crate) fn refusal(&mut self, refusal: Refusal) {
+        *self.refusals.entry(refusal).or_default() += 1;
     }
 
     pub(crate) fn auth_failure(&mut self, reason: &'static str) {

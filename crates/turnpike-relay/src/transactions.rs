@@ -7,13 +7,17 @@ use std::time::Instant;
 use turnpike_proto::TransactionId;
 
 use crate::addr::FiveTuple;
+use crate::memory::{shrink_map, shrink_queue};
 
 type Key = (FiveTuple, TransactionId);
 
 /// Every entry lives equally long, so insertion order is expiry order and a queue suffices.
+///
+/// Bounded twice: by `capacity` entries, and by what arrived in the last `Lifetimes::transaction`
+/// (40 s); both tables shrink when it empties, so a burst's memory comes back.
 #[derive(Debug)]
 pub(crate) struct TransactionCache {
-    responses: HashMap<Key, Vec<u8>>,
+    responses: HashMap<Key, Box<[u8]>>,
     order: VecDeque<(Instant, Key)>,
     capacity: usize,
 }
@@ -28,7 +32,9 @@ impl TransactionCache {
     }
 
     pub(crate) fn get(&self, five_tuple: FiveTuple, id: TransactionId) -> Option<&[u8]> {
-        self.responses.get(&(five_tuple, id)).map(Vec::as_slice)
+        self.responses
+            .get(&(five_tuple, id))
+            .map(|response| &**response)
     }
 
     pub(crate) fn insert(
@@ -47,7 +53,11 @@ impl TransactionCache {
             };
             self.responses.remove(&oldest);
         }
-        if self.responses.insert((five_tuple, id), response).is_none() {
+        if self
+            .responses
+            .insert((five_tuple, id), response.into_boxed_slice())
+            .is_none()
+        {
             self.order.push_back((expires_at, (five_tuple, id)));
         }
     }
@@ -60,6 +70,17 @@ impl TransactionCache {
             self.responses.remove(key);
             self.order.pop_front();
         }
+        shrink_map(&mut self.responses);
+        shrink_queue(&mut self.order);
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.responses.len()
+    }
+
+    /// Entries the tables have room for.
+    pub(crate) fn capacity(&self) -> usize {
+        self.responses.capacity() + self.order.capacity()
     }
 
     pub(crate) fn next_expiry(&self) -> Option<Instant> {

@@ -338,6 +338,8 @@ fn send_indication_relays_only_with_a_permission() {
     let mut client = Client::new("203.0.113.5:40000");
     let relayed = client.allocate(&mut harness);
     let send = |client: &mut Client| {
+        // Without FINGERPRINT, which the class bits rewritten below would make wrong.
+        client.fingerprint = false;
         let mut indication = client.request(
             Method::Send,
             &[

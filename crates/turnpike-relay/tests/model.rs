@@ -469,6 +469,10 @@ fn run(ops: &[Op]) {
             }
         };
         mirror.apply(&commands);
+        #[expect(
+            clippy::disallowed_methods,
+            reason = "collected into a set, so the order it is walked in does not matter"
+        )]
         let routes: HashSet<ChannelRoute> = mirror.routes.values().copied().collect();
         assert_eq!(
             routes,

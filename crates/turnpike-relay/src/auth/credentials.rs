@@ -53,6 +53,11 @@ pub enum CredentialError {
     /// The ephemeral username's expiry time has passed (`expiry <= now`).
     #[error("credentials expired")]
     Expired,
+    /// The ephemeral username's expiry is further away than the store's maximum credential
+    /// lifetime ([`CredentialStore::with_max_lifetime`]): a username valid until the year 2100
+    /// is as good as a static password, and whoever minted it did not mean that.
+    #[error("credential lifetime too long")]
+    LifetimeTooLong,
     /// Only ephemeral credentials could apply, and the username does not have their shape:
     /// no decimal expiry before the first `:`, or no salt where only Firezone secrets exist.
     #[error("malformed username")]
@@ -277,6 +282,17 @@ pub struct CredentialStore {
     static_userhashes: BTreeMap<Userhash, String>,
     rest_secrets: Vec<SharedSecret>,
     firezone_secrets: Vec<SharedSecret>,
+    /// The furthest an ephemeral username's expiry may lie ahead, in seconds; `None` for no cap.
+    max_lifetime: Option<u64>,
+}
+
+/// Whether [`CredentialStore::candidate_passwords`] holds an ephemeral username to its expiry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Expiry {
+    Enforce,
+    /// Only for recognising the credentials an allocation was created with after they expired
+    /// (see `Server`'s handling of a Refresh to lifetime 0).
+    Ignore,
 }
 
 impl CredentialStore {
@@ -289,7 +305,18 @@ impl CredentialStore {
             static_userhashes: BTreeMap::new(),
             rest_secrets: Vec::new(),
             firezone_secrets: Vec::new(),
+            max_lifetime: None,
         }
+    }
+
+    /// Refuses ephemeral usernames whose expiry lies more than `max` ahead of the time they are
+    /// checked at ([`CredentialError::LifetimeTooLong`]). Static users are not affected. A store
+    /// made with [`CredentialStore::new`] has no cap; the server applies
+    /// `Lifetimes::credential_max` to its copy.
+    #[must_use]
+    pub fn with_max_lifetime(mut self, max: core::time::Duration) -> Self {
+        self.max_lifetime = Some(max.as_secs());
+        self
     }
 
     /// Whether every user could authenticate with USERHASH instead of USERNAME: only when all
@@ -369,10 +396,36 @@ impl CredentialStore {
     ///   username does not have the shape of any configured ephemeral scheme.
     /// - [`CredentialError::Expired`] if there is no static user of that name and the
     ///   ephemeral username's expiry is at or before `now_unix`.
+    /// - [`CredentialError::LifetimeTooLong`] if there is no static user of that name and the
+    ///   ephemeral username's expiry lies further ahead than the maximum lifetime.
     pub fn candidate_passwords<'a>(
         &'a self,
         username: &'a str,
         now_unix: u64,
+    ) -> Result<CandidatePasswords<'a>, CredentialError> {
+        self.candidate_passwords_with(username, now_unix, Expiry::Enforce)
+    }
+
+    /// As [`CredentialStore::candidate_keys`], with the ephemeral expiry enforced or not.
+    pub(crate) fn candidate_keys_with<'a>(
+        &'a self,
+        username: &'a str,
+        algorithm: PasswordAlgorithm,
+        now_unix: u64,
+        expiry: Expiry,
+    ) -> Result<CandidateKeys<'a>, CredentialError> {
+        Ok(CandidateKeys {
+            passwords: self.candidate_passwords_with(username, now_unix, expiry)?,
+            realm: &self.realm,
+            algorithm,
+        })
+    }
+
+    fn candidate_passwords_with<'a>(
+        &'a self,
+        username: &'a str,
+        now_unix: u64,
+        expiry: Expiry,
     ) -> Result<CandidatePasswords<'a>, CredentialError> {
         let static_password = self.static_users.get(username);
         let mut candidates = CandidatePasswords {
@@ -390,8 +443,15 @@ impl CredentialStore {
         }
 
         let ephemeral = EphemeralUsername::parse(username).and_then(|ephemeral| {
-            if ephemeral.expiry <= now_unix {
+            if expiry == Expiry::Ignore {
+                Ok(ephemeral)
+            } else if ephemeral.expiry <= now_unix {
                 Err(CredentialError::Expired)
+            } else if self
+                .max_lifetime
+                .is_some_and(|max| ephemeral.expiry - now_unix > max)
+            {
+                Err(CredentialError::LifetimeTooLong)
             } else {
                 Ok(ephemeral)
             }
@@ -442,6 +502,7 @@ impl fmt::Debug for CredentialStore {
             .field("static_users", &self.static_users.len())
             .field("rest_secrets", &self.rest_secrets.len())
             .field("firezone_secrets", &self.firezone_secrets.len())
+            .field("max_lifetime", &self.max_lifetime)
             .finish()
     }
 }
@@ -859,7 +920,25 @@ mod tests {
     }
 
     #[test]
-    fn largest_expiry_is_accepted() {
+    fn an_expiry_beyond_the_maximum_lifetime_is_refused_and_one_at_it_accepted() {
+        let store = rest_store().with_max_lifetime(core::time::Duration::from_secs(48 * 3600));
+        let at = format!("{}:alice", NOW + 48 * 3600);
+        let beyond = format!("{}:alice", NOW + 48 * 3600 + 1);
+        assert!(store.candidate_passwords(&at, NOW).is_ok());
+        assert_eq!(
+            store.candidate_passwords(&beyond, NOW).err(),
+            Some(CredentialError::LifetimeTooLong)
+        );
+        assert_eq!(
+            store
+                .candidate_passwords("18446744073709551615:alice", NOW)
+                .err(),
+            Some(CredentialError::LifetimeTooLong)
+        );
+    }
+
+    #[test]
+    fn largest_expiry_is_accepted_without_a_maximum_lifetime() {
         assert!(
             rest_store()
                 .candidate_passwords("18446744073709551615:alice", NOW)

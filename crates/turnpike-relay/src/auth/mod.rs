@@ -8,10 +8,11 @@ use core::net::SocketAddr;
 use turnpike_proto::{Attribute, AttributeType, ErrorCode, Message};
 
 use self::credentials::{
-    CredentialError, CredentialStore, LongTermKey, PasswordAlgorithm, Userhash,
+    CredentialError, CredentialStore, Expiry, LongTermKey, PasswordAlgorithm, Userhash,
 };
 use self::nonce::{NonceSecret, SecurityFeatures, StatelessNonces};
 use crate::config::Config;
+use crate::occurrence::first_occurrences;
 
 /// The PASSWORD-ALGORITHMS value this server offers: SHA-256 first (preferred), then MD5.
 pub(crate) const OFFERED_PASSWORD_ALGORITHMS: [u8; 8] =
@@ -30,6 +31,10 @@ pub(crate) struct Authenticated {
     pub(crate) username: Box<str>,
     pub(crate) key: LongTermKey,
     pub(crate) integrity: IntegrityKind,
+    /// The ephemeral credentials are past their expiry, and the request is signed with the key
+    /// they derive. Good for nothing but deleting the allocation they created (the server
+    /// checks that); every other request is refused as [`AuthFailure::ExpiredCredentials`].
+    pub(crate) expired: bool,
 }
 
 /// Why a request failed authentication.
@@ -46,6 +51,8 @@ pub(crate) enum AuthFailure {
     WrongRealm,
     UnknownUser,
     ExpiredCredentials,
+    /// An ephemeral username whose expiry lies beyond `Lifetimes::credential_max`.
+    CredentialLifetimeTooLong,
     MalformedUsername,
     BadIntegrity,
 }
@@ -73,6 +80,7 @@ impl AuthFailure {
             Self::WrongRealm => "wrong_realm",
             Self::UnknownUser => "unknown_user",
             Self::ExpiredCredentials => "expired_credentials",
+            Self::CredentialLifetimeTooLong => "credential_lifetime_too_long",
             Self::MalformedUsername => "malformed_username",
             Self::BadIntegrity => "bad_integrity",
         }
@@ -98,7 +106,10 @@ impl Authenticator {
         let nonces = StatelessNonces::new(NonceSecret::from_bytes(nonce_secret))
             .with_lifetime(config.lifetimes.nonce);
         Self {
-            credentials: config.credentials.clone(),
+            credentials: config
+                .credentials
+                .clone()
+                .with_max_lifetime(config.lifetimes.credential_max),
             nonces,
             features,
         }
@@ -139,7 +150,8 @@ impl Authenticator {
         let mut nonce = None;
         let mut offered_algorithms = None;
         let mut chosen_algorithm = None;
-        for raw in message.attributes() {
+        // Only the first occurrence of each credential attribute counts (RFC 8489 §14).
+        for raw in first_occurrences(message) {
             match Attribute::decode(raw, &transaction_id) {
                 Ok(Attribute::Username(value)) => username = Some(value),
                 Ok(Attribute::Userhash(value)) => userhash = Some(*value),
@@ -191,14 +203,29 @@ impl Authenticator {
                 .map_err(|_| AuthFailure::UnknownUser)?,
             (None, None) => return Err(AuthFailure::IncompleteCredentials),
         };
-        let keys = self
-            .credentials
-            .candidate_keys(username, algorithm, now_unix)
-            .map_err(|error| match error {
-                CredentialError::Expired => AuthFailure::ExpiredCredentials,
-                CredentialError::MalformedUsername => AuthFailure::MalformedUsername,
-                CredentialError::UnknownUser => AuthFailure::UnknownUser,
-            })?;
+        let (keys, expired) = match self.credentials.candidate_keys_with(
+            username,
+            algorithm,
+            now_unix,
+            Expiry::Enforce,
+        ) {
+            Ok(keys) => (keys, false),
+            // Still derive the keys: a request signed with the key of expired credentials
+            // may delete the allocation those credentials created (the server decides).
+            Err(CredentialError::Expired) => (
+                self.credentials
+                    .candidate_keys_with(username, algorithm, now_unix, Expiry::Ignore)
+                    .map_err(|_| AuthFailure::ExpiredCredentials)?,
+                true,
+            ),
+            Err(CredentialError::LifetimeTooLong) => {
+                return Err(AuthFailure::CredentialLifetimeTooLong);
+            }
+            Err(CredentialError::MalformedUsername) => {
+                return Err(AuthFailure::MalformedUsername);
+            }
+            Err(CredentialError::UnknownUser) => return Err(AuthFailure::UnknownUser),
+        };
         for key in keys {
             let verified = match integrity {
                 IntegrityKind::Sha256 => message.verify_message_integrity_sha256(key.as_bytes()),
@@ -209,10 +236,15 @@ impl Authenticator {
                     username: username.into(),
                     key,
                     integrity,
+                    expired,
                 });
             }
         }
-        Err(AuthFailure::BadIntegrity)
+        Err(if expired {
+            AuthFailure::ExpiredCredentials
+        } else {
+            AuthFailure::BadIntegrity
+        })
     }
 }
 

@@ -5,7 +5,7 @@ mod respond;
 
 use core::net::{IpAddr, SocketAddr};
 use core::time::Duration;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Instant;
 
 use rand::RngCore;
@@ -19,13 +19,17 @@ use crate::allocation::{Allocation, AllocationId};
 use crate::auth::Authenticator;
 use crate::command::{ChannelRoute, Command, Forward};
 use crate::config::Config;
+use crate::memory::{Footprint, shrink_map, shrink_queue};
+use crate::occurrence::first_occurrences;
 use crate::ports::PortPool;
 use crate::ratelimit::UnauthenticatedLimiter;
 use crate::stats::{Drop, Stats};
 use crate::timer::{Timer, TimerQueue};
 use crate::transactions::TransactionCache;
 
-type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+/// A hash map for lookups only, keyed from the server's seeded RNG: never iterated (that would
+/// make command order depend on hash order), and no per-process randomness beyond the seed.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::FixedState>;
 
 /// A channel route in the client-to-peer direction.
 #[derive(Debug, Clone, Copy)]
@@ -53,8 +57,19 @@ struct WallClock {
 
 impl WallClock {
     fn unix_seconds(&self, now: Instant) -> u64 {
-        (self.unix_at_anchor + now.saturating_duration_since(self.anchor)).as_secs()
+        self.unix_at_anchor
+            .saturating_add(now.saturating_duration_since(self.anchor))
+            .as_secs()
     }
+}
+
+/// `now + duration` without a panic. Lifetimes are clamped to [`Lifetimes::CEILING`] when the
+/// server is made, so this overflows only for an `Instant` at the very end of its range, which
+/// no clock reaches; then whatever it was for expires at once rather than never.
+///
+/// [`Lifetimes::CEILING`]: crate::Lifetimes::CEILING
+pub(crate) fn later(now: Instant, duration: Duration) -> Instant {
+    now.checked_add(duration).unwrap_or(now)
 }
 
 /// A TURN server (RFC 8656 over RFC 8489, with RFC 6156 IPv6) as a state machine.
@@ -96,10 +111,11 @@ pub struct Server<R> {
     ports: PortPool,
     wall_clock: WallClock,
     next_allocation_id: u64,
-    allocations: HashMap<AllocationId, Allocation>,
+    /// Ordered by id, that is by creation: shutdown walks it.
+    allocations: BTreeMap<AllocationId, Allocation>,
     by_five_tuple: FastMap<FiveTuple, AllocationId>,
     by_port: FastMap<u16, AllocationId>,
-    allocations_per_user: HashMap<Box<str>, usize>,
+    allocations_per_user: FastMap<Box<str>, usize>,
     to_peer: FastMap<(FiveTuple, ChannelNumber), ToPeerRoute>,
     to_client: FastMap<(u16, SocketAddr), ToClientRoute>,
     timers: TimerQueue,
@@ -114,13 +130,17 @@ impl<R: RngCore> Server<R> {
     /// Creates a server. `now` and `unix_time` (time since the Unix epoch) anchor the wall
     /// clock; `rng` chooses relayed ports and the nonce secret.
     #[must_use]
-    pub fn new(config: Config, mut rng: R, now: Instant, unix_time: Duration) -> Self {
+    ///
+    /// Lifetimes longer than [`Lifetimes::CEILING`](crate::Lifetimes::CEILING) are clamped to
+    /// it; check a configuration with [`Config::validate`] first to refuse them instead.
+    pub fn new(mut config: Config, mut rng: R, now: Instant, unix_time: Duration) -> Self {
+        config.lifetimes = config.lifetimes.clamped();
         let mut nonce_secret = [0; 32];
         rng.fill_bytes(&mut nonce_secret);
         let mut hash_seed = [0; 8];
         rng.fill_bytes(&mut hash_seed);
         let hash_seed = u64::from_le_bytes(hash_seed);
-        let fast_map = || foldhash::fast::RandomState::default();
+        let fast_map = || foldhash::fast::FixedState::with_seed(hash_seed);
         Self {
             auth: Authenticator::new(&config, nonce_secret),
             ports: PortPool::new(
@@ -138,10 +158,10 @@ impl<R: RngCore> Server<R> {
                 unix_at_anchor: unix_time,
             },
             next_allocation_id: 0,
-            allocations: HashMap::new(),
+            allocations: BTreeMap::new(),
             by_five_tuple: HashMap::with_hasher(fast_map()),
             by_port: HashMap::with_hasher(fast_map()),
-            allocations_per_user: HashMap::new(),
+            allocations_per_user: HashMap::with_hasher(fast_map()),
             to_peer: HashMap::with_hasher(fast_map()),
             to_client: HashMap::with_hasher(fast_map()),
             timers: TimerQueue::default(),
@@ -174,6 +194,7 @@ impl<R: RngCore> Server<R> {
     /// Ends every allocation now, as at the end of a drain: the fast path gets a remove for
     /// every channel and permission, and every relayed socket is closed.
     pub fn shutdown(&mut self) {
+        // In id order, that is in the order the allocations were made.
         let ids: Vec<AllocationId> = self.allocations.keys().copied().collect();
         for id in ids {
             self.free_allocation(id);
@@ -183,7 +204,12 @@ impl<R: RngCore> Server<R> {
     /// The next control-path action; call until `None` after every input.
     #[must_use]
     pub fn next_command(&mut self) -> Option<Command> {
-        self.commands.pop_front()
+        let command = self.commands.pop_front();
+        if command.is_none() {
+            // Drained: give back what a burst (a shutdown, say) made the queue grow to.
+            shrink_queue(&mut self.commands);
+        }
+        command
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) must be called next.
@@ -205,6 +231,28 @@ impl<R: RngCore> Server<R> {
     #[must_use]
     pub fn allocation_count(&self) -> usize {
         self.allocations.len()
+    }
+
+    /// Sizes of internal collections, for tests that memory follows what is alive.
+    #[doc(hidden)]
+    #[must_use]
+    pub fn footprint(&self) -> Footprint {
+        Footprint {
+            timers: self.timers.len(),
+            cached_transactions: self.transactions.len(),
+            table_entries: self.by_five_tuple.len()
+                + self.by_port.len()
+                + self.allocations_per_user.len()
+                + self.to_peer.len()
+                + self.to_client.len(),
+            table_capacity: self.by_five_tuple.capacity()
+                + self.by_port.capacity()
+                + self.allocations_per_user.capacity()
+                + self.to_peer.capacity()
+                + self.to_client.capacity()
+                + self.transactions.capacity(),
+            command_capacity: self.commands.capacity(),
+        }
     }
 
     /// Permissions alive now, over all allocations.
@@ -234,6 +282,15 @@ impl<R: RngCore> Server<R> {
         match classify(datagram) {
             Ok(PacketKind::ChannelData) => self.handle_channel_data(now, from, datagram),
             Ok(PacketKind::Stun) => match Message::parse(datagram) {
+                // RFC 8489 §7.3: a message whose FINGERPRINT does not match is discarded
+                // silently. It is not STUN, or not intact; an answer would only tell a prober
+                // what it reached, and a damaged request must not be acted on.
+                Ok(message)
+                    if message.has_fingerprint() && message.verify_fingerprint().is_err() =>
+                {
+                    self.stats.drop(Drop::BadFingerprint);
+                    None
+                }
                 Ok(message) => self.handle_stun(now, from, &message),
                 Err(_) => {
                     self.stats.drop(Drop::MalformedStun);
@@ -439,7 +496,7 @@ impl<R: RngCore> Server<R> {
             return;
         }
         self.sync_route(now, id, number);
-        let cooldown_end = channel.expires_at + self.config.lifetimes.channel_cooldown;
+        let cooldown_end = later(channel.expires_at, self.config.lifetimes.channel_cooldown);
         if cooldown_end <= now {
             if let Some(allocation) = self.allocations.get_mut(&id) {
                 allocation.channels.remove(&number);
@@ -462,14 +519,13 @@ impl<R: RngCore> Server<R> {
         let Some(allocation) = self.allocations.get(&id) else {
             return;
         };
-        let mut channels: Vec<ChannelNumber> = allocation
+        // In number order: the map is ordered.
+        let channels: Vec<ChannelNumber> = allocation
             .channels
             .iter()
             .filter(|(_, channel)| channel.peer.ip() == ip)
             .map(|(number, _)| *number)
             .collect();
-        // In number order, so the commands do not depend on hash order.
-        channels.sort_unstable();
         for channel in channels {
             self.sync_route(now, id, channel);
         }
@@ -532,6 +588,8 @@ impl<R: RngCore> Server<R> {
     fn remove_route(&mut self, client: FiveTuple, number: ChannelNumber) {
         if let Some(old) = self.to_peer.remove(&(client, number)) {
             self.to_client.remove(&(old.relay.port, old.peer));
+            shrink_map(&mut self.to_peer);
+            shrink_map(&mut self.to_client);
             self.commands
                 .push_back(Command::RemoveChannel(ChannelRoute {
                     client,
@@ -566,10 +624,16 @@ impl<R: RngCore> Server<R> {
         for (number, peer) in &channels {
             allocation.channels.remove(number);
             allocation.channel_by_peer.remove(peer);
+            self.timers.cancel(Timer::Channel {
+                id,
+                channel: *number,
+            });
         }
         for peer in &permissions {
             allocation.permissions.remove(peer);
+            self.timers.cancel(Timer::Permission { id, peer: *peer });
         }
+        self.timers.cancel(Timer::Allocation { id, family });
         let emptied = allocation.families().next().is_none();
         for (number, _) in channels {
             self.remove_route(client, number);
@@ -622,6 +686,8 @@ impl<R: RngCore> Server<R> {
         };
         self.by_five_tuple.remove(&allocation.five_tuple);
         self.by_port.remove(&allocation.port);
+        shrink_map(&mut self.by_five_tuple);
+        shrink_map(&mut self.by_port);
         self.ports.release(allocation.port);
         if let Some(budget) = &self.config.shared_budget {
             budget.give_back();
@@ -630,6 +696,7 @@ impl<R: RngCore> Server<R> {
             *count -= 1;
             if *count == 0 {
                 self.allocations_per_user.remove(&allocation.username);
+                shrink_map(&mut self.allocations_per_user);
             }
         }
     }
@@ -668,10 +735,10 @@ impl<R: RngCore> Server<R> {
         let transaction_id = message.transaction_id();
         let mut peer = None;
         let mut data = None;
-        for raw in message.attributes() {
+        for raw in first_occurrences(message) {
             match Attribute::decode(raw, &transaction_id) {
-                Ok(Attribute::XorPeerAddress(address)) if peer.is_none() => peer = Some(address),
-                Ok(Attribute::Data(bytes)) if data.is_none() => data = Some(bytes),
+                Ok(Attribute::XorPeerAddress(address)) => peer = Some(address),
+                Ok(Attribute::Data(bytes)) => data = Some(bytes),
                 Ok(_) => {}
                 Err(_) => {
                     self.stats.drop(Drop::MalformedStun);

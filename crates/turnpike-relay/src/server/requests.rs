@@ -11,11 +11,13 @@ use turnpike_proto::{
 };
 
 use super::respond::{self, Protection};
-use super::{Drop, Server};
+use super::{Drop, Server, later};
 use crate::addr::FiveTuple;
 use crate::allocation::{Allocation, AllocationId, Channel};
-use crate::auth::{Authenticated, OFFERED_PASSWORD_ALGORITHMS};
+use crate::auth::{AuthFailure, Authenticated, OFFERED_PASSWORD_ALGORITHMS};
 use crate::command::Command;
+use crate::occurrence::{first_occurrences, first_occurrences_and_every};
+use crate::refusal::Refusal;
 use crate::timer::Timer;
 
 /// REQUESTED-TRANSPORT's value for UDP, the only transport relayed.
@@ -29,7 +31,47 @@ const MAX_UNKNOWN_LISTED: usize = 16;
 #[derive(Debug)]
 enum Reply {
     Success(Vec<Attribute<'static>>),
-    Error(ErrorCode),
+    Refused(Refused<'static>),
+}
+
+impl From<Refusal> for Reply {
+    fn from(refusal: Refusal) -> Self {
+        Self::Refused(Refused::new(refusal))
+    }
+}
+
+/// A refusal and the attributes its error response carries after ERROR-CODE: UNKNOWN-ATTRIBUTES
+/// for a 420, and whatever a later refusal needs (ALTERNATE-SERVER for a 300, say).
+#[derive(Debug)]
+struct Refused<'a> {
+    refusal: Refusal,
+    attributes: Vec<Attribute<'a>>,
+}
+
+impl<'a> Refused<'a> {
+    const fn new(refusal: Refusal) -> Self {
+        Self {
+            refusal,
+            attributes: Vec::new(),
+        }
+    }
+
+    fn with(mut self, attribute: Attribute<'a>) -> Self {
+        self.attributes.push(attribute);
+        self
+    }
+
+    /// The 420 for `unknown`, a list of 16-bit attribute types, listing at most
+    /// `MAX_UNKNOWN_LISTED` of them.
+    fn unknown_attributes(unknown: &'a [u8]) -> Self {
+        let listed = &unknown[..unknown.len().min(2 * MAX_UNKNOWN_LISTED)];
+        let refused = Self::new(Refusal::UnknownAttribute);
+        // `listed` is a whole number of 16-bit types, which always makes a valid value.
+        match Attribute::unknown_attributes(listed) {
+            Ok(attribute) => refused.with(attribute),
+            Err(_) => refused,
+        }
+    }
 }
 
 impl<R: RngCore> Server<R> {
@@ -54,16 +96,8 @@ impl<R: RngCore> Server<R> {
                 protection,
             )
         } else {
-            self.stats
-                .response(Method::Binding, ErrorCode::UNKNOWN_ATTRIBUTE.0);
-            let attributes = unknown_attributes_error(&unknown);
-            respond::response(
-                Method::Binding,
-                Class::ErrorResponse,
-                transaction_id,
-                &attributes,
-                protection,
-            )
+            let refused = Refused::unknown_attributes(&unknown);
+            self.refusal_response(Method::Binding, transaction_id, &refused, protection)
         };
         self.send(from, encoded);
     }
@@ -78,20 +112,14 @@ impl<R: RngCore> Server<R> {
             self.stats.drop(Drop::RateLimited);
             return;
         }
-        self.stats
-            .response(message.method(), ErrorCode::BAD_REQUEST.0);
         let protection = Protection {
             signer: None,
             fingerprint: message.has_fingerprint(),
         };
-        let encoded = respond::response(
+        let encoded = self.refusal_response(
             message.method(),
-            Class::ErrorResponse,
             message.transaction_id(),
-            &[Attribute::ErrorCode {
-                code: ErrorCode::BAD_REQUEST,
-                reason: "",
-            }],
+            &Refused::new(Refusal::UnknownMethod),
             protection,
         );
         self.send(from, encoded);
@@ -113,39 +141,16 @@ impl<R: RngCore> Server<R> {
         }
         let now_unix = self.wall_clock.unix_seconds(now);
         let authenticated = match self.auth.authenticate(message, from.client, now_unix) {
+            Ok(authenticated)
+                if authenticated.expired
+                    && !self.deletes_own_allocation(from, message, &authenticated) =>
+            {
+                self.refuse_authentication(now, from, message, AuthFailure::ExpiredCredentials);
+                return;
+            }
             Ok(authenticated) => authenticated,
             Err(failure) => {
-                self.stats.auth_failure(failure.label());
-                if !self.limiter.allow(from.client.ip(), now) {
-                    self.stats.drop(Drop::RateLimited);
-                    return;
-                }
-                let code = failure.error_code();
-                self.stats.response(message.method(), code.0);
-                let mut attributes = vec![Attribute::ErrorCode { code, reason: "" }];
-                let nonce;
-                if failure.challenges() {
-                    nonce = self.auth.issue_nonce(from.client, now_unix);
-                    attributes.push(Attribute::Realm(self.auth.realm()));
-                    attributes.push(Attribute::Nonce(nonce.as_str()));
-                    if self.auth.offers_sha256() {
-                        attributes.extend(
-                            Attribute::password_algorithms(&OFFERED_PASSWORD_ALGORITHMS).ok(),
-                        );
-                    }
-                }
-                let protection = Protection {
-                    signer: None,
-                    fingerprint: message.has_fingerprint(),
-                };
-                let encoded = respond::response(
-                    message.method(),
-                    Class::ErrorResponse,
-                    transaction_id,
-                    &attributes,
-                    protection,
-                );
-                self.send(from, encoded);
+                self.refuse_authentication(now, from, message, failure);
                 return;
             }
         };
@@ -180,35 +185,123 @@ impl<R: RngCore> Server<R> {
                         protection,
                     )
                 }
-                Reply::Error(code) => {
-                    self.stats.response(method, code.0);
-                    let attributes = [Attribute::ErrorCode { code, reason: "" }];
-                    respond::response(
-                        method,
-                        Class::ErrorResponse,
-                        transaction_id,
-                        &attributes,
-                        protection,
-                    )
+                Reply::Refused(refused) => {
+                    self.refusal_response(method, transaction_id, &refused, protection)
                 }
             }
         } else {
-            self.stats.response(method, ErrorCode::UNKNOWN_ATTRIBUTE.0);
-            let attributes = unknown_attributes_error(&unknown);
-            respond::response(
-                method,
-                Class::ErrorResponse,
-                transaction_id,
-                &attributes,
-                protection,
-            )
+            let refused = Refused::unknown_attributes(&unknown);
+            self.refusal_response(method, transaction_id, &refused, protection)
         };
         if let Ok(payload) = &encoded {
-            let expires_at = now + self.config.lifetimes.transaction;
+            let expires_at = later(now, self.config.lifetimes.transaction);
             self.transactions
                 .insert(expires_at, from, transaction_id, payload.clone());
         }
         self.send(from, encoded);
+    }
+
+    /// The error response for a refused request, counted by code and by reason.
+    fn refusal_response(
+        &mut self,
+        method: Method,
+        transaction_id: TransactionId,
+        refused: &Refused<'_>,
+        protection: Protection<'_>,
+    ) -> Result<Vec<u8>, turnpike_proto::EncodeError> {
+        let code = refused.refusal.error_code();
+        self.stats.response(method, code.0);
+        self.stats.refusal(refused.refusal);
+        tracing::debug!(
+            reason = refused.refusal.as_str(),
+            code = code.0,
+            "request refused"
+        );
+        // No reason phrase on the wire: a shorter error response is a weaker amplifier.
+        let mut attributes = Vec::with_capacity(1 + refused.attributes.len());
+        attributes.push(Attribute::ErrorCode { code, reason: "" });
+        attributes.extend(refused.attributes.iter().cloned());
+        respond::response(
+            method,
+            Class::ErrorResponse,
+            transaction_id,
+            &attributes,
+            protection,
+        )
+    }
+
+    /// Answers a request that failed authentication: 401 or 438 with a challenge, or 400.
+    fn refuse_authentication(
+        &mut self,
+        now: Instant,
+        from: FiveTuple,
+        message: &Message<'_>,
+        failure: AuthFailure,
+    ) {
+        self.stats.auth_failure(failure.label());
+        if !self.limiter.allow(from.client.ip(), now) {
+            self.stats.drop(Drop::RateLimited);
+            return;
+        }
+        let now_unix = self.wall_clock.unix_seconds(now);
+        let code = failure.error_code();
+        self.stats.response(message.method(), code.0);
+        let mut attributes = vec![Attribute::ErrorCode { code, reason: "" }];
+        let nonce;
+        if failure.challenges() {
+            nonce = self.auth.issue_nonce(from.client, now_unix);
+            attributes.push(Attribute::Realm(self.auth.realm()));
+            attributes.push(Attribute::Nonce(nonce.as_str()));
+            if self.auth.offers_sha256() {
+                attributes
+                    .extend(Attribute::password_algorithms(&OFFERED_PASSWORD_ALGORITHMS).ok());
+            }
+        }
+        let protection = Protection {
+            signer: None,
+            fingerprint: message.has_fingerprint(),
+        };
+        let encoded = respond::response(
+            message.method(),
+            Class::ErrorResponse,
+            message.transaction_id(),
+            &attributes,
+            protection,
+        );
+        self.send(from, encoded);
+    }
+
+    /// Whether `message` deletes the allocation of `from` (Refresh with LIFETIME 0, RFC 8656
+    /// §7.3) and that allocation was created by the user who signed it.
+    ///
+    /// The one request credentials past their expiry are good for. A client whose REST
+    /// credentials expired could otherwise not release its allocation, which would then hold a
+    /// port and a quota slot until its lifetime ran out. Accepting the deletion gives an
+    /// attacker nothing: it needs the key the allocation was created with (the same username,
+    /// so the same secret-derived password), a nonce issued to this client address, and the
+    /// allocation's own 5-tuple, and all it can do is end that allocation early, which the
+    /// allocation's owner asked for. Anything else (refreshing, permissions, channels, a new
+    /// allocation) still gets 401, so expiry keeps meaning what the credential issuer meant.
+    fn deletes_own_allocation(
+        &self,
+        from: FiveTuple,
+        message: &Message<'_>,
+        authenticated: &Authenticated,
+    ) -> bool {
+        if message.method() != Method::Refresh {
+            return false;
+        }
+        let transaction_id = message.transaction_id();
+        let lifetime = first_occurrences(message)
+            .find(|raw| raw.kind() == AttributeType::LIFETIME)
+            .map(|raw| Attribute::decode(raw, &transaction_id));
+        if !matches!(lifetime, Some(Ok(Attribute::Lifetime(0)))) {
+            return false;
+        }
+        self.by_five_tuple
+            .get(&from)
+            .and_then(|id| self.allocations.get(id))
+            .is_some_and(|allocation| *allocation.username == *authenticated.username)
     }
 
     fn send(&mut self, to: FiveTuple, encoded: Result<Vec<u8>, turnpike_proto::EncodeError>) {
@@ -226,17 +319,11 @@ impl<R: RngCore> Server<R> {
         &self,
         from: FiveTuple,
         authenticated: &Authenticated,
-    ) -> Result<AllocationId, ErrorCode> {
-        let id = *self
-            .by_five_tuple
-            .get(&from)
-            .ok_or(ErrorCode::ALLOCATION_MISMATCH)?;
-        let allocation = self
-            .allocations
-            .get(&id)
-            .ok_or(ErrorCode::ALLOCATION_MISMATCH)?;
+    ) -> Result<AllocationId, Refusal> {
+        let id = *self.by_five_tuple.get(&from).ok_or(Refusal::NoAllocation)?;
+        let allocation = self.allocations.get(&id).ok_or(Refusal::NoAllocation)?;
         if *allocation.username != *authenticated.username {
-            return Err(ErrorCode::WRONG_CREDENTIALS);
+            return Err(Refusal::WrongCredentials);
         }
         Ok(id)
     }
@@ -268,32 +355,33 @@ impl<R: RngCore> Server<R> {
                 Some(allocation) if allocation.created_by == transaction_id => {
                     Reply::Success(self.allocation_success(now, allocation, None))
                 }
-                _ => Reply::Error(ErrorCode::ALLOCATION_MISMATCH),
+                _ => Refusal::AllocationExists.into(),
             };
         }
         let request = match AllocateRequest::parse(message) {
             Ok(request) => request,
-            Err(code) => return Reply::Error(code),
+            Err(refusal) => return refusal.into(),
         };
         // Port reservations are not offered, so no token is valid and no reservation can be
         // made: RFC 8656 §7.2 answers both with 508, each at its own step of the checks.
         if request.reservation_token {
-            return Reply::Error(ErrorCode::INSUFFICIENT_CAPACITY);
+            return Refusal::ReservationUnsupported.into();
         }
         let (families, address_error) = match self.allocation_families(&request) {
             Ok(families) => families,
-            Err(code) => return Reply::Error(code),
+            Err(refusal) => return refusal.into(),
         };
         if request.reserve_next_port {
             // Step 8: reserving the next port of a dual allocation is malformed.
-            return Reply::Error(if request.additional_family.is_some() {
-                ErrorCode::BAD_REQUEST
+            return if request.additional_family.is_some() {
+                Refusal::ConflictingAttributes
             } else {
-                ErrorCode::INSUFFICIENT_CAPACITY
-            });
+                Refusal::ReservationUnsupported
+            }
+            .into();
         }
         if self.draining {
-            return Reply::Error(ErrorCode::INSUFFICIENT_CAPACITY);
+            return Refusal::Draining.into();
         }
         let quotas = self.config.quotas;
         let user_allocations = self
@@ -301,10 +389,11 @@ impl<R: RngCore> Server<R> {
             .get(&authenticated.username)
             .copied()
             .unwrap_or(0);
-        if self.allocations.len() >= quotas.allocations_total
-            || user_allocations >= quotas.allocations_per_user
-        {
-            return Reply::Error(ErrorCode::ALLOCATION_QUOTA_REACHED);
+        if self.allocations.len() >= quotas.allocations_total {
+            return Refusal::AllocationQuota.into();
+        }
+        if user_allocations >= quotas.allocations_per_user {
+            return Refusal::UserAllocationQuota.into();
         }
         let port = if request.even_port {
             self.ports.take_random_even(&mut self.rng)
@@ -312,17 +401,17 @@ impl<R: RngCore> Server<R> {
             self.ports.take_random(&mut self.rng)
         };
         let Some(port) = port else {
-            return Reply::Error(ErrorCode::INSUFFICIENT_CAPACITY);
+            return Refusal::NoRelayPort.into();
         };
         if let Some(budget) = &self.config.shared_budget
             && !budget.try_take()
         {
             self.ports.release(port);
-            return Reply::Error(ErrorCode::ALLOCATION_QUOTA_REACHED);
+            return Refusal::AllocationQuota.into();
         }
 
         let lifetime = self.granted_lifetime(request.lifetime);
-        let expires_at = now + lifetime;
+        let expires_at = later(now, lifetime);
         let id = AllocationId(self.next_allocation_id);
         self.next_allocation_id += 1;
         let mut allocation = Allocation {
@@ -359,19 +448,21 @@ impl<R: RngCore> Server<R> {
     fn allocation_families(
         &self,
         request: &AllocateRequest,
-    ) -> Result<(Vec<AddressFamily>, Option<AddressFamily>), ErrorCode> {
+    ) -> Result<(Vec<AddressFamily>, Option<AddressFamily>), Refusal> {
         let offered = |family| match family {
             AddressFamily::V4 => self.config.relay_ipv4.is_some(),
             AddressFamily::V6 => self.config.relay_ipv6.is_some(),
         };
         match (request.requested_family, request.additional_family) {
-            (Some(_), Some(_)) | (None, Some(AddressFamily::V4)) => Err(ErrorCode::BAD_REQUEST),
+            (Some(_), Some(_)) | (None, Some(AddressFamily::V4)) => {
+                Err(Refusal::ConflictingAttributes)
+            }
             (None, Some(AddressFamily::V6)) => {
                 match (offered(AddressFamily::V4), offered(AddressFamily::V6)) {
                     (true, true) => Ok((vec![AddressFamily::V4, AddressFamily::V6], None)),
                     (true, false) => Ok((vec![AddressFamily::V4], Some(AddressFamily::V6))),
                     (false, true) => Ok((vec![AddressFamily::V6], Some(AddressFamily::V4))),
-                    (false, false) => Err(ErrorCode::ADDRESS_FAMILY_NOT_SUPPORTED),
+                    (false, false) => Err(Refusal::AddressFamilyNotSupported),
                 }
             }
             (requested, None) => {
@@ -379,7 +470,7 @@ impl<R: RngCore> Server<R> {
                 if offered(family) {
                     Ok((vec![family], None))
                 } else {
-                    Err(ErrorCode::ADDRESS_FAMILY_NOT_SUPPORTED)
+                    Err(Refusal::AddressFamilyNotSupported)
                 }
             }
         }
@@ -426,12 +517,12 @@ impl<R: RngCore> Server<R> {
     ) -> Reply {
         let id = match self.own_allocation(from, authenticated) {
             Ok(id) => id,
-            Err(code) => return Reply::Error(code),
+            Err(refusal) => return refusal.into(),
         };
         let transaction_id = message.transaction_id();
         let mut lifetime = None;
         let mut family = None;
-        for raw in message.attributes() {
+        for raw in first_occurrences(message) {
             match Attribute::decode(raw, &transaction_id) {
                 Ok(Attribute::Lifetime(seconds)) => lifetime = Some(seconds),
                 Ok(Attribute::RequestedAddressFamily(requested)) => family = Some(requested),
@@ -439,17 +530,17 @@ impl<R: RngCore> Server<R> {
                 Err(AttributeError::UnknownAddressFamily)
                     if raw.kind() == AttributeType::REQUESTED_ADDRESS_FAMILY =>
                 {
-                    return Reply::Error(ErrorCode::PEER_ADDRESS_FAMILY_MISMATCH);
+                    return Refusal::PeerAddressFamilyMismatch.into();
                 }
-                Err(_) => return Reply::Error(ErrorCode::BAD_REQUEST),
+                Err(_) => return Refusal::MalformedAttribute.into(),
             }
         }
         let Some(allocation) = self.allocations.get(&id) else {
-            return Reply::Error(ErrorCode::ALLOCATION_MISMATCH);
+            return Refusal::NoAllocation.into();
         };
         let families: Vec<AddressFamily> = match family {
             Some(family) if !allocation.has_family(family) => {
-                return Reply::Error(ErrorCode::PEER_ADDRESS_FAMILY_MISMATCH);
+                return Refusal::PeerAddressFamilyMismatch.into();
             }
             Some(family) => vec![family],
             None => allocation.families().collect(),
@@ -461,9 +552,9 @@ impl<R: RngCore> Server<R> {
             return Reply::Success(vec![Attribute::Lifetime(0)]);
         }
         let granted = self.granted_lifetime(lifetime);
-        let expires_at = now + granted;
+        let expires_at = later(now, granted);
         let Some(allocation) = self.allocations.get_mut(&id) else {
-            return Reply::Error(ErrorCode::ALLOCATION_MISMATCH);
+            return Refusal::NoAllocation.into();
         };
         for family in families {
             *allocation.expiry_mut(family) = Some(expires_at);
@@ -485,14 +576,11 @@ impl<R: RngCore> Server<R> {
     }
 
     /// Checks a peer address for a permission or channel of allocation `id`.
-    fn check_peer(&self, id: AllocationId, peer: IpAddr) -> Result<(), ErrorCode> {
-        let allocation = self
-            .allocations
-            .get(&id)
-            .ok_or(ErrorCode::ALLOCATION_MISMATCH)?;
+    fn check_peer(&self, id: AllocationId, peer: IpAddr) -> Result<(), Refusal> {
+        let allocation = self.allocations.get(&id).ok_or(Refusal::NoAllocation)?;
         if !allocation.has_family(AddressFamily::of(peer)) {
             tracing::debug!(peer_family = ?AddressFamily::of(peer), "no relayed address of the peer's family");
-            return Err(ErrorCode::PEER_ADDRESS_FAMILY_MISMATCH);
+            return Err(Refusal::PeerAddressFamilyMismatch);
         }
         // The relay's own relayed addresses are served as a hairpin inside the relay, whatever
         // range they are in; everything else goes through the operator's policy. The addresses
@@ -502,13 +590,13 @@ impl<R: RngCore> Server<R> {
         }
         self.config.policy.check(peer).map_err(|denied| {
             tracing::debug!(reason = %denied, "peer refused by policy");
-            ErrorCode::FORBIDDEN
+            Refusal::PeerForbidden
         })
     }
 
     /// Installs or refreshes the permission for `peer`; the caller has checked quota and policy.
     fn install_permission(&mut self, now: Instant, id: AllocationId, peer: IpAddr) {
-        let expires_at = now + self.config.lifetimes.permission;
+        let expires_at = later(now, self.config.lifetimes.permission);
         let Some(allocation) = self.allocations.get_mut(&id) else {
             return;
         };
@@ -529,11 +617,11 @@ impl<R: RngCore> Server<R> {
     ) -> Reply {
         let id = match self.own_allocation(from, authenticated) {
             Ok(id) => id,
-            Err(code) => return Reply::Error(code),
+            Err(refusal) => return refusal.into(),
         };
         let transaction_id = message.transaction_id();
         let mut peers: Vec<IpAddr> = Vec::new();
-        for raw in message.attributes() {
+        for raw in first_occurrences_and_every(message, AttributeType::XOR_PEER_ADDRESS) {
             match Attribute::decode(raw, &transaction_id) {
                 Ok(Attribute::XorPeerAddress(peer)) => {
                     if !peers.contains(&peer.ip()) {
@@ -541,20 +629,20 @@ impl<R: RngCore> Server<R> {
                     }
                 }
                 Ok(_) => {}
-                Err(_) => return Reply::Error(ErrorCode::BAD_REQUEST),
+                Err(_) => return Refusal::MalformedAttribute.into(),
             }
         }
         if peers.is_empty() {
-            return Reply::Error(ErrorCode::BAD_REQUEST);
+            return Refusal::MissingAttribute.into();
         }
         // All or nothing (RFC 8656 §10.2): check every peer before installing any.
         for peer in &peers {
-            if let Err(code) = self.check_peer(id, *peer) {
-                return Reply::Error(code);
+            if let Err(refusal) = self.check_peer(id, *peer) {
+                return refusal.into();
             }
         }
         let Some(allocation) = self.allocations.get(&id) else {
-            return Reply::Error(ErrorCode::ALLOCATION_MISMATCH);
+            return Refusal::NoAllocation.into();
         };
         let new = peers
             .iter()
@@ -562,7 +650,7 @@ impl<R: RngCore> Server<R> {
             .count();
         if allocation.permissions.len() + new > self.config.quotas.permissions_per_allocation {
             // A per-client quota, like the allocation quotas (see `Quotas`).
-            return Reply::Error(ErrorCode::ALLOCATION_QUOTA_REACHED);
+            return Refusal::PermissionQuota.into();
         }
         for peer in peers {
             self.install_permission(now, id, peer);
@@ -580,33 +668,33 @@ impl<R: RngCore> Server<R> {
     ) -> Reply {
         let id = match self.own_allocation(from, authenticated) {
             Ok(id) => id,
-            Err(code) => return Reply::Error(code),
+            Err(refusal) => return refusal.into(),
         };
         let transaction_id = message.transaction_id();
         let mut number = None;
         let mut peer = None;
-        for raw in message.attributes() {
+        for raw in first_occurrences(message) {
             match Attribute::decode(raw, &transaction_id) {
                 Ok(Attribute::ChannelNumber(value)) => number = Some(value),
-                Ok(Attribute::XorPeerAddress(address)) if peer.is_none() => peer = Some(address),
+                Ok(Attribute::XorPeerAddress(address)) => peer = Some(address),
                 Ok(_) => {}
-                Err(_) => return Reply::Error(ErrorCode::BAD_REQUEST),
+                Err(_) => return Refusal::MalformedAttribute.into(),
             }
         }
         let (Some(number), Some(peer)) = (number, peer) else {
-            return Reply::Error(ErrorCode::BAD_REQUEST);
+            return Refusal::MissingAttribute.into();
         };
         let Some(number) = ChannelNumber::new(number) else {
             // RFC 5766 allowed up to 0x7FFF; RFC 8656 keeps 0x5000-0x7FFF for other protocols
             // sharing the port (RFC 7983), so older clients land here.
             tracing::debug!(channel = number, "channel number outside 0x4000-0x4FFF");
-            return Reply::Error(ErrorCode::BAD_REQUEST);
+            return Refusal::BadChannelNumber.into();
         };
-        if let Err(code) = self.check_peer(id, peer.ip()) {
-            return Reply::Error(code);
+        if let Err(refusal) = self.check_peer(id, peer.ip()) {
+            return refusal.into();
         }
         let Some(allocation) = self.allocations.get(&id) else {
-            return Reply::Error(ErrorCode::ALLOCATION_MISMATCH);
+            return Refusal::NoAllocation.into();
         };
         // A number stays tied to its peer, and a peer to its number, through the binding and
         // its cool-down (RFC 8656 §12).
@@ -615,19 +703,19 @@ impl<R: RngCore> Server<R> {
         if bound_peer.is_some_and(|bound| bound != peer)
             || bound_number.is_some_and(|bound| bound != number)
         {
-            return Reply::Error(ErrorCode::BAD_REQUEST);
+            return Refusal::ChannelInUse.into();
         }
         // RFC 8656 §12.2: a capacity limit on a valid request is 508, as for CreatePermission.
         let quotas = self.config.quotas;
         if bound_peer.is_none() && allocation.channels.len() >= quotas.channels_per_allocation {
-            return Reply::Error(ErrorCode::ALLOCATION_QUOTA_REACHED);
+            return Refusal::ChannelQuota.into();
         }
         if !allocation.permissions.contains_key(&peer.ip())
             && allocation.permissions.len() >= quotas.permissions_per_allocation
         {
-            return Reply::Error(ErrorCode::ALLOCATION_QUOTA_REACHED);
+            return Refusal::PermissionQuota.into();
         }
-        let expires_at = now + self.config.lifetimes.channel;
+        let expires_at = later(now, self.config.lifetimes.channel);
         if let Some(allocation) = self.allocations.get_mut(&id) {
             allocation
                 .channels
@@ -661,11 +749,11 @@ struct AllocateRequest {
 }
 
 impl AllocateRequest {
-    fn parse(message: &Message<'_>) -> Result<Self, ErrorCode> {
+    fn parse(message: &Message<'_>) -> Result<Self, Refusal> {
         let transaction_id: TransactionId = message.transaction_id();
         let mut request = Self::default();
         let mut transport = None;
-        for raw in message.attributes() {
+        for raw in first_occurrences(message) {
             match Attribute::decode(raw, &transaction_id) {
                 Ok(Attribute::RequestedTransport(protocol)) => transport = Some(protocol),
                 Ok(Attribute::Lifetime(seconds)) => request.lifetime = Some(seconds),
@@ -685,15 +773,15 @@ impl AllocateRequest {
                     if raw.kind() == AttributeType::REQUESTED_ADDRESS_FAMILY
                         || raw.kind() == AttributeType::ADDITIONAL_ADDRESS_FAMILY =>
                 {
-                    return Err(ErrorCode::ADDRESS_FAMILY_NOT_SUPPORTED);
+                    return Err(Refusal::AddressFamilyNotSupported);
                 }
-                Err(_) => return Err(ErrorCode::BAD_REQUEST),
+                Err(_) => return Err(Refusal::MalformedAttribute),
             }
         }
         match transport {
-            None => return Err(ErrorCode::BAD_REQUEST),
+            None => return Err(Refusal::MissingTransport),
             Some(UDP) => {}
-            Some(_) => return Err(ErrorCode::UNSUPPORTED_TRANSPORT_PROTOCOL),
+            Some(_) => return Err(Refusal::UnsupportedTransport),
         }
         // RFC 8656 §7.2: a reservation token excludes EVEN-PORT and both address family
         // attributes.
@@ -702,21 +790,10 @@ impl AllocateRequest {
                 || request.requested_family.is_some()
                 || request.additional_family.is_some())
         {
-            return Err(ErrorCode::BAD_REQUEST);
+            return Err(Refusal::ConflictingAttributes);
         }
         Ok(request)
     }
-}
-
-fn unknown_attributes_error(unknown: &[u8]) -> Vec<Attribute<'_>> {
-    let listed = &unknown[..unknown.len().min(2 * MAX_UNKNOWN_LISTED)];
-    let mut attributes = vec![Attribute::ErrorCode {
-        code: ErrorCode::UNKNOWN_ATTRIBUTE,
-        reason: "",
-    }];
-    // `listed` is a whole number of 16-bit types, which always makes a valid value.
-    attributes.extend(Attribute::unknown_attributes(listed).ok());
-    attributes
 }
 
 fn seconds(duration: Duration) -> u32 {

@@ -65,10 +65,15 @@ impl Harness {
     }
 
     pub fn with_config(config: Config) -> Self {
+        Self::with_seed(config, 42)
+    }
+
+    /// A harness whose server draws its randomness from `seed`.
+    pub fn with_seed(config: Config, seed: u64) -> Self {
         let start = Instant::now();
         let server = Server::new(
             config,
-            ChaCha8Rng::seed_from_u64(42),
+            ChaCha8Rng::seed_from_u64(seed),
             start,
             Duration::from_secs(START_UNIX),
         );
