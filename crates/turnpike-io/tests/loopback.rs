@@ -149,7 +149,11 @@ fn copies_outlive_their_source_and_span_chunks_in_order() {
     let got = receive(&receiver, 150);
     assert_eq!(got.len(), 150);
     for (index, (_, bytes)) in got.iter().enumerate() {
-        assert_eq!(bytes, &vec![u8::try_from(index).unwrap(); 1000], "datagram {index}");
+        assert_eq!(
+            bytes,
+            &vec![u8::try_from(index).unwrap(); 1000],
+            "datagram {index}"
+        );
     }
     // The chunks are reused for the next round.
     batch.push_copy(&sender, to, b"again");

@@ -94,3 +94,30 @@ fn responses_to_a_stream_client_name_its_transport() {
         _ => true,
     }));
 }
+
+/// Binding requests from one address, over `transport`, all at one instant: how many answered.
+fn answered_bindings(transport: Transport, count: usize) -> usize {
+    let mut config = config();
+    config.unauthenticated_rate = turnpike_relay::RateLimit::per_second(10);
+    let mut harness = Harness::with_config(config);
+    let mut client = Client::new("203.0.113.5:40000");
+    over(transport, &mut client);
+    (0..count)
+        .filter(|_| {
+            let request = client.request(Method::Binding, &[]);
+            let (_, commands) = harness.from_client(client.five_tuple, &request);
+            !sent_to(&commands, client.five_tuple).is_empty()
+        })
+        .count()
+}
+
+#[test]
+fn unauthenticated_answers_are_rate_limited_over_udp_only() {
+    // Over UDP a spoofed source could aim the answers at a victim: twice the rate per second
+    // as a burst, then nothing until the bucket refills.
+    assert_eq!(answered_bindings(Transport::Udp, 100), 20);
+    // Over TCP and TLS the source is proven and nothing is retransmitted: every request is
+    // answered, on the requester's own connection.
+    assert_eq!(answered_bindings(Transport::Tcp, 100), 100);
+    assert_eq!(answered_bindings(Transport::Tls, 100), 100);
+}

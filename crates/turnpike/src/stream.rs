@@ -39,8 +39,8 @@ use mio::{Interest, Registry, Token};
 use rand::rngs::StdRng;
 use rustls::ServerConnection;
 use slab::Slab;
-use turnpike_proto::{FrameError, StreamDecoder, channel_data_padding};
 use turnpike_io::SendBatch;
+use turnpike_proto::{FrameError, StreamDecoder, channel_data_padding};
 use turnpike_relay::{FiveTuple, Forward, Server, Transport};
 
 use crate::config::StreamLimits;
@@ -417,7 +417,11 @@ impl Streams {
                     // Out of descriptors (EMFILE), or the client gave up in the queue: counted,
                     // and the next connection brings a new event.
                     tracing::debug!(%error, "accept failed");
-                    *cx.metrics.streams.refused.entry(REFUSE_REASONS[2]).or_default() += 1;
+                    *cx.metrics
+                        .streams
+                        .refused
+                        .entry(REFUSE_REASONS[2])
+                        .or_default() += 1;
                     return;
                 }
             };

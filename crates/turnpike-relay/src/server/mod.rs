@@ -658,6 +658,17 @@ impl<R: RngCore> Server<R> {
         }
     }
 
+    /// Whether an unauthenticated request from `from` may be answered now.
+    ///
+    /// Over UDP the answer is rate-limited per source address: a spoofed source would turn the
+    /// relay into a reflector, and the limit bounds what it sends to any one victim. Over TCP
+    /// and TLS the handshake has proven the source, the answer goes back on the requester's own
+    /// connection, and the driver caps connections per source; a stream client also never
+    /// retransmits (RFC 8489 §6.2.2), so a dropped answer would leave it waiting forever.
+    fn may_answer_unauthenticated(&mut self, from: &FiveTuple, now: Instant) -> bool {
+        from.transport.is_stream() || self.limiter.allow(from.client.ip(), now)
+    }
+
     /// Whether `client` holds an allocation now; a driver closes connections that hold none
     /// after an idle timeout.
     #[must_use]

@@ -76,7 +76,7 @@ impl<'a> Refused<'a> {
 
 impl<R: RngCore> Server<R> {
     pub(super) fn handle_binding(&mut self, now: Instant, from: FiveTuple, message: &Message<'_>) {
-        if !self.limiter.allow(from.client.ip(), now) {
+        if !self.may_answer_unauthenticated(&from, now) {
             self.stats.drop(Drop::RateLimited);
             return;
         }
@@ -108,7 +108,7 @@ impl<R: RngCore> Server<R> {
         from: FiveTuple,
         message: &Message<'_>,
     ) {
-        if !self.limiter.allow(from.client.ip(), now) {
+        if !self.may_answer_unauthenticated(&from, now) {
             self.stats.drop(Drop::RateLimited);
             return;
         }
@@ -239,7 +239,7 @@ impl<R: RngCore> Server<R> {
         failure: AuthFailure,
     ) {
         self.stats.auth_failure(failure.label());
-        if !self.limiter.allow(from.client.ip(), now) {
+        if !self.may_answer_unauthenticated(&from, now) {
             self.stats.drop(Drop::RateLimited);
             return;
         }
