@@ -210,7 +210,8 @@ fn print_dev_instructions(settings: &Settings) {
          Ready-made credentials, valid for 24 hours:\n  username: {username}\n  password: {password}\n\
          Relay some traffic through it with the load generator:\n  \
          cargo run --release -p turnpike-load -- run --server {server} --secret {DEV_SECRET} --allocations 4 --duration 5\n\
-         Metrics: curl http://{admin}/metrics\n",
+         Metrics: curl http://{admin}/metrics\n\
+         Status page: http://{admin}/\n",
         realm = settings.core.credentials.realm(),
         admin = settings.admin_listen,
     );
