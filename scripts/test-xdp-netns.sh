@@ -108,6 +108,21 @@ done
 userspace=$(metric 'turnpike_relayed_packets_total{direction="client_to_peer",path="userspace"}')
 check "bound channels never reached user space ($userspace datagrams did)" test "$userspace" -eq 0
 
+# The status page's data and the exposition, with the kernel's series in them.
+status=$(ip netns exec "$TP_RELAY" curl -s --max-time 2 127.0.0.1:9478/status)
+check "/status: the kernel path is on" grep -q '"kernel_path":true' <<<"$status"
+check "/status: client-to-peer packets relayed in the kernel" \
+    grep -Eq '"direction":"client_to_peer","path":"kernel","packets":[1-9]' <<<"$status"
+check "/status: the kernel's outcomes" grep -q '"outcomes":\[{"outcome":' <<<"$status"
+lint_metrics() {
+    local findings
+    findings=$(ip netns exec "$TP_RELAY" curl -s --max-time 2 127.0.0.1:9478/metrics | promtool check metrics 2>&1) &&
+        [[ -z "$findings" ]] || { echo "$findings" >&2; return 1; }
+}
+if command -v promtool >/dev/null; then
+    check "promtool check metrics: no finding with the kernel's series" lint_metrics
+fi
+
 # Expiry: allocations live 4 s; a load of 7 s outlives them, so the kernel must stop relaying
 # and pass the rest to user space, which has no allocation for it either.
 relayed0=$(metric 'turnpike_relayed_packets_total{direction="client_to_peer",path="kernel"}')
