@@ -149,6 +149,63 @@ fn the_dashboard_and_the_rules_name_only_metrics_the_relay_exports() {
 }
 
 #[test]
+fn the_dashboard_is_laid_out_and_queries_its_data_source() {
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&read("deploy/grafana/turnpike.json")).unwrap();
+    let panels = dashboard["panels"].as_array().unwrap();
+    let mut cells = BTreeSet::new();
+    let mut ids = BTreeSet::new();
+    for panel in panels {
+        let title = panel["title"].as_str().unwrap();
+        assert!(
+            ids.insert(panel["id"].as_u64().unwrap()),
+            "{title}: duplicate id"
+        );
+        let grid = &panel["gridPos"];
+        let [x, y, w, h] = ["x", "y", "w", "h"].map(|key| grid[key].as_u64().unwrap());
+        assert!(x + w <= 24, "{title}: wider than the dashboard");
+        // No two panels cover the same cell of Grafana's 24-column grid.
+        for column in x..x + w {
+            for row in y..y + h {
+                assert!(
+                    cells.insert((column, row)),
+                    "{title} overlaps another panel"
+                );
+            }
+        }
+        if panel["type"] == "row" {
+            continue;
+        }
+        assert_eq!(panel["datasource"]["uid"], "${datasource}", "{title}");
+        let targets = panel["targets"].as_array().unwrap();
+        assert!(!targets.is_empty(), "{title}: no query");
+        let mut references = BTreeSet::new();
+        for target in targets {
+            let expression = target["expr"].as_str().unwrap();
+            assert!(
+                expression.contains("turnpike_") || expression.contains("up{job=\"turnpike\""),
+                "{title}: {expression}"
+            );
+            assert!(
+                expression.contains("instance=~\"$instance\""),
+                "{title}: {expression} ignores the relay selection"
+            );
+            assert!(
+                references.insert(target["refId"].as_str().unwrap()),
+                "{title}"
+            );
+        }
+    }
+    let variables: Vec<&str> = dashboard["templating"]["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|variable| variable["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(variables, ["datasource", "instance"]);
+}
+
+#[test]
 fn promtool_accepts_the_rules_their_tests_and_the_live_exposition() {
     if !tool_present("promtool", "prometheus") {
         return;
