@@ -269,6 +269,7 @@ struct Shown {
 /// showed then.
 fn until(
     browser: &mut Browser,
+    relay: &Relay,
     within: Duration,
     what: &str,
     check: impl Fn(&Shown) -> bool,
@@ -281,8 +282,9 @@ fn until(
         }
         assert!(
             Instant::now() < deadline,
-            "the page never showed {what}: {shown:#?}\npage log: {:#?}",
-            browser.log
+            "the page never showed {what}: {shown:#?}\npage log: {:#?}\nrelay /healthz: {:?}",
+            browser.log,
+            relay.get("/healthz")
         );
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -340,6 +342,7 @@ fn the_status_page_shows_live_numbers_that_match_metrics() {
     let mut browser = Browser::open(&format!("http://{}/", relay.admin));
     let first = until(
         &mut browser,
+        &relay,
         Duration::from_secs(20),
         "three allocations and relayed packets",
         |shown| {
@@ -355,6 +358,7 @@ fn the_status_page_shows_live_numbers_that_match_metrics() {
     // The numbers move: more relayed packets shown a few polls later, and a rate.
     let moved = until(
         &mut browser,
+        &relay,
         Duration::from_secs(15),
         "the relayed packets growing and a packet rate",
         |shown| {
@@ -377,6 +381,7 @@ fn the_status_page_shows_live_numbers_that_match_metrics() {
     let metrics = relay.settled_samples(Duration::from_secs(10));
     let matched = until(
         &mut browser,
+        &relay,
         Duration::from_secs(10),
         "the numbers of /metrics",
         |shown| {
