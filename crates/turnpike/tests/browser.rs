@@ -145,6 +145,7 @@ impl Browser {
         );
         browser.session = attached["sessionId"].as_str().unwrap().to_owned();
         browser.call("Log.enable", json!({}));
+        browser.call("Runtime.enable", json!({}));
         browser
     }
 
@@ -169,7 +170,17 @@ impl Browser {
                 }
                 Ok(event) if event["method"] == "Log.entryAdded" => {
                     let entry = &event["params"]["entry"];
-                    self.log.push(format!("{} {}", entry["text"], entry["url"]));
+                    self.log.push(format!(
+                        "{}: {} {}",
+                        entry["level"], entry["text"], entry["url"]
+                    ));
+                }
+                Ok(event) if event["method"] == "Runtime.exceptionThrown" => {
+                    let details = &event["params"]["exceptionDetails"];
+                    self.log.push(format!(
+                        "\"exception\": {} {}",
+                        details["text"], details["exception"]["description"]
+                    ));
                 }
                 Ok(_) => {} // another event
                 Err(RecvTimeoutError::Timeout) => panic!("chromium did not answer {method}"),
@@ -409,6 +420,14 @@ fn the_status_page_shows_live_numbers_that_match_metrics() {
             "{series}: {matched:#?}"
         );
     }
+    // The page threw nothing and logged no error (a failed request, a refused resource).
+    browser.call("Runtime.evaluate", json!({ "expression": "1" }));
+    let errors: Vec<&String> = browser
+        .log
+        .iter()
+        .filter(|entry| entry.starts_with("\"error\"") || entry.starts_with("\"exception\""))
+        .collect();
+    assert!(errors.is_empty(), "{errors:#?}");
     drop(allocations);
     stop_peer.store(true, Ordering::Relaxed);
 }
