@@ -11,8 +11,9 @@ readonly LLVM_MAJOR=22
 # iproute2: `ip netns` and veth pairs. coturn: reference TURN server for interoperability tests.
 # curl: reads the relay's admin endpoint in the namespace tests. chromium: the status page's
 # browser test. prometheus: promtool, which checks the alert rules and the /metrics exposition.
-# systemd: systemd-analyze, which verifies the unit in deploy/systemd.
-readonly PACKAGES=(binutils ethtool iproute2 coturn curl chromium prometheus systemd)
+# systemd: systemd-analyze, which verifies the unit in deploy/systemd. strace: lists the system
+# calls the relay makes, which the unit's filter must allow.
+readonly PACKAGES=(binutils ethtool iproute2 coturn curl chromium prometheus systemd strace)
 
 die() {
     echo "setup: error: $*" >&2

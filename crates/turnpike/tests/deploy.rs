@@ -338,6 +338,147 @@ fn the_systemd_unit_passes_systemd_analyze_with_and_without_the_xdp_drop_in() {
     }
 }
 
+/// The system calls in a group of systemd's `SystemCallFilter=`, nested groups expanded.
+fn syscall_group(group: &str) -> BTreeSet<String> {
+    let output = run(
+        Command::new("systemd-analyze").args(["syscall-filter", "--no-pager", group]),
+        b"",
+    );
+    assert!(output.status.success(), "{}", describe(&output));
+    let mut calls = BTreeSet::new();
+    // The group's own name comes first, unindented; its members follow, indented.
+    for line in String::from_utf8(output.stdout).unwrap().lines() {
+        if !line.starts_with(char::is_whitespace) {
+            continue;
+        }
+        let item = line.trim();
+        if let Some(nested) = item.strip_prefix('@') {
+            calls.extend(syscall_group(&format!("@{nested}")));
+        } else if !item.is_empty()
+            && !item.starts_with('#')
+            && item.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            calls.insert(item.to_owned());
+        }
+    }
+    calls
+}
+
+#[test]
+fn the_units_system_call_filter_allows_every_call_the_relay_makes() {
+    if !tool_present("systemd-analyze", "systemd") || !tool_present("strace", "strace") {
+        return;
+    }
+    let unit = read("deploy/systemd/turnpike.service");
+    assert!(unit.contains("\nSystemCallFilter=@system-service\n"));
+    let allowed = syscall_group("@system-service");
+    assert!(allowed.contains("sendmmsg") && allowed.contains("prlimit64"));
+
+    // The relay under strace: start, an allocation relaying, the admin endpoint, a drain.
+    let (listen, admin, _, relay_low) = common::ports();
+    let trace = std::env::temp_dir().join(format!("turnpike-strace-{}", std::process::id()));
+    let mut child = Command::new("strace")
+        .args(["-f", "-qq", "-o"])
+        .arg(&trace)
+        .arg(env!("CARGO_BIN_EXE_turnpike"))
+        .args([
+            format!("--listen=127.0.0.1:{listen}"),
+            "--public-ipv4=127.0.0.1".to_owned(),
+            format!("--relay-ports={relay_low}-{}", relay_low + 9),
+            format!("--admin-listen=127.0.0.1:{admin}"),
+            "--allow-peers=127.0.0.0/8".to_owned(),
+            "--threads=2".to_owned(),
+            "--drain-seconds=1".to_owned(),
+            "--log-level=warn".to_owned(),
+        ])
+        .env("TURNPIKE_SECRETS", common::SECRET)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let result = std::panic::catch_unwind(|| {
+        let get = |path: &str| {
+            use std::io::{Read as _, Write as _};
+            let mut stream = std::net::TcpStream::connect(("127.0.0.1", admin)).ok()?;
+            stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+            write!(
+                stream,
+                "GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+            )
+            .ok()?;
+            let mut response = String::new();
+            stream.read_to_string(&mut response).ok()?;
+            Some(response)
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !get("/readyz").is_some_and(|response| response.starts_with("HTTP/1.1 200")) {
+            assert!(
+                Instant::now() < deadline,
+                "the traced relay did not become ready"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let peer = common::echo_peer(&stop);
+        let server = std::net::SocketAddr::from(([127, 0, 0, 1], listen));
+        let allocation = common::allocate(server, peer, "strace").unwrap();
+        let mut message = turnpike_load::run::CHANNEL.to_be_bytes().to_vec();
+        message.extend_from_slice(&4_u16.to_be_bytes());
+        message.extend_from_slice(b"ping");
+        let mut buf = [0; 64];
+        for _ in 0..20 {
+            allocation.socket.send_to(&message, server).unwrap();
+            let fd = std::os::fd::AsRawFd::as_raw_fd(&allocation.socket);
+            assert!(turnpike_io::wait_readable(fd, Duration::from_secs(2)).unwrap());
+            allocation.socket.recv_from(&mut buf).unwrap();
+        }
+        for path in ["/metrics", "/status", "/"] {
+            assert!(get(path).is_some_and(|response| response.starts_with("HTTP/1.1 200")));
+        }
+    });
+    // SIGTERM to the relay (strace's child), then the drain and exit.
+    let traced = std::fs::read_to_string(&trace).unwrap_or_default();
+    let relay_pid: i32 = traced
+        .split_whitespace()
+        .next()
+        .and_then(|pid| pid.parse().ok())
+        .expect("strace wrote the relay's pid");
+    // SAFETY: kill(2) on the relay this test started (strace's child).
+    unsafe { libc::kill(relay_pid, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the traced relay did not exit after SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+    let traced = std::fs::read_to_string(&trace).unwrap();
+    std::fs::remove_file(&trace).unwrap();
+    let called: BTreeSet<String> = traced
+        .lines()
+        .filter_map(|line| {
+            let call = line.split_whitespace().nth(1)?;
+            let name = &call[..call.find('(')?];
+            Some(name.to_owned())
+        })
+        .collect();
+    for expected in ["recvmmsg", "sendmmsg", "accept4", "prlimit64"] {
+        assert!(
+            called.contains(expected),
+            "{expected} not traced: {called:?}"
+        );
+    }
+    let refused: Vec<&String> = called.difference(&allowed).collect();
+    assert!(
+        refused.is_empty(),
+        "the unit's SystemCallFilter=@system-service would refuse {refused:?}"
+    );
+}
+
 /// Every long flag `turnpike --help` lists, with its environment variable.
 fn help_settings() -> Vec<(String, String)> {
     let output = Command::new(env!("CARGO_BIN_EXE_turnpike"))
