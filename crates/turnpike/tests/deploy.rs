@@ -145,7 +145,11 @@ fn the_dashboard_and_the_rules_name_only_metrics_the_relay_exports() {
     // Every family is on the dashboard, so a new metric is not forgotten there.
     let on_dashboard = metric_names(&dashboard);
     let missing: Vec<&String> = families.difference(&on_dashboard).collect();
-    assert!(missing.is_empty(), "not on the dashboard: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "on /metrics but not on the dashboard: {missing:?}; add a panel or a query to \
+         deploy/grafana/turnpike.json"
+    );
 }
 
 #[test]

@@ -160,7 +160,12 @@ fn status_reports_the_same_numbers_as_metrics_and_keeps_a_history() {
             "turnpike_thread_busy_seconds_total",
         ];
         if !elsewhere.iter().any(|name| series.starts_with(name)) {
-            assert!(from_status.contains_key(series), "{series} not in /status");
+            assert!(
+                from_status.contains_key(series),
+                "{series} is on /metrics but not in /status: add it to status.rs (and the page, \
+                 status.html, and docs/operations.md), or to `elsewhere` here if the page has no \
+                 use for it"
+            );
         }
     }
     assert_eq!(status["allocations"], 1);
