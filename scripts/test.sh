@@ -14,6 +14,8 @@ step() {
 # smoke run replays the committed seeds and a few hundred thousand mutations per target; the
 # 10-million-run campaigns are `bash scripts/fuzz.sh` (see docs/fuzzing.md for the last one).
 run_extra_suites() {
+    step "deployment files (Dockerfile, Kubernetes manifests)"
+    bash scripts/check-deploy.sh
     step "fuzz smoke run"
     bash scripts/fuzz.sh 300000 >/dev/null
     step "kernel data plane in network namespaces"

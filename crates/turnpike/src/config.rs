@@ -111,6 +111,10 @@ pub(crate) struct Options {
     /// Admin endpoint (health, metrics, log level) [default: 127.0.0.1:9478].
     #[arg(long, env = "TURNPIKE_ADMIN_LISTEN")]
     pub(crate) admin_listen: Option<SocketAddr>,
+    /// File with a bearer token (16 characters or more) that the admin endpoint then asks for,
+    /// except on /healthz and /readyz; set it whenever --admin-listen is not loopback.
+    #[arg(long, env = "TURNPIKE_ADMIN_TOKEN_FILE")]
+    pub(crate) admin_token_file: Option<PathBuf>,
     /// Log filter, e.g. `info` or `turnpike=debug` [default: info].
     #[arg(long, env = "TURNPIKE_LOG_LEVEL")]
     pub(crate) log_level: Option<String>,
@@ -236,6 +240,7 @@ impl Options {
             max_lifetime,
             nonce_lifetime,
             admin_listen,
+            admin_token_file,
             log_level,
             log_format,
             drain_seconds,
@@ -268,6 +273,8 @@ pub(crate) struct Settings {
     pub(crate) listen: Vec<SocketAddr>,
     pub(crate) relay_ports: RangeInclusive<u16>,
     pub(crate) admin_listen: SocketAddr,
+    /// The token the admin endpoint asks for, if any.
+    pub(crate) admin_token: Option<crate::admin::AdminToken>,
     pub(crate) log_level: String,
     pub(crate) log_format: LogFormat,
     pub(crate) drain: Duration,
@@ -635,10 +642,28 @@ impl Settings {
             "relay-ports: fewer ports than threads"
         );
 
+        let admin_token = match &options.admin_token_file {
+            Some(path) => {
+                let token = read_lines(path, "admin-token-file")?
+                    .into_iter()
+                    .next()
+                    .unwrap_or_default();
+                ensure!(
+                    token.len() >= crate::admin::AdminToken::MIN_LEN,
+                    "admin-token-file: {} must hold a token of {} characters or more",
+                    path.display(),
+                    crate::admin::AdminToken::MIN_LEN
+                );
+                Some(crate::admin::AdminToken::new(&token))
+            }
+            None => None,
+        };
+
         Ok(Self {
             dev,
             listen,
             relay_ports,
+            admin_token,
             admin_listen: options
                 .admin_listen
                 .unwrap_or(SocketAddr::from((Ipv4Addr::LOCALHOST, 9478))),

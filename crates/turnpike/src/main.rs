@@ -10,6 +10,7 @@ mod config;
 mod logging;
 mod metrics;
 mod shard;
+mod status;
 mod stream;
 mod tls;
 mod xdp;
@@ -83,7 +84,14 @@ async fn run(settings: Settings, log: logging::LogControl) -> Result<()> {
         Err(error) => tracing::warn!(%error, "cannot read or raise the open-file limit"),
     }
 
+    let started = (std::time::Instant::now(), SystemTime::now());
     let admin = admin::bind(settings.admin_listen).await?;
+    if !settings.admin_listen.ip().is_loopback() && settings.admin_token.is_none() {
+        tracing::warn!(
+            admin = %settings.admin_listen,
+            "the admin endpoint is reachable beyond loopback without a token; set --admin-token-file"
+        );
+    }
     let kernel = match &settings.xdp {
         Some(xdp_settings) => Some(xdp::start(&settings, xdp_settings)?),
         None => None,
@@ -176,11 +184,25 @@ async fn run(settings: Settings, log: logging::LogControl) -> Result<()> {
         print_dev_instructions(&settings);
     }
 
+    let info = metrics::RelayInfo {
+        version: env!("CARGO_PKG_VERSION"),
+        started: started.0,
+        started_unix: started
+            .1
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |since| since.as_secs_f64()),
+        allocations_limit: settings.core.quotas.allocations_total,
+        kernel_path: kernel.is_some(),
+    };
     let admin_task = tokio::spawn(admin::serve(
         admin,
-        Arc::clone(&shared),
-        log,
-        kernel.clone(),
+        admin::Admin {
+            shared: Arc::clone(&shared),
+            log,
+            kernel: kernel.clone(),
+            info,
+            token: settings.admin_token.clone(),
+        },
     ));
     tokio::spawn(return_freed_memory());
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -285,7 +307,8 @@ fn print_dev_instructions(settings: &Settings) {
          Ready-made credentials, valid for 24 hours:\n  username: {username}\n  password: {password}\n\
          Relay some traffic through it with the load generator:\n  \
          cargo run --release -p turnpike-load -- run --server {server} --secret {DEV_SECRET} --allocations 4 --duration 5\n\
-         Metrics: curl http://{admin}/metrics\n",
+         Metrics: curl http://{admin}/metrics\n\
+         Status page: http://{admin}/\n",
         realm = settings.core.credentials.realm(),
         admin = settings.admin_listen,
         tcp = if settings.streams.listen_tcp.is_empty() {

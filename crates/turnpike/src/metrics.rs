@@ -1,17 +1,18 @@
 //! What the relay threads publish for the admin endpoint, and its Prometheus rendering.
 //!
-//! Each thread owns its counters and copies them here about once a second; the admin endpoint
+//! Each thread owns its counters and copies them here four times a second; the admin endpoint
 //! sums the copies. The data path never takes a lock and never touches an atomic per packet.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use turnpike_relay::Stats;
 
 use turnpike_io::SendOutcome;
-use turnpike_xdp_user::Counters;
+use turnpike_xdp_user::{Counter, Counters};
 
 /// The counters of one relay thread.
 #[derive(Debug, Clone, Default)]
@@ -30,6 +31,8 @@ pub(crate) struct ShardMetrics {
     pub(crate) kernel_map_errors: u64,
     /// TURN over TCP and TLS.
     pub(crate) streams: StreamMetrics,
+    /// Time the thread spent working rather than waiting for its sockets, since it started.
+    pub(crate) busy: Duration,
 }
 
 /// Index of a stream transport in [`StreamMetrics`]' arrays.
@@ -116,33 +119,38 @@ impl Shared {
         }
     }
 
-    /// The sum over all threads.
-    pub(crate) fn total(&self) -> ShardMetrics {
-        let shards = self
-            .shards
+    /// A copy of every thread's counters, in thread order.
+    pub(crate) fn shards(&self) -> Vec<ShardMetrics> {
+        self.shards
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut total = ShardMetrics::default();
-        for shard in shards.iter() {
-            add_stats(&mut total.stats, &shard.stats);
-            total.allocations += shard.allocations;
-            total.permissions += shard.permissions;
-            total.channels += shard.channels;
-            total.sends.sent += shard.sends.sent;
-            total.sends.buffer_full += shard.sends.buffer_full;
-            total.sends.unreachable += shard.sends.unreachable;
-            total.sends.other += shard.sends.other;
-            total.sends.segmented += shard.sends.segmented;
-            total.receive_errors += shard.receive_errors;
-            total.truncated += shard.truncated;
-            total.interrupted += shard.interrupted;
-            total.no_socket += shard.no_socket;
-            total.excluded_ports += shard.excluded_ports;
-            total.kernel_map_errors += shard.kernel_map_errors;
-            total.streams.add(&shard.streams);
-        }
-        total
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
+}
+
+/// The sum of some threads' counters.
+pub(crate) fn sum(shards: &[ShardMetrics]) -> ShardMetrics {
+    let mut total = ShardMetrics::default();
+    for shard in shards.iter() {
+        add_stats(&mut total.stats, &shard.stats);
+        total.allocations += shard.allocations;
+        total.permissions += shard.permissions;
+        total.channels += shard.channels;
+        total.sends.sent += shard.sends.sent;
+        total.sends.buffer_full += shard.sends.buffer_full;
+        total.sends.unreachable += shard.sends.unreachable;
+        total.sends.other += shard.sends.other;
+        total.sends.segmented += shard.sends.segmented;
+        total.receive_errors += shard.receive_errors;
+        total.truncated += shard.truncated;
+        total.interrupted += shard.interrupted;
+        total.no_socket += shard.no_socket;
+        total.excluded_ports += shard.excluded_ports;
+        total.kernel_map_errors += shard.kernel_map_errors;
+        total.busy += shard.busy;
+        total.streams.add(&shard.streams);
+    }
+    total
 }
 
 fn add_map<K: Ord + Copy>(into: &mut BTreeMap<K, u64>, from: &BTreeMap<K, u64>) {
@@ -318,12 +326,14 @@ pub(crate) fn render(total: &ShardMetrics, kernel: Option<&Counters>) -> String 
         "Requests answered from the retransmission cache.",
         vec![(String::new(), total.stats.retransmissions)],
     );
-    if let Some(kernel) = kernel {
-        section(
-            "turnpike_xdp_packets_total",
-            "counter",
-            "Frames the XDP program saw, by outcome: relayed per direction and family pair, or \
-             passed to user space and why.",
+    // Without the kernel data plane its families are declared with no samples, so that
+    // dashboards and rules name the same families whatever the relay's mode.
+    section(
+        "turnpike_xdp_packets_total",
+        "counter",
+        "Frames the XDP program saw, by outcome: relayed per direction and family pair, or \
+         passed to user space and why.",
+        kernel.map_or_else(Vec::new, |kernel| {
             kernel
                 .iter()
                 .map(|(outcome, counter)| {
@@ -332,14 +342,16 @@ pub(crate) fn render(total: &ShardMetrics, kernel: Option<&Counters>) -> String 
                         counter.packets,
                     )
                 })
-                .collect(),
-        );
-        let (to_peer, to_client) = kernel.cached_channels();
-        section(
-            "turnpike_xdp_cached_channels",
-            "gauge",
-            "Bound channels the XDP program finds in its direct-mapped caches, per direction; the \
-             others cost it a hash-map lookup per packet.",
+                .collect()
+        }),
+    );
+    section(
+        "turnpike_xdp_cached_channels",
+        "gauge",
+        "Bound channels the XDP program finds in its direct-mapped caches, per direction; the \
+         others cost it a hash-map lookup per packet.",
+        kernel.map_or_else(Vec::new, |kernel| {
+            let (to_peer, to_client) = kernel.cached_channels();
             vec![
                 (
                     format!("{{direction=\"{CLIENT_TO_PEER}\"}}"),
@@ -349,15 +361,15 @@ pub(crate) fn render(total: &ShardMetrics, kernel: Option<&Counters>) -> String 
                     format!("{{direction=\"{PEER_TO_CLIENT}\"}}"),
                     to_client as u64,
                 ),
-            ],
-        );
-        section(
-            "turnpike_xdp_map_errors_total",
-            "counter",
-            "Channels the kernel map could not take or drop (they are relayed in user space).",
-            vec![(String::new(), total.kernel_map_errors)],
-        );
-    }
+            ]
+        }),
+    );
+    section(
+        "turnpike_xdp_map_errors_total",
+        "counter",
+        "Channels the kernel map could not take or drop (they are relayed in user space).",
+        kernel.map_or_else(Vec::new, |_| vec![(String::new(), total.kernel_map_errors)]),
+    );
     render_streams(&mut section, &total.streams);
     section(
         "turnpike_excluded_ports",
@@ -467,24 +479,101 @@ const PEER_TO_CLIENT: &str = "peer_to_client";
 fn with_kernel(
     mut samples: Vec<(String, u64)>,
     kernel: Option<&Counters>,
-    value: impl Fn(turnpike_xdp_user::Counter) -> u64,
+    value: impl Fn(Counter) -> u64,
 ) -> Vec<(String, u64)> {
     if let Some(kernel) = kernel {
-        let sum = |prefix: &str| -> u64 {
-            kernel
-                .iter()
-                .filter(|(outcome, _)| outcome.is_relayed() && outcome.as_str().starts_with(prefix))
-                .map(|(_, counter)| value(counter))
-                .sum()
-        };
         samples.push((
             "{direction=\"client_to_peer\",path=\"kernel\"}".to_owned(),
-            sum(CLIENT_TO_PEER),
+            value(kernel_relayed(kernel, CLIENT_TO_PEER)),
         ));
         samples.push((
             "{direction=\"peer_to_client\",path=\"kernel\"}".to_owned(),
-            sum(PEER_TO_CLIENT),
+            value(kernel_relayed(kernel, PEER_TO_CLIENT)),
         ));
     }
     samples
+}
+
+/// What the kernel relayed in one direction (`client_to_peer` or `peer_to_client`), over all
+/// family pairs. Its bytes are whole frames as received, headers included.
+pub(crate) fn kernel_relayed(kernel: &Counters, direction: &str) -> Counter {
+    kernel
+        .iter()
+        .filter(|(outcome, _)| outcome.is_relayed() && outcome.as_str().starts_with(direction))
+        .fold(Counter::default(), |sum, (_, counter)| Counter {
+            packets: sum.packets + counter.packets,
+            bytes: sum.bytes + counter.bytes,
+        })
+}
+
+/// What the relay is, fixed at start, for `/metrics` and `/status`.
+#[derive(Debug, Clone)]
+pub(crate) struct RelayInfo {
+    pub(crate) version: &'static str,
+    pub(crate) started: Instant,
+    /// The start in seconds since the Unix epoch.
+    pub(crate) started_unix: f64,
+    /// The total allocation quota (`--max-allocations`).
+    pub(crate) allocations_limit: usize,
+    /// Whether the XDP program relays bound channels.
+    pub(crate) kernel_path: bool,
+}
+
+/// Renders the relay's identity and state, and each thread's load.
+pub(crate) fn render_relay(info: &RelayInfo, shards: &[ShardMetrics], draining: bool) -> String {
+    let mut out = String::new();
+    let mut section = |name: &str, kind: &str, help: &str, samples: Vec<(String, String)>| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, value) in samples {
+            let _ = writeln!(out, "{name}{labels} {value}");
+        }
+    };
+    let one = |value: String| vec![(String::new(), value)];
+    section(
+        "turnpike_build_info",
+        "gauge",
+        "Always 1; the version is a label.",
+        vec![(format!("{{version=\"{}\"}}", info.version), "1".to_owned())],
+    );
+    section(
+        "turnpike_start_time_seconds",
+        "gauge",
+        "When the relay started, in seconds since the Unix epoch.",
+        one(format!("{:.3}", info.started_unix)),
+    );
+    section(
+        "turnpike_draining",
+        "gauge",
+        "1 once SIGTERM or SIGINT began the drain: no new allocations, existing ones still relay.",
+        one(u8::from(draining).to_string()),
+    );
+    section(
+        "turnpike_allocations_limit",
+        "gauge",
+        "The total allocation quota (--max-allocations).",
+        one(info.allocations_limit.to_string()),
+    );
+    section(
+        "turnpike_xdp_enabled",
+        "gauge",
+        "1 when the XDP program relays bound channels in the kernel (--xdp-interface).",
+        one(u8::from(info.kernel_path).to_string()),
+    );
+    section(
+        "turnpike_thread_busy_seconds_total",
+        "counter",
+        "Time each relay thread spent working rather than waiting for its sockets; its rate is \
+         the thread's load, from 0 to 1.",
+        shards
+            .iter()
+            .enumerate()
+            .map(|(index, shard)| {
+                (
+                    format!("{{thread=\"{index}\"}}"),
+                    format!("{:.6}", shard.busy.as_secs_f64()),
+                )
+            })
+            .collect(),
+    );
+    out
 }

@@ -43,6 +43,10 @@ use turnpike_io::{self as udp, HEADROOM, RecvBatch, SendBatch};
 /// Datagrams received in one round before anything is sent: eight batches.
 const RECEIVE_POOL: usize = 8 * udp::BATCH;
 
+/// How often a thread copies its counters for the admin endpoint: often enough that the status
+/// page's per-second rates do not jump between 0 and twice the rate.
+const PUBLISH_INTERVAL: Duration = Duration::from_millis(250);
+
 /// What one shard is given to run.
 #[derive(Debug)]
 pub(crate) struct ShardPlan {
@@ -269,6 +273,9 @@ impl Shard {
         let mut events = Events::with_capacity(1024);
         let mut draining = false;
         let mut last_publish = Instant::now();
+        // Load: the time not spent waiting in `poll`.
+        let started = last_publish;
+        let mut idle = Duration::ZERO;
         self.shared.shard_started();
         loop {
             if self.shared.stopping.load(Ordering::Relaxed) {
@@ -294,7 +301,10 @@ impl Shard {
             } else {
                 Duration::ZERO
             };
-            match self.poll.poll(&mut events, Some(timeout)) {
+            let waiting = Instant::now();
+            let polled = self.poll.poll(&mut events, Some(timeout));
+            idle += waiting.elapsed();
+            match polled {
                 Ok(()) => {}
                 Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {
                     self.metrics.interrupted += 1
@@ -332,9 +342,10 @@ impl Shard {
             }
             self.serve_streams(now);
             self.flush();
-            if now.duration_since(last_publish) >= Duration::from_secs(1) {
+            if now.duration_since(last_publish) >= PUBLISH_INTERVAL {
                 last_publish = now;
                 self.server.set_wall_clock(now, unix_time());
+                self.metrics.busy = now.duration_since(started).saturating_sub(idle);
                 self.publish();
             }
         }

@@ -126,17 +126,81 @@ impl Relay {
     }
 
     pub fn get(&self, path: &str) -> Option<String> {
+        self.request("GET", path, &[], "")
+    }
+
+    /// Sends a request with extra header lines (`"Authorization: Bearer x"`), returning the raw
+    /// response.
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[&str],
+        body: &str,
+    ) -> Option<String> {
         use std::io::{Read, Write};
         let mut stream = TcpStream::connect_timeout(&self.admin, Duration::from_secs(1)).ok()?;
         stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-        write!(
-            stream,
-            "GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n"
-        )
-        .ok()?;
+        let mut head = format!("{method} {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n");
+        for header in headers {
+            head.push_str(header);
+            head.push_str("\r\n");
+        }
+        if method != "GET" {
+            head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+        }
+        head.push_str("\r\n");
+        head.push_str(body);
+        stream.write_all(head.as_bytes()).ok()?;
         let mut response = String::new();
         stream.read_to_string(&mut response).ok()?;
         Some(response)
+    }
+
+    /// The body of a successful GET, or `None`.
+    pub fn get_body(&self, path: &str) -> Option<String> {
+        let response = self.get(path)?;
+        if !response.starts_with("HTTP/1.1 200") {
+            return None;
+        }
+        response
+            .split_once("\r\n\r\n")
+            .map(|(_, body)| body.to_owned())
+    }
+
+    /// Every sample on /metrics, keyed by series (`name{labels}`), as published now.
+    pub fn samples(&self) -> std::collections::BTreeMap<String, f64> {
+        let body = self.get_body("/metrics").expect("metrics");
+        body.lines()
+            .filter(|line| !line.starts_with('#') && !line.is_empty())
+            .filter_map(|line| {
+                let (series, value) = line.rsplit_once(' ')?;
+                Some((series.to_owned(), value.parse().ok()?))
+            })
+            .collect()
+    }
+
+    /// The samples once two reads a publish period apart agree (the relay threads publish
+    /// four times a second), within `within`.
+    pub fn settled_samples(&self, within: Duration) -> std::collections::BTreeMap<String, f64> {
+        let deadline = Instant::now() + within;
+        let volatile = |series: &str| series.starts_with("turnpike_thread_busy_seconds_total");
+        let stable = |samples: std::collections::BTreeMap<String, f64>| {
+            samples
+                .into_iter()
+                .filter(|(series, _)| !volatile(series))
+                .collect::<std::collections::BTreeMap<_, _>>()
+        };
+        let mut last = stable(self.samples());
+        loop {
+            std::thread::sleep(Duration::from_millis(400));
+            let now = stable(self.samples());
+            if now == last {
+                return now;
+            }
+            assert!(Instant::now() < deadline, "/metrics did not settle");
+            last = now;
+        }
     }
 
     /// A counter from /metrics, after the relay threads have published (once a second).
