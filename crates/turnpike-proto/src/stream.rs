@@ -236,8 +236,6 @@ impl StreamDecoder {
 
 #[cfg(test)]
 mod tests {
-    #![expect(clippy::unwrap_used, reason = "tests fail by panicking")]
-
     use super::*;
 
     fn binding_request() -> Vec<u8> {

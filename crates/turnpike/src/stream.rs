@@ -1014,8 +1014,6 @@ fn write_some(connection: &mut Connection) -> Result<(), &'static str> {
 
 #[cfg(test)]
 mod tests {
-    #![expect(clippy::unwrap_used, reason = "tests fail by panicking")]
-
     use std::time::Duration;
 
     use super::*;

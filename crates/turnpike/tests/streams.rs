@@ -141,7 +141,9 @@ fn open(
 /// `count` ChannelData round trips through `allocation`, each checked byte for byte.
 fn round_trips(allocation: &mut StreamAllocation, count: usize, size: usize) {
     for index in 0..count {
-        let payload: Vec<u8> = (0..size).map(|byte| (byte + index) as u8).collect();
+        let payload: Vec<u8> = (0..size)
+            .map(|byte| u8::try_from((byte + index) % 256).unwrap())
+            .collect();
         allocation.send_channel_data(0x4000, &payload).unwrap();
         let echoed = allocation
             .recv(Duration::from_secs(5))
