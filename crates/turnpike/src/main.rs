@@ -5,6 +5,13 @@
 //! SIGINT stops taking new allocations, keeps relaying for the drain period, then exits 0. SIGHUP
 //! reads the TLS certificate and key again.
 
+// The option docs are clap's help texts, which show defaults such as `[default: [::]:3478]`:
+// brackets for people, not intra-doc links.
+#![allow(
+    rustdoc::broken_intra_doc_links,
+    reason = "clap help texts in doc comments use brackets for defaults"
+)]
+
 mod admin;
 mod config;
 mod logging;
