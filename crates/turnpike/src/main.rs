@@ -18,6 +18,7 @@ mod logging;
 mod metrics;
 mod shard;
 mod status;
+mod steer;
 mod stream;
 mod tls;
 mod xdp;
@@ -146,6 +147,19 @@ async fn run(settings: Settings, log: logging::LogControl) -> Result<()> {
             streams: Arc::clone(&streams),
         };
         bound.push(ShardSockets::bind(plan)?);
+    }
+    // One source address, one thread: per-source limits then hold for the whole relay.
+    if let Some(first) = bound.first() {
+        for (address, socket) in first.listeners() {
+            let family = turnpike_proto::AddressFamily::of(address.ip());
+            if let Err(error) = steer::by_source(socket, family, settings.threads) {
+                tracing::warn!(
+                    %address,
+                    %error,
+                    "cannot steer clients to threads by source address; per-source limits apply per thread"
+                );
+            }
+        }
     }
     let smallest = bound
         .iter()

@@ -171,6 +171,11 @@ impl ShardSockets {
     pub(crate) fn excluded_ports(&self) -> usize {
         self.excluded.len()
     }
+
+    /// The UDP listening sockets, in the order of `--listen`.
+    pub(crate) fn listeners(&self) -> impl Iterator<Item = &(SocketAddr, UdpSocket)> {
+        self.listeners.iter()
+    }
 }
 
 /// Tokens: listeners first, then relay slots.
