@@ -4,12 +4,13 @@
 //!
 //! The core is a single-threaded state machine, so the relay runs one per thread and splits the
 //! work so that no state is shared: every thread binds the listening addresses with
-//! `SO_REUSEPORT`, and the kernel hashes each client's 4-tuple to one of those sockets, so a
-//! client always reaches the same thread; the relayed port range is split into one contiguous
-//! block per thread, so a peer's datagram reaches the thread that owns the allocation. Nothing
-//! is locked on the data path. The cost: quotas are per thread (the total is divided, the
-//! per-user limit applies per thread), and a hairpin between allocations of two threads goes
-//! through the kernel's local delivery instead of staying inside one core.
+//! `SO_REUSEPORT`, and the kernel steers each client's source address to one of those sockets
+//! (`steer.rs`; TCP and TLS connections by the kernel's hash, `stream.rs`), so a client always
+//! reaches the same thread; the relayed port range is split into one contiguous block per
+//! thread, so a peer's datagram reaches the thread that owns the allocation. Nothing is locked
+//! on the data path. The cost: the per-user limit applies per thread (the total is shared
+//! through an atomic budget), and a hairpin between allocations of two threads goes through the
+//! kernel's local delivery instead of staying inside one core.
 //!
 //! # Fair reading
 //!
