@@ -319,10 +319,17 @@ pub struct SendOutcome {
 }
 
 impl SendBatch {
-    /// Queues `data` to be sent from `socket` to `to`.
+    /// Queues `data` to be sent from `socket` to `to`, without copying it.
     ///
-    /// `data` must stay valid and unchanged until the next [`flush`](Self::flush).
-    pub fn push(&mut self, socket: &impl AsRawFd, to: SocketAddr, data: &[u8]) {
+    /// # Safety
+    ///
+    /// Until the next [`flush`](Self::flush) (or until the batch is dropped), the bytes of
+    /// `data` must stay allocated and unchanged, and `socket`'s descriptor must stay open and
+    /// refer to the same socket: the batch keeps only a pointer and the raw descriptor. The
+    /// relay meets this by pointing into a receive pool that receives again only after the
+    /// flush, from sockets it keeps for the life of the thread; data that does not live that
+    /// long goes through [`push_copy`](Self::push_copy).
+    pub unsafe fn push(&mut self, socket: &impl AsRawFd, to: SocketAddr, data: &[u8]) {
         self.pending.push(Pending {
             fd: socket.as_raw_fd(),
             to,
@@ -333,7 +340,12 @@ impl SendBatch {
 
     /// Queues a copy of `data` to be sent from `socket` to `to`: for data that does not outlive
     /// the call (a message cut out of a TCP stream, say), batched like the rest.
-    pub fn push_copy(&mut self, socket: &impl AsRawFd, to: SocketAddr, data: &[u8]) {
+    ///
+    /// # Safety
+    ///
+    /// Until the next [`flush`](Self::flush), `socket`'s descriptor must stay open and refer
+    /// to the same socket: the batch keeps only the raw descriptor.
+    pub unsafe fn push_copy(&mut self, socket: &impl AsRawFd, to: SocketAddr, data: &[u8]) {
         let fits = self
             .copies
             .last()
@@ -496,7 +508,8 @@ impl SendBatch {
             }
             let offset = self.arena.len();
             for pending in &self.pending[start..end] {
-                // SAFETY: `push`'s contract keeps every pending datagram valid until the flush.
+                // SAFETY: `push`'s contract (and `push_copy`'s own chunks, which are freed only
+                // after the flush) keep every pending datagram valid until the flush.
                 self.arena.extend_from_slice(unsafe {
                     std::slice::from_raw_parts(pending.data, pending.len)
                 });

@@ -56,7 +56,8 @@ fn mixed_runs_to_two_destinations_arrive_whole_and_in_order() {
         } else {
             first.local_addr().unwrap()
         };
-        batch.push(&sender, to, message);
+        // SAFETY: `messages` and `sender` outlive the flush below.
+        unsafe { batch.push(&sender, to, message) };
     }
     let mut outcome = SendOutcome::default();
     batch.flush(&mut outcome);
@@ -95,7 +96,8 @@ fn sixty_four_plus_datagrams_to_one_destination_split_into_several_runs() {
         .collect();
     let mut batch = SendBatch::default();
     for message in &messages {
-        batch.push(&sender, receiver.local_addr().unwrap(), message);
+        // SAFETY: the messages and `sender` outlive the flush below.
+        unsafe { batch.push(&sender, receiver.local_addr().unwrap(), message) };
     }
     let mut outcome = SendOutcome::default();
     batch.flush(&mut outcome);
@@ -115,7 +117,8 @@ fn without_gso_the_same_datagrams_arrive_the_same_way() {
     let mut batch = SendBatch::default();
     batch.disable_gso();
     for message in &messages {
-        batch.push(&sender, receiver.local_addr().unwrap(), message);
+        // SAFETY: the messages and `sender` outlive the flush below.
+        unsafe { batch.push(&sender, receiver.local_addr().unwrap(), message) };
     }
     let mut outcome = SendOutcome::default();
     batch.flush(&mut outcome);
@@ -138,7 +141,8 @@ fn copies_outlive_their_source_and_span_chunks_in_order() {
     let mut scratch = vec![0u8; 1000];
     for index in 0..150u8 {
         scratch.fill(index);
-        batch.push_copy(&sender, to, &scratch);
+        // SAFETY: `sender` outlives the flush below.
+        unsafe { batch.push_copy(&sender, to, &scratch) };
     }
     assert_eq!(batch.copied_bytes(), 150_000);
     scratch.fill(0xEE);
@@ -156,7 +160,8 @@ fn copies_outlive_their_source_and_span_chunks_in_order() {
         );
     }
     // The chunks are reused for the next round.
-    batch.push_copy(&sender, to, b"again");
+    // SAFETY: `sender` outlives the flush below.
+    unsafe { batch.push_copy(&sender, to, b"again") };
     batch.flush(&mut outcome);
     assert_eq!(receive(&receiver, 1)[0].1, b"again");
 }

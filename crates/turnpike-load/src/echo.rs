@@ -27,11 +27,15 @@ pub fn echo(socket: &std::net::UdpSocket, stop: &AtomicBool, echoed: &AtomicU64)
                 break;
             };
             if let (Some(from), false) = (received.from, received.truncated) {
-                sends.push(
-                    socket,
-                    from,
-                    &received.slot[HEADROOM..HEADROOM + received.len],
-                );
+                // SAFETY: the pool receives again only after the flush below, and `socket`
+                // outlives this loop.
+                unsafe {
+                    sends.push(
+                        socket,
+                        from,
+                        &received.slot[HEADROOM..HEADROOM + received.len],
+                    );
+                }
             }
         }
         sends.flush(&mut outcome);

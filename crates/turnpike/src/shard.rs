@@ -555,7 +555,9 @@ fn queue_forward(
             };
             let bytes = &slot[HEADROOM + payload.start..HEADROOM + payload.end];
             tracing::trace!(port = relay.port, len = bytes.len(), "to peer");
-            sends.push(socket, peer, bytes);
+            // SAFETY: `bytes` lies in the receive pool, which receives again only after
+            // `Shard::flush` has sent the batch; relayed sockets live as long as the thread.
+            unsafe { sends.push(socket, peer, bytes) };
         }
         Forward::ToClient {
             client,
@@ -581,7 +583,9 @@ fn queue_forward(
             slot[start..HEADROOM + payload.start].copy_from_slice(&channel_header);
             let bytes = &slot[start..HEADROOM + payload.end];
             tracing::trace!(len = bytes.len(), "to client");
-            sends.push(socket, client.client, bytes);
+            // SAFETY: as above: the receive pool outlives the batch's next flush, and the
+            // listening sockets live as long as the thread.
+            unsafe { sends.push(socket, client.client, bytes) };
         }
     }
 }

@@ -22,7 +22,7 @@ use std::os::fd::AsRawFd;
 use turnpike_proto::AddressFamily;
 
 // Opcodes of classic BPF (linux/filter.h, linux/bpf_common.h).
-const LD_W_ABS: u16 = 0x00 | 0x00 | 0x20; // BPF_LD | BPF_W | BPF_ABS
+const LD_W_ABS: u16 = 0x20; // BPF_LD (0) | BPF_W (0) | BPF_ABS
 const TAX: u16 = 0x07; // BPF_MISC | BPF_TAX
 const ALU_XOR_X: u16 = 0x04 | 0xa0 | 0x08; // BPF_ALU | BPF_XOR | BPF_X
 const ALU_MUL_K: u16 = 0x04 | 0x20; // BPF_ALU | BPF_MUL | BPF_K

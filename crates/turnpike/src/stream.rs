@@ -650,7 +650,9 @@ impl Streams {
                 payload,
             } => match cx.sockets.relay(relay) {
                 Some(socket) => {
-                    self.peer_sends.push_copy(socket, peer, &message[payload]);
+                    // SAFETY: relayed sockets live as long as the thread, and the batch is
+                    // flushed within the round (`Streams::flush`).
+                    unsafe { self.peer_sends.push_copy(socket, peer, &message[payload]) };
                     if self.peer_sends.copied_bytes() >= PEER_SEND_LIMIT {
                         self.peer_sends.flush(&mut cx.metrics.sends);
                     }

@@ -2,6 +2,12 @@
 //! with four threads answers one host's unauthenticated requests from many source ports no more
 //! than the per-source rate allows (the kernel steers a source to one thread, `steer.rs`).
 
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests fail by panicking"
+)]
+
 mod common;
 
 use std::net::{SocketAddr, UdpSocket};
