@@ -3,14 +3,17 @@
 //! number in it is a `/metrics` sample (`docs/operations.md` maps the fields to the series), plus
 //! a history of the last minutes that the admin thread samples once a second.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 use turnpike_xdp_user::{Counter, Counters, XdpRelay};
 
-use crate::metrics::{RelayInfo, ShardMetrics, Shared, kernel_relayed, sum};
+use crate::metrics::{
+    RelayInfo, STREAM_TRANSPORTS, ShardMetrics, Shared, StreamMetrics, kernel_relayed, sum,
+};
+use crate::stream::{CLOSE_REASONS, REFUSE_REASONS};
 
 /// Samples kept: one a second for five minutes.
 pub(crate) const HISTORY_SAMPLES: usize = 300;
@@ -86,6 +89,20 @@ pub(crate) struct ByDirection {
     peer_to_client: ByPath,
 }
 
+/// TCP and TLS connections open, per transport.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub(crate) struct ByTransport {
+    tcp: u64,
+    tls: u64,
+}
+
+impl ByTransport {
+    fn of(values: [u64; 2]) -> Self {
+        let [tcp, tls] = values;
+        Self { tcp, tls }
+    }
+}
+
 /// One point of the history: gauges and cumulative counters, as `/metrics` had them.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct Sample {
@@ -96,6 +113,8 @@ pub(crate) struct Sample {
     channels: usize,
     packets: ByDirection,
     bytes: ByDirection,
+    /// `turnpike_stream_connections`, by transport.
+    connections: ByTransport,
     /// Per thread, `turnpike_thread_busy_seconds_total`.
     busy_seconds: Vec<f64>,
 }
@@ -121,6 +140,7 @@ impl Sample {
             channels: snapshot.total.channels,
             packets: by(|counter| counter.packets),
             bytes: by(|counter| counter.bytes),
+            connections: ByTransport::of(snapshot.total.streams.open),
             busy_seconds: snapshot
                 .shards
                 .iter()
@@ -216,6 +236,64 @@ struct Kind {
     count: u64,
 }
 
+/// One stream transport's connections and messages.
+#[derive(Debug, Serialize)]
+struct Transport {
+    transport: &'static str,
+    connections: u64,
+    accepted: u64,
+    messages_received: u64,
+    received_bytes: u64,
+    messages_sent: u64,
+    sent_bytes: u64,
+}
+
+/// TURN over TCP and TLS.
+#[derive(Debug, Serialize)]
+struct Streams {
+    transports: Vec<Transport>,
+    refused: Vec<Reason>,
+    closed: Vec<Reason>,
+    dropped_messages: u64,
+    dropped_bytes: u64,
+    buffered_bytes: u64,
+}
+
+impl Streams {
+    /// Every transport and every reason, zeros included, as `/metrics` has them.
+    fn of(streams: &StreamMetrics) -> Self {
+        fn reasons(names: &[&'static str], counts: &BTreeMap<&'static str, u64>) -> Vec<Reason> {
+            names
+                .iter()
+                .map(|&reason| Reason {
+                    reason,
+                    count: counts.get(reason).copied().unwrap_or(0),
+                })
+                .collect()
+        }
+        Self {
+            transports: STREAM_TRANSPORTS
+                .iter()
+                .enumerate()
+                .map(|(index, transport)| Transport {
+                    transport,
+                    connections: streams.open[index],
+                    accepted: streams.accepted[index],
+                    messages_received: streams.messages_in[index],
+                    received_bytes: streams.bytes_in[index],
+                    messages_sent: streams.messages_out[index],
+                    sent_bytes: streams.bytes_out[index],
+                })
+                .collect(),
+            refused: reasons(REFUSE_REASONS, &streams.refused),
+            closed: reasons(CLOSE_REASONS, &streams.closed),
+            dropped_messages: streams.dropped_frames,
+            dropped_bytes: streams.dropped_bytes,
+            buffered_bytes: streams.buffered_bytes,
+        }
+    }
+}
+
 #[derive(Debug, Serialize)]
 struct Thread {
     thread: usize,
@@ -273,6 +351,7 @@ pub(crate) struct Status {
     hairpinned_packets: u64,
     retransmissions: u64,
     excluded_ports: usize,
+    streams: Streams,
     threads: Vec<Thread>,
     kernel: Option<Kernel>,
     history: HistoryJson,
@@ -373,6 +452,7 @@ impl Status {
             hairpinned_packets: stats.hairpinned,
             retransmissions: stats.retransmissions,
             excluded_ports: total.excluded_ports,
+            streams: Streams::of(&total.streams),
             threads: snapshot
                 .shards
                 .iter()

@@ -319,14 +319,26 @@ fn chromium_present() -> bool {
 }
 
 const C2P: &str = "turnpike_relayed_packets_total{direction=\"client_to_peer\",path=\"userspace\"}";
+const TCP_OPEN: &str = "turnpike_stream_connections{transport=\"tcp\"}";
 
 #[test]
 fn the_status_page_shows_live_numbers_that_match_metrics() {
     if !chromium_present() {
         return;
     }
-    let relay = Relay::start(&["--threads=2"]);
+    // A silent TCP connection stays open for the whole test.
+    let relay = Relay::start(&["--threads=2", "--stream-idle-timeout=600"]);
     let server: SocketAddr = relay.server("127.0.0.1").parse().unwrap();
+    // A TURN-over-TCP client (the TCP listener shares the UDP listen address) that asks for its
+    // address once and stays connected.
+    let mut tcp = std::net::TcpStream::connect(server).unwrap();
+    tcp.write_all(&[
+        0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xa4, 0x42, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,
+    ])
+    .unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut answer = [0; 20];
+    std::io::Read::read_exact(&mut tcp, &mut answer).unwrap();
     let stop_peer = Arc::new(AtomicBool::new(false));
     let peer = common::echo_peer(&stop_peer);
     let allocations: Vec<(u32, _)> = (0..3)
@@ -361,6 +373,7 @@ fn the_status_page_shows_live_numbers_that_match_metrics() {
                 && shown.series.get("turnpike_allocations") == Some(&3.0)
                 && shown.series.get("turnpike_channels") == Some(&3.0)
                 && shown.series.get(C2P).is_some_and(|packets| *packets > 0.0)
+                && shown.series.get(TCP_OPEN) == Some(&1.0)
         },
     );
     assert_eq!(first.state, "ready");
@@ -414,6 +427,14 @@ fn the_status_page_shows_live_numbers_that_match_metrics() {
         "turnpike_responses_total{method=\"allocate\",code=\"0\"}",
         "turnpike_responses_total{method=\"allocate\",code=\"401\"}",
         "turnpike_responses_total{method=\"channel_bind\",code=\"0\"}",
+        TCP_OPEN,
+        "turnpike_stream_connections{transport=\"tls\"}",
+        "turnpike_stream_connections_accepted_total{transport=\"tcp\"}",
+        "turnpike_stream_messages_received_total{transport=\"tcp\"}",
+        "turnpike_stream_sent_bytes_total{transport=\"tcp\"}",
+        "turnpike_stream_buffered_bytes",
+        "turnpike_stream_dropped_messages_total",
+        "turnpike_stream_dropped_bytes_total",
     ] {
         assert!(
             matched.series.contains_key(series),
@@ -429,5 +450,6 @@ fn the_status_page_shows_live_numbers_that_match_metrics() {
         .collect();
     assert!(errors.is_empty(), "{errors:#?}");
     drop(allocations);
+    drop(tcp);
     stop_peer.store(true, Ordering::Relaxed);
 }

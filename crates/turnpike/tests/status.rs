@@ -129,6 +129,41 @@ fn status_as_series(status: &Value) -> BTreeMap<String, f64> {
             );
         }
     }
+    let streams = &status["streams"];
+    for transport in streams["transports"].as_array().unwrap() {
+        let labels = [("transport", text(&transport["transport"]))];
+        for (field, name) in [
+            ("connections", "turnpike_stream_connections"),
+            ("accepted", "turnpike_stream_connections_accepted_total"),
+            (
+                "messages_received",
+                "turnpike_stream_messages_received_total",
+            ),
+            ("received_bytes", "turnpike_stream_received_bytes_total"),
+            ("messages_sent", "turnpike_stream_messages_sent_total"),
+            ("sent_bytes", "turnpike_stream_sent_bytes_total"),
+        ] {
+            out.insert(label_series(name, &labels), number(&transport[field]));
+        }
+    }
+    for (field, name) in [
+        ("refused", "turnpike_stream_connections_refused_total"),
+        ("closed", "turnpike_stream_connections_closed_total"),
+    ] {
+        for item in streams[field].as_array().unwrap() {
+            out.insert(
+                label_series(name, &[("reason", text(&item["reason"]))]),
+                number(&item["count"]),
+            );
+        }
+    }
+    for (field, name) in [
+        ("dropped_messages", "turnpike_stream_dropped_messages_total"),
+        ("dropped_bytes", "turnpike_stream_dropped_bytes_total"),
+        ("buffered_bytes", "turnpike_stream_buffered_bytes"),
+    ] {
+        out.insert(name.to_owned(), number(&streams[field]));
+    }
     out
 }
 
@@ -140,6 +175,22 @@ fn status_reports_the_same_numbers_as_metrics_and_keeps_a_history() {
     let peer = common::echo_peer(&stop);
     let allocation = common::allocate(server, peer, "status").unwrap();
     round_trips(&allocation, 25);
+    // A TCP client (the TCP listener shares the UDP listen address by default) that sends one
+    // Binding request and stays connected.
+    let mut tcp = std::net::TcpStream::connect(server).unwrap();
+    let binding = [
+        0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xa4, 0x42, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,
+    ];
+    std::io::Write::write_all(&mut tcp, &binding).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut answer = [0; 20];
+    std::io::Read::read_exact(&mut tcp, &mut answer).unwrap();
+    assert_eq!(&answer[..2], &[0x01, 0x01], "a Binding success response");
+    eventually(
+        Duration::from_secs(5),
+        "the TCP connection in /status",
+        || self::status(&relay, "")["streams"]["transports"][0]["connections"] == 1,
+    );
 
     let metrics = relay.settled_samples(Duration::from_secs(10));
     let status = status(&relay, "");
@@ -170,6 +221,12 @@ fn status_reports_the_same_numbers_as_metrics_and_keeps_a_history() {
     }
     assert_eq!(status["allocations"], 1);
     assert_eq!(status["channels"], 1);
+    let tcp_status = &status["streams"]["transports"][0];
+    assert_eq!(tcp_status["transport"], "tcp", "{status}");
+    assert_eq!(tcp_status["connections"], 1, "{status}");
+    assert_eq!(tcp_status["accepted"], 1, "{status}");
+    assert_eq!(tcp_status["messages_received"], 1, "{status}");
+    assert_eq!(tcp_status["messages_sent"], 1, "{status}");
     assert!(
         status["relayed"][0]["packets"].as_u64().unwrap() >= 25,
         "{status}"
@@ -197,18 +254,22 @@ fn status_reports_the_same_numbers_as_metrics_and_keeps_a_history() {
 
     // The history: a sample a second, counters as cumulative values; `since` returns only what
     // is newer.
-    eventually(Duration::from_secs(10), "three history samples", || {
-        self::status(&relay, "")["history"]["samples"]
-            .as_array()
-            .unwrap()
-            .len()
-            >= 3
-    });
+    eventually(
+        Duration::from_secs(10),
+        "three history samples, the last with the TCP connection",
+        || {
+            let status = self::status(&relay, "");
+            let samples = status["history"]["samples"].as_array().unwrap();
+            samples.len() >= 3 && samples.last().unwrap()["connections"]["tcp"] == 1
+        },
+    );
     let history = self::status(&relay, "")["history"].clone();
     assert_eq!(history["interval_seconds"], 1);
     let samples = history["samples"].as_array().unwrap();
     let last = samples.last().unwrap();
     assert_eq!(last["allocations"], 1);
+    assert_eq!(last["connections"]["tcp"], 1);
+    assert_eq!(last["connections"]["tls"], 0);
     assert!(
         last["packets"]["client_to_peer"]["userspace"]
             .as_u64()
@@ -225,6 +286,7 @@ fn status_reports_the_same_numbers_as_metrics_and_keeps_a_history() {
             .iter()
             .all(|sample| sample["unix_ms"].as_u64().unwrap() > since)
     );
+    drop(tcp);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
 }
 
