@@ -39,6 +39,72 @@ pub struct Config {
     /// `quotas.allocations_total`, so that an operator's limit holds for the whole relay however
     /// unevenly clients spread over the threads.
     pub shared_budget: Option<Arc<AllocationBudget>>,
+    /// Allocations per username shared with sibling servers, checked on top of
+    /// `quotas.allocations_per_user`, so that the per-user quota holds for the whole relay and
+    /// does not multiply with the thread count.
+    pub shared_user_budget: Option<Arc<UserBudget>>,
+}
+
+/// Allocations per username, counted over several servers.
+///
+/// Taken and given back only when an allocation is made or freed, never per packet; a mutex
+/// over a map is cheaper than it sounds at that rate, and exact.
+#[derive(Debug)]
+pub struct UserBudget {
+    limit: usize,
+    per_user: std::sync::Mutex<std::collections::HashMap<Box<str>, usize>>,
+}
+
+impl UserBudget {
+    #[must_use]
+    pub fn new(limit: usize) -> Arc<Self> {
+        Arc::new(Self {
+            limit,
+            per_user: std::sync::Mutex::new(std::collections::HashMap::new()),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<Box<str>, usize>> {
+        self.per_user
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Takes one allocation of `user`, unless the user holds the limit already.
+    pub(crate) fn try_take(&self, user: &str) -> bool {
+        let mut per_user = self.lock();
+        if let Some(count) = per_user.get_mut(user) {
+            if *count >= self.limit {
+                return false;
+            }
+            *count += 1;
+        } else if self.limit > 0 {
+            per_user.insert(user.into(), 1);
+        } else {
+            return false;
+        }
+        true
+    }
+
+    /// Returns one allocation of `user` taken with `try_take`.
+    pub(crate) fn give_back(&self, user: &str) {
+        let mut per_user = self.lock();
+        if let Some(count) = per_user.get_mut(user) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                per_user.remove(user);
+                if per_user.capacity() > 64 && per_user.len() * 4 < per_user.capacity() {
+                    per_user.shrink_to_fit();
+                }
+            }
+        }
+    }
+
+    /// Allocations `user` holds now, over all servers.
+    #[must_use]
+    pub fn held_by(&self, user: &str) -> usize {
+        self.lock().get(user).copied().unwrap_or(0)
+    }
 }
 
 /// A number of allocations several servers draw from.
@@ -340,6 +406,7 @@ impl Config {
             software: None,
             unauthenticated_rate: RateLimit::per_second(100),
             shared_budget: None,
+            shared_user_budget: None,
         }
     }
 }

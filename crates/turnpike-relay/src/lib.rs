@@ -29,7 +29,7 @@ mod transactions;
 
 pub use addr::{FiveTuple, RelaySocket, Transport};
 pub use command::{ChannelRoute, Command, Forward};
-pub use config::{AllocationBudget, Config, ConfigError, Lifetimes, Quotas, RateLimit};
+pub use config::{AllocationBudget, Config, ConfigError, Lifetimes, Quotas, RateLimit, UserBudget};
 #[doc(hidden)]
 pub use memory::Footprint;
 pub use refusal::Refusal;

@@ -128,6 +128,7 @@ async fn run(settings: Settings, log: logging::LogControl) -> Result<()> {
         .collect();
     let shared = Arc::new(Shared::new(settings.threads));
     let budget = turnpike_relay::AllocationBudget::new(settings.core.quotas.allocations_total);
+    let user_budget = turnpike_relay::UserBudget::new(settings.core.quotas.allocations_per_user);
     let mut bound = Vec::new();
     for (index, relay_ports) in port_blocks(&settings.relay_ports, settings.threads)
         .into_iter()
@@ -136,6 +137,8 @@ async fn run(settings: Settings, log: logging::LogControl) -> Result<()> {
         let mut core = settings.core.clone();
         // The total is enforced across threads through the shared budget.
         core.shared_budget = Some(Arc::clone(&budget));
+        // So is the per-user quota.
+        core.shared_user_budget = Some(Arc::clone(&user_budget));
         let plan = ShardPlan {
             kernel: kernel.clone(),
             index,

@@ -8,9 +8,9 @@
 //! (`steer.rs`; TCP and TLS connections by the kernel's hash, `stream.rs`), so a client always
 //! reaches the same thread; the relayed port range is split into one contiguous block per
 //! thread, so a peer's datagram reaches the thread that owns the allocation. Nothing is locked
-//! on the data path. The cost: the per-user limit applies per thread (the total is shared
-//! through an atomic budget), and a hairpin between allocations of two threads goes through the
-//! kernel's local delivery instead of staying inside one core.
+//! on the data path (the allocation quotas are budgets the threads share, taken only when an
+//! allocation is made or freed). The cost: a hairpin between allocations of two threads goes
+//! through the kernel's local delivery instead of staying inside one core.
 //!
 //! # Fair reading
 //!

@@ -76,3 +76,51 @@ fn one_hosts_unauthenticated_answers_are_limited_across_all_threads() {
         "{answers} answers to 256 requests from 64 ports of one host"
     );
 }
+
+#[test]
+fn the_per_user_quota_holds_across_threads() {
+    // Four threads; the user may hold 3 allocations. Clients come from 16 loopback addresses,
+    // which the kernel spreads over the threads.
+    let relay = Relay::start(&["--threads=4", "--max-allocations-per-user=3"]);
+    let server = SocketAddr::from(([127, 0, 0, 1], relay.listen_port));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let peer = common::echo_peer(&stop);
+    let expiry = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600;
+    let (username, password) =
+        turnpike_load::turn_client::rest_credentials(common::SECRET, "one-user", expiry);
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for host in 1..=16u8 {
+        match turnpike_load::turn_client::allocate_and_bind(
+            SocketAddr::from(([127, 0, 0, host], 0)),
+            server,
+            &username,
+            &password,
+            peer,
+            0x4000,
+        ) {
+            Ok(allocation) => held.push(allocation),
+            Err(error) => {
+                assert!(format!("{error:#}").contains("486"), "{error:#}");
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!((held.len(), refused), (3, 13));
+    // A freed place can be taken again, from any thread.
+    held.pop().unwrap().release().unwrap();
+    let again = turnpike_load::turn_client::allocate_and_bind(
+        SocketAddr::from(([127, 0, 0, 17], 0)),
+        server,
+        &username,
+        &password,
+        peer,
+        0x4000,
+    );
+    assert!(again.is_ok(), "{:?}", again.err());
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+}

@@ -703,6 +703,9 @@ impl<R: RngCore> Server<R> {
         if let Some(budget) = &self.config.shared_budget {
             budget.give_back();
         }
+        if let Some(users) = &self.config.shared_user_budget {
+            users.give_back(&allocation.username);
+        }
         if let Some(count) = self.allocations_per_user.get_mut(&allocation.username) {
             *count -= 1;
             if *count == 0 {

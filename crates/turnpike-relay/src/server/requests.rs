@@ -403,10 +403,19 @@ impl<R: RngCore> Server<R> {
         let Some(port) = port else {
             return Refusal::NoRelayPort.into();
         };
+        if let Some(users) = &self.config.shared_user_budget
+            && !users.try_take(&authenticated.username)
+        {
+            self.ports.release(port);
+            return Refusal::UserAllocationQuota.into();
+        }
         if let Some(budget) = &self.config.shared_budget
             && !budget.try_take()
         {
             self.ports.release(port);
+            if let Some(users) = &self.config.shared_user_budget {
+                users.give_back(&authenticated.username);
+            }
             return Refusal::AllocationQuota.into();
         }
 
