@@ -252,13 +252,14 @@ fn promtool_accepts_the_rules_their_tests_and_the_live_exposition() {
     );
 }
 
-/// A directory with the unit (its ExecStart pointing at the binary under test) and, with
-/// `drop_in`, the XDP drop-in beside it, as systemd would find them.
-fn unit_directory(drop_in: bool) -> PathBuf {
+/// A directory with the unit (its ExecStart pointing at the binary under test) and the named
+/// drop-ins (`xdp` for `deploy/systemd/turnpike-xdp.conf`, `tls` for `turnpike-tls.conf`)
+/// beside it, as systemd would find them.
+fn unit_directory(drop_ins: &[&str]) -> PathBuf {
     let directory = std::env::temp_dir().join(format!(
         "turnpike-unit-{}-{}",
         std::process::id(),
-        u8::from(drop_in)
+        drop_ins.join("-")
     ));
     let _ = std::fs::remove_dir_all(&directory);
     std::fs::create_dir_all(&directory).unwrap();
@@ -269,12 +270,12 @@ fn unit_directory(drop_in: bool) -> PathBuf {
         unit.replace("/usr/local/bin/turnpike", env!("CARGO_BIN_EXE_turnpike")),
     )
     .unwrap();
-    if drop_in {
-        let drop_ins = directory.join("turnpike.service.d");
-        std::fs::create_dir_all(&drop_ins).unwrap();
+    let drop_in_directory = directory.join("turnpike.service.d");
+    std::fs::create_dir_all(&drop_in_directory).unwrap();
+    for name in drop_ins {
         std::fs::write(
-            drop_ins.join("xdp.conf"),
-            read("deploy/systemd/turnpike-xdp.conf"),
+            drop_in_directory.join(format!("{name}.conf")),
+            read(&format!("deploy/systemd/turnpike-{name}.conf")),
         )
         .unwrap();
     }
@@ -282,7 +283,7 @@ fn unit_directory(drop_in: bool) -> PathBuf {
 }
 
 #[test]
-fn the_systemd_unit_passes_systemd_analyze_with_and_without_the_xdp_drop_in() {
+fn the_systemd_unit_passes_systemd_analyze_with_and_without_its_drop_ins() {
     if !tool_present("systemd-analyze", "systemd") {
         return;
     }
@@ -294,8 +295,9 @@ fn the_systemd_unit_passes_systemd_analyze_with_and_without_the_xdp_drop_in() {
     ] {
         assert!(unit.contains(setting), "the unit lacks {setting:?}");
     }
-    // The relay does not reload on SIGHUP (it would die), so the unit must not pretend to.
-    assert!(!unit.contains("ExecReload="));
+    // SIGHUP reads the TLS certificate and key again (and ends nothing): `systemctl reload`
+    // sends it.
+    assert!(unit.contains("\nExecReload=/bin/kill -HUP $MAINPID\n"));
     // LimitNOFILE covers the default range: two sockets per port, plus listeners and slack.
     let files: usize = unit
         .lines()
@@ -309,9 +311,14 @@ fn the_systemd_unit_passes_systemd_analyze_with_and_without_the_xdp_drop_in() {
     );
     let drop_in = read("deploy/systemd/turnpike-xdp.conf");
     assert!(drop_in.contains("CapabilityBoundingSet=CAP_BPF CAP_NET_ADMIN\n"));
+    // Port 443, and nothing more; the certificate files are read as plain files (credentials
+    // would not be read again on reload).
+    let tls = read("deploy/systemd/turnpike-tls.conf");
+    assert!(tls.contains("\nCapabilityBoundingSet=CAP_NET_BIND_SERVICE\n"));
+    assert!(!tls.contains("\nLoadCredential"));
 
-    for with_drop_in in [false, true] {
-        let directory = unit_directory(with_drop_in);
+    for drop_ins in [&[][..], &["xdp"], &["tls"], &["xdp", "tls"]] {
+        let directory = unit_directory(drop_ins);
         let unit = directory.join("turnpike.service");
         // verify exits 0 on settings it ignores, so any message is a failure.
         let output = run(
@@ -323,7 +330,7 @@ fn the_systemd_unit_passes_systemd_analyze_with_and_without_the_xdp_drop_in() {
         );
         assert!(
             output.status.success() && output.stdout.is_empty() && output.stderr.is_empty(),
-            "verify (drop-in: {with_drop_in}): {}",
+            "verify (drop-ins: {drop_ins:?}): {}",
             describe(&output)
         );
         // The exposure score of `systemd-analyze security` (0 best, 10 worst): 2.0 at most.
@@ -335,7 +342,7 @@ fn the_systemd_unit_passes_systemd_analyze_with_and_without_the_xdp_drop_in() {
         );
         assert!(
             output.status.success(),
-            "security (drop-in: {with_drop_in}): {}",
+            "security (drop-ins: {drop_ins:?}): {}",
             describe(&output)
         );
         std::fs::remove_dir_all(&directory).unwrap();
@@ -582,7 +589,9 @@ fn the_example_configuration_has_every_key_and_the_relay_accepts_it() {
     }
 
     // The relay starts with it; flags replace what belongs to the host (addresses, ports,
-    // files) with what this test can use.
+    // files) with what this test can use, a certificate and key made here among them.
+    let certified =
+        rcgen::generate_simple_self_signed(vec!["turn.example.com".to_owned()]).unwrap();
     let files: Vec<(&str, PathBuf)> = vec![
         (
             "secrets-file",
@@ -597,6 +606,14 @@ fn the_example_configuration_has_every_key_and_the_relay_accepts_it() {
             "admin-token-file",
             temporary_file("token", "example-admin-token-0123\n"),
         ),
+        (
+            "tls-cert",
+            temporary_file("cert.pem", &certified.cert.pem()),
+        ),
+        (
+            "tls-key",
+            temporary_file("key.pem", &certified.key_pair.serialize_pem()),
+        ),
     ];
     let config = format!("--config={}", root().join("deploy/turnpike.toml").display());
     let mut arguments = vec![config.clone()];
@@ -606,7 +623,10 @@ fn the_example_configuration_has_every_key_and_the_relay_accepts_it() {
             .map(|(setting, path)| format!("--{setting}={}", path.display())),
     );
     arguments.push("--threads=2".to_owned());
-    let borrowed: Vec<&str> = arguments.iter().map(String::as_str).collect();
+    // The example leaves TLS off; here it listens, with the certificate above, on this test's
+    // spare port.
+    let mut borrowed: Vec<&str> = arguments.iter().map(String::as_str).collect();
+    borrowed.push("--listen-tls=127.0.0.1:{tls}");
     let relay = Relay::start(&borrowed);
     let metrics = relay.request(
         "GET",
@@ -623,6 +643,30 @@ fn the_example_configuration_has_every_key_and_the_relay_accepts_it() {
             .any(|line| line == "turnpike_allocations_limit 16000"),
         "{metrics}"
     );
+    // And a TLS listener that answers a handshake with the certificate it was given.
+    let tls_port = relay.listen_port + 3;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(certified.cert.der().clone()).unwrap();
+    let client = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let mut connection = rustls::ClientConnection::new(
+        std::sync::Arc::new(client),
+        "turn.example.com".try_into().unwrap(),
+    )
+    .unwrap();
+    let mut socket = std::net::TcpStream::connect(("127.0.0.1", tls_port)).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    while connection.is_handshaking() {
+        connection.complete_io(&mut socket).unwrap();
+    }
+    drop(socket);
     drop(relay);
 
     // The keys shown commented out parse too: with all of them set, the relay gets as far as
@@ -647,6 +691,8 @@ fn the_example_configuration_has_every_key_and_the_relay_accepts_it() {
             "--public-ipv4=127.0.0.1",
             "--relay-ports=40000-40001",
             "--admin-listen=127.0.0.1:0",
+            "--listen-tcp=127.0.0.1:0",
+            "--listen-tls=[::1]:0",
             "--xdp-interface=turnpike-none0",
         ]);
     let output = run(&mut command, b"");
