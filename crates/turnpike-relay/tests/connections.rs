@@ -121,3 +121,55 @@ fn unauthenticated_answers_are_rate_limited_over_udp_only() {
     assert_eq!(answered_bindings(Transport::Tcp, 100), 100);
     assert_eq!(answered_bindings(Transport::Tls, 100), 100);
 }
+
+#[test]
+fn other_addresses_of_the_host_are_refused_as_peers_unless_allowed() {
+    // Public addresses (the policy would let them through) that this host also holds.
+    let second: std::net::IpAddr = "52.0.0.99".parse().unwrap();
+    let mut harness = Harness::new();
+    harness.server.set_host_addresses([
+        RELAY_V4.parse().unwrap(),
+        second,
+        // IPv4-mapped forms count as the address they map.
+        "::ffff:52.0.0.98".parse().unwrap(),
+    ]);
+    let mut client = Client::new("203.0.113.5:40000");
+    client.allocate(&mut harness);
+    for peer in ["52.0.0.99:3478", "52.0.0.98:53"] {
+        let (response, _) = client.send(
+            &mut harness,
+            Method::CreatePermission,
+            &[Attribute::XorPeerAddress(peer.parse().unwrap())],
+        );
+        assert_eq!(
+            error_code(&response),
+            Some(turnpike_proto::ErrorCode::FORBIDDEN),
+            "{peer}"
+        );
+    }
+    // The advertised relayed address stays a hairpin target; other public peers are fine.
+    for peer in [format!("{RELAY_V4}:50000"), "52.0.0.97:3478".to_owned()] {
+        let (response, _) = client.send(
+            &mut harness,
+            Method::CreatePermission,
+            &[Attribute::XorPeerAddress(peer.parse().unwrap())],
+        );
+        assert_eq!(error_code(&response), None, "{peer}");
+    }
+
+    // An operator who allows the address explicitly gets it.
+    let mut config = config();
+    config.policy = config
+        .policy
+        .with_allowed(["52.0.0.99/32".parse().unwrap()]);
+    let mut harness = Harness::with_config(config);
+    harness.server.set_host_addresses([second]);
+    let mut client = Client::new("203.0.113.5:40000");
+    client.allocate(&mut harness);
+    let (response, _) = client.send(
+        &mut harness,
+        Method::CreatePermission,
+        &[Attribute::XorPeerAddress("52.0.0.99:3478".parse().unwrap())],
+    );
+    assert_eq!(error_code(&response), None);
+}

@@ -72,6 +72,27 @@ pub fn interface_addresses(interface: &str) -> Result<InterfaceAddresses, XdpErr
     }
 }
 
+/// Every IP address of every interface of the host (in this network namespace), unspecified
+/// addresses aside, sorted and without repeats: the addresses a datagram sent there would
+/// deliver to this host, and so to whatever listens on them (the relay's own wildcard
+/// listeners among it).
+///
+/// # Errors
+///
+/// When `getifaddrs` fails.
+pub fn host_addresses() -> std::io::Result<Vec<IpAddr>> {
+    let list = IfAddrs::new()?;
+    let mut addresses: Vec<IpAddr> = list
+        .iter()
+        .filter_map(|(_, ip)| ip)
+        .map(|ip| ip.to_canonical())
+        .filter(|ip| !ip.is_unspecified())
+        .collect();
+    addresses.sort_unstable();
+    addresses.dedup();
+    Ok(addresses)
+}
+
 /// The relay's own address per family for the XDP program: for each family, the first of
 /// `preferred` that is a usable address of `interface` (pass the relay's specific listening
 /// addresses here, so that translated datagrams leave from the address clients talk to), else the

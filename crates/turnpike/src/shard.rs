@@ -41,6 +41,27 @@ use crate::metrics::{ShardMetrics, Shared};
 use crate::stream::{self, StreamListener, StreamShared, Streams};
 use turnpike_io::{self as udp, HEADROOM, RecvBatch, SendBatch};
 
+/// How often a thread reads the host's addresses again (they come and go: DHCP, SLAAC, an
+/// operator adding one); a peer at one of them is refused (`Server::set_host_addresses`).
+const HOST_SCAN_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Reads the host's addresses and gives them to `server` when they differ from `known`;
+/// returns what is known now. A failed read keeps what was known.
+fn scan_host_addresses(server: &mut Server<StdRng>, known: Vec<IpAddr>) -> Vec<IpAddr> {
+    match turnpike_xdp_user::discover::host_addresses() {
+        Ok(addresses) if addresses != known => {
+            tracing::debug!(?addresses, "host addresses");
+            server.set_host_addresses(addresses.iter().copied());
+            addresses
+        }
+        Ok(_) => known,
+        Err(error) => {
+            tracing::warn!(%error, "cannot read the host's addresses");
+            known
+        }
+    }
+}
+
 /// Datagrams received in one round before anything is sent: eight batches.
 const RECEIVE_POOL: usize = 8 * udp::BATCH;
 
@@ -196,6 +217,8 @@ struct Shard {
     streams: Streams,
     /// Stream events of the last poll, served after the UDP round.
     stream_events: Vec<(usize, bool)>,
+    /// The host's addresses as last read (`scan_host_addresses`).
+    host_addresses: Vec<IpAddr>,
     metrics: ShardMetrics,
     shared: Arc<Shared>,
 }
@@ -221,6 +244,7 @@ pub(crate) fn run(sockets: ShardSockets, shared: Arc<Shared>) -> Result<()> {
     core.shard_ports = Some(plan.relay_ports.clone());
     let now = Instant::now();
     let mut server = Server::new(core, StdRng::from_entropy(), now, unix_time());
+    let host_addresses = scan_host_addresses(&mut server, Vec::new());
     for port in &excluded {
         server.exclude_relay_port(*port);
     }
@@ -265,6 +289,7 @@ pub(crate) fn run(sockets: ShardSockets, shared: Arc<Shared>) -> Result<()> {
         sends: SendBatch::default(),
         streams,
         stream_events: Vec::new(),
+        host_addresses,
         metrics: ShardMetrics {
             excluded_ports: excluded.len(),
             ..ShardMetrics::default()
@@ -279,6 +304,7 @@ impl Shard {
         let mut events = Events::with_capacity(1024);
         let mut draining = false;
         let mut last_publish = Instant::now();
+        let mut last_host_scan = last_publish;
         // Load: the time not spent waiting in `poll`.
         let started = last_publish;
         let mut idle = Duration::ZERO;
@@ -353,6 +379,11 @@ impl Shard {
                 self.server.set_wall_clock(now, unix_time());
                 self.metrics.busy = now.duration_since(started).saturating_sub(idle);
                 self.publish();
+            }
+            if now.duration_since(last_host_scan) >= HOST_SCAN_INTERVAL {
+                last_host_scan = now;
+                let known = std::mem::take(&mut self.host_addresses);
+                self.host_addresses = scan_host_addresses(&mut self.server, known);
             }
         }
     }

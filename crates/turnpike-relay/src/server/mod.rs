@@ -123,6 +123,8 @@ pub struct Server<R> {
     limiter: UnauthenticatedLimiter,
     commands: VecDeque<Command>,
     draining: bool,
+    /// Every address of the host, from the driver (see `set_host_addresses`).
+    host_addresses: std::collections::BTreeSet<IpAddr>,
     stats: Stats,
 }
 
@@ -167,6 +169,7 @@ impl<R: RngCore> Server<R> {
             timers: TimerQueue::default(),
             commands: VecDeque::new(),
             draining: false,
+            host_addresses: std::collections::BTreeSet::new(),
             stats: Stats::default(),
         }
     }
@@ -656,6 +659,28 @@ impl<R: RngCore> Server<R> {
         if let Some(id) = self.by_five_tuple.get(&client).copied() {
             self.free_allocation(id);
         }
+    }
+
+    /// Tells the server every address of the host it runs on (the driver discovers them and
+    /// calls this again when they change).
+    ///
+    /// A peer at one of them is refused unless an operator allowed it explicitly: behind a
+    /// wildcard listener, a datagram relayed to another address of this host would reach the
+    /// relay's own listening sockets, or any service bound there, from the relay itself. The
+    /// advertised relayed addresses stay what they are, a hairpin to another allocation.
+    /// Permissions and channels made before an address appeared are not revoked; they lapse at
+    /// their lifetime, since refreshing them is refused.
+    pub fn set_host_addresses(&mut self, addresses: impl IntoIterator<Item = IpAddr>) {
+        self.host_addresses = addresses
+            .into_iter()
+            .map(|address| address.to_canonical())
+            .collect();
+    }
+
+    /// Whether `ip` is an address of this host (plain or IPv4-mapped) that is not one of the
+    /// advertised relayed addresses.
+    pub(crate) fn is_other_host_address(&self, ip: IpAddr) -> bool {
+        self.host_addresses.contains(&ip.to_canonical()) && !self.is_relay_ip(ip)
     }
 
     /// Whether an unauthenticated request from `from` may be answered now.

@@ -597,6 +597,10 @@ impl<R: RngCore> Server<R> {
         if self.is_relay_ip(peer) || self.config.policy.is_relay_own_address(peer) {
             return Ok(());
         }
+        if self.is_other_host_address(peer) && !self.config.policy.is_explicitly_allowed(peer) {
+            tracing::debug!("peer refused: an address of this host");
+            return Err(Refusal::PeerForbidden);
+        }
         self.config.policy.check(peer).map_err(|denied| {
             tracing::debug!(reason = %denied, "peer refused by policy");
             Refusal::PeerForbidden
