@@ -3,10 +3,11 @@
 
 Each overlay is built with `kubectl kustomize` (the real kustomize), every built resource of a
 built-in kind is validated against the Kubernetes API schemas (kubernetes-validate, strict: no
-unknown fields), and what a relay needs is checked field by field: hostNetwork, probes on
-/readyz and /healthz, a preStop drain within the grace period, secrets mounted as files,
-capabilities (BPF and NET_ADMIN only with XDP, none without), and a ServiceMonitor and Service
-that find the relays. Prints one line per check; exits 1 on the first failure.
+unknown fields), and what a relay needs is checked field by field: hostNetwork, the TURN ports
+(UDP, TCP unless listen-tcp is off, TLS when listen-tls is set), probes on /readyz and /healthz, a
+preStop drain within the grace period, secrets and TLS certificates mounted as files,
+capabilities (BPF and NET_ADMIN only with XDP, NET_BIND_SERVICE only for TLS below port 1024,
+none for a user-space relay), and a ServiceMonitor and Service that find the relays. Prints one line per check; exits 1 on the first failure.
 
 Needs kubectl (any version whose kustomize knows generatorOptions) and the PyPI packages
 kubernetes-validate and PyYAML; scripts/setup.sh installs them.
@@ -24,6 +25,17 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 KUBERNETES = ROOT / "deploy" / "kubernetes"
 KUBERNETES_VERSION = "1.30.0"
 ADMIN_PORT = 9478
+
+
+def port_of(address):
+    return int(address.strip().rsplit(":", 1)[1])
+
+
+def addresses(setting):
+    """The addresses of a TOML list or a comma-separated string setting."""
+    if isinstance(setting, str):
+        return [address for address in setting.split(",") if address.strip()]
+    return list(setting)
 
 
 class CheckFailed(Exception):
@@ -88,6 +100,32 @@ def check_workload(overlay, resources, kind, xdp):
     ports = {port["name"]: port for port in container["ports"]}
     check(ports["admin"]["containerPort"] == ADMIN_PORT, f"{overlay}: admin port")
     check(ports["turn"]["protocol"] == "UDP", f"{overlay}: TURN is UDP")
+    listen = addresses(config.get("listen", ["0.0.0.0:3478", "[::]:3478"]))
+    check(
+        {port_of(address) for address in listen} == {ports["turn"]["containerPort"]},
+        f"{overlay}: the turn port must be the listen port",
+    )
+    # TURN over TCP: listen-tcp defaults to the listen addresses; "" turns it off.
+    listen_tcp = addresses(config.get("listen-tcp", listen))
+    if listen_tcp:
+        tcp = ports.get("turn-tcp", {})
+        check(
+            tcp.get("protocol") == "TCP"
+            and {port_of(address) for address in listen_tcp} == {tcp.get("containerPort")},
+            f"{overlay}: TURN over TCP needs a TCP port named turn-tcp on the listen-tcp port",
+        )
+    else:
+        check("turn-tcp" not in ports, f"{overlay}: turn-tcp declared, listen-tcp is off")
+    listen_tls = addresses(config.get("listen-tls", ""))
+    if listen_tls:
+        tls = ports.get("turns", {})
+        check(
+            tls.get("protocol") == "TCP"
+            and {port_of(address) for address in listen_tls} == {tls.get("containerPort")},
+            f"{overlay}: TURN over TLS needs a TCP port named turns on the listen-tls port",
+        )
+    else:
+        check("turns" not in ports, f"{overlay}: turns declared, listen-tls is unset")
     for probe, path in [("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")]:
         get = container[probe]["httpGet"]
         check(get["path"] == path and get["port"] in ("admin", ADMIN_PORT), f"{overlay}: {probe}")
@@ -112,13 +150,24 @@ def check_workload(overlay, resources, kind, xdp):
     secret_volumes = [name for name, volume in volumes.items() if "secret" in volume]
     check(secret_volumes, f"{overlay}: no secret volume")
     for name in secret_volumes:
-        mount = mounts[name]
-        check(mount.get("readOnly") is True, f"{overlay}: {name} must be mounted read-only")
-        for setting in ("secrets-file", "admin-token-file"):
-            check(
-                config[setting].startswith(mount["mountPath"] + "/"),
-                f"{overlay}: {setting} must be in the secret volume",
-            )
+        check(mounts[name].get("readOnly") is True, f"{overlay}: {name} must be mounted read-only")
+
+    def in_secret(setting, secret):
+        volume = next(
+            (name for name in secret_volumes if volumes[name]["secret"]["secretName"] == secret),
+            None,
+        )
+        check(volume in mounts, f"{overlay}: the Secret {secret} must be mounted")
+        check(
+            config[setting].startswith(mounts[volume]["mountPath"] + "/"),
+            f"{overlay}: {setting} must be in the volume of the Secret {secret}",
+        )
+
+    for setting in ("secrets-file", "admin-token-file"):
+        in_secret(setting, "turnpike-secrets")
+    if listen_tls:
+        for setting in ("tls-cert", "tls-key"):
+            in_secret(setting, "turnpike-tls")
     config_volume = next(name for name, volume in volumes.items() if "configMap" in volume)
     check(
         f"--config={mounts[config_volume]['mountPath']}/turnpike.toml" in container["args"],
@@ -141,14 +190,20 @@ def check_workload(overlay, resources, kind, xdp):
     check(security.get("readOnlyRootFilesystem") is True, f"{overlay}: writable root")
     capabilities = security["capabilities"]
     check(capabilities["drop"] == ["ALL"], f"{overlay}: capabilities must drop ALL")
+    low_port = any(port_of(address) < 1024 for address in listen + listen_tcp + listen_tls)
     if xdp:
+        expected = ["BPF", "NET_ADMIN"] + (["NET_BIND_SERVICE"] if low_port else [])
         check(
-            sorted(capabilities.get("add", [])) == ["BPF", "NET_ADMIN"],
-            f"{overlay}: XDP needs exactly BPF and NET_ADMIN",
+            sorted(capabilities.get("add", [])) == expected,
+            f"{overlay}: XDP needs exactly {' and '.join(expected)}",
         )
         check("TURNPIKE_XDP_INTERFACE" in env, f"{overlay}: XDP needs an interface")
     else:
         check(not capabilities.get("add"), f"{overlay}: a user-space relay needs no capability")
+        check(
+            not low_port,
+            f"{overlay}: a relay without capabilities cannot bind a port below 1024",
+        )
         check("TURNPIKE_XDP_INTERFACE" not in env, f"{overlay}: no XDP without capabilities")
         pod_security = pod.get("securityContext", {})
         check(pod_security.get("runAsNonRoot") is True, f"{overlay}: must run as non-root")
