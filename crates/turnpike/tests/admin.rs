@@ -70,11 +70,15 @@ fn sigterm_refuses_new_allocations_keeps_relaying_then_exits_cleanly() {
     let pid = i32::try_from(relay.pid()).unwrap();
     // SAFETY: kill(2) on the relay this test started.
     unsafe { libc::kill(pid, libc::SIGTERM) };
-    std::thread::sleep(Duration::from_millis(500));
-
-    assert!(
-        relay.get("/readyz").unwrap().starts_with("HTTP/1.1 503"),
-        "not ready while draining"
+    // Draining starts when the signal is handled: not ready from then on.
+    relay.until(
+        Duration::from_secs(2),
+        "not ready while draining",
+        |relay| {
+            relay
+                .get("/readyz")
+                .is_some_and(|response| response.starts_with("HTTP/1.1 503"))
+        },
     );
     let refused = allocate("after").unwrap_err();
     assert!(format!("{refused:#}").contains("508"), "{refused:#}");

@@ -14,7 +14,7 @@ mod common;
 use std::net::{IpAddr, SocketAddr};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{Relay, rest_credentials};
 
@@ -78,8 +78,30 @@ async fn round_trips(relay_conn: &impl Conn, peer: SocketAddr, count: usize) {
                 .unwrap();
         assert_eq!(from, peer);
         assert_eq!(&buf[..len], message.as_bytes());
-        // Give the client's channel binding time to complete, so later messages use ChannelData.
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Keeps relaying round trips until the relay has carried ChannelData both ways (the client
+/// binds its channel in the background after its first Send indication), within 10 s.
+async fn round_trips_until_channel_data(relay: &Relay, relay_conn: &impl Conn, peer: SocketAddr) {
+    let channel_data = |direction: &str| {
+        let all = relay.metric(&format!(
+            "turnpike_relayed_packets_total{{direction=\"{direction}\"}}"
+        ));
+        let indications = relay.metric(&format!(
+            "turnpike_relayed_indication_packets_total{{direction=\"{direction}\"}}"
+        ));
+        all.saturating_sub(indications)
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while channel_data("client_to_peer") == 0 || channel_data("peer_to_client") == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the client never sent ChannelData, or the relay never answered in kind"
+        );
+        round_trips(relay_conn, peer, 5).await;
+        // The relay threads publish four times a second.
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -91,28 +113,28 @@ async fn relays_both_ways(client_ip: &str, server_ip: &str) {
     let relayed = relay_conn.local_addr().unwrap();
     assert_eq!(relayed.ip(), "127.0.0.1".parse::<IpAddr>().unwrap());
     round_trips(&relay_conn, peer, 30).await;
-    assert!(relay.metric("turnpike_responses_total{method=\"create_permission\",code=\"0\"}") >= 1);
-    assert!(relay.metric("turnpike_responses_total{method=\"channel_bind\",code=\"0\"}") >= 1);
-    let to_peer = relay.metric("turnpike_relayed_packets_total{direction=\"client_to_peer\"");
-    let to_client = relay.metric("turnpike_relayed_packets_total{direction=\"peer_to_client\"");
-    assert!(to_peer >= 30 && to_client >= 30, "{to_peer} {to_client}");
     // Once its channel is bound the client sends ChannelData, and the relay answers in kind.
-    let indications_out =
-        relay.metric("turnpike_relayed_indication_packets_total{direction=\"client_to_peer\"}");
-    let indications_in =
-        relay.metric("turnpike_relayed_indication_packets_total{direction=\"peer_to_client\"}");
-    assert!(
-        indications_out < to_peer,
-        "no ChannelData to the peer: {indications_out} of {to_peer}"
+    round_trips_until_channel_data(&relay, &relay_conn, peer).await;
+    relay.metric_until(
+        "turnpike_responses_total{method=\"create_permission\",code=\"0\"}",
+        |count| count >= 1,
     );
-    assert!(
-        indications_in < to_client,
-        "no ChannelData to the client: {indications_in} of {to_client}"
+    relay.metric_until(
+        "turnpike_responses_total{method=\"channel_bind\",code=\"0\"}",
+        |count| count >= 1,
+    );
+    relay.metric_until(
+        "turnpike_relayed_packets_total{direction=\"client_to_peer\"}",
+        |count| count >= 30,
+    );
+    relay.metric_until(
+        "turnpike_relayed_packets_total{direction=\"peer_to_client\"}",
+        |count| count >= 30,
     );
     // Delete: Refresh with LIFETIME 0.
     relay_conn.close().await.unwrap();
     client.close().await.unwrap();
-    assert_eq!(relay.metric("turnpike_allocations "), 0);
+    relay.metric_until("turnpike_allocations", |count| count == 0);
 }
 
 // The admin endpoint is read with blocking waits; the client's timers run on other workers.
@@ -140,12 +162,21 @@ async fn webrtc_rs_client_refreshes_and_recovers_from_stale_nonces() {
     let client = client(&relay, "127.0.0.1", "127.0.0.1", rest_credentials(3600)).await;
     let relay_conn = client.allocate().await.unwrap();
     round_trips(&relay_conn, peer, 5).await;
+    // The wait is what is tested: 5 s outlives the first lifetime (4 s) and several nonces
+    // (1 s each), so the allocation lives on only if the client's refreshes, retried after
+    // 438 Stale Nonce, succeeded.
     tokio::time::sleep(Duration::from_secs(5)).await;
     round_trips(&relay_conn, peer, 5).await;
-    assert!(relay.metric("turnpike_responses_total{method=\"refresh\",code=\"438\"}") >= 1);
-    assert!(relay.metric("turnpike_responses_total{method=\"refresh\",code=\"0\"}") >= 1);
+    relay.metric_until(
+        "turnpike_responses_total{method=\"refresh\",code=\"438\"}",
+        |count| count >= 1,
+    );
+    relay.metric_until(
+        "turnpike_responses_total{method=\"refresh\",code=\"0\"}",
+        |count| count >= 1,
+    );
     assert_eq!(
-        relay.metric("turnpike_allocations "),
+        relay.metric("turnpike_allocations"),
         1,
         "the allocation outlived its first lifetime"
     );
@@ -160,8 +191,11 @@ async fn expired_credentials_are_refused() {
     let client = client(&relay, "127.0.0.1", "127.0.0.1", rest_credentials(-60)).await;
     assert!(client.allocate().await.is_err());
     client.close().await.unwrap();
-    assert!(relay.metric("turnpike_auth_failures_total{reason=\"expired_credentials\"}") >= 1);
-    assert_eq!(relay.metric("turnpike_allocations "), 0);
+    relay.metric_until(
+        "turnpike_auth_failures_total{reason=\"expired_credentials\"}",
+        |count| count >= 1,
+    );
+    assert_eq!(relay.metric("turnpike_allocations"), 0);
 }
 
 // The admin endpoint is read with blocking waits; the client's timers run on other workers.
@@ -175,12 +209,13 @@ async fn forbidden_peers_are_refused() {
     let _ = relay_conn
         .send_to(b"probe", "10.0.0.1:9".parse().unwrap())
         .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(
-        relay.metric("turnpike_responses_total{method=\"create_permission\",code=\"403\"}") >= 1
+    relay.metric_until(
+        "turnpike_responses_total{method=\"create_permission\",code=\"403\"}",
+        |count| count >= 1,
     );
+    // Published in the same snapshot as the refusal: nothing went out to the peer.
     assert_eq!(
-        relay.metric("turnpike_relayed_packets_total{direction=\"client_to_peer\""),
+        relay.metric("turnpike_relayed_packets_total{direction=\"client_to_peer\"}"),
         0
     );
     relay_conn.close().await.unwrap();
@@ -229,15 +264,27 @@ fn assert_no_loss(output: &str) {
     assert!(line.contains("Total lost packets 0 (0.000000%)"), "{line}");
 }
 
-/// An echo peer from coturn's tools on `ip`:`port`.
+/// An echo peer from coturn's tools on `ip`:`port`, once it has bound its port (within 5 s).
 fn coturn_peer(ip: &str, port: u16) -> Child {
-    let child = Command::new("turnutils_peer")
+    let mut child = Command::new("turnutils_peer")
         .args(["-L", ip, "-p", &port.to_string()])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("turnutils_peer runs");
-    std::thread::sleep(Duration::from_millis(200));
+    let address = SocketAddr::new(ip.parse().unwrap(), port);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    // Bound once this process can no longer bind the same address.
+    while std::net::UdpSocket::bind(address).is_ok() {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("turnutils_peer exited at start: {status}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "turnutils_peer did not bind {address}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     child
 }
 
@@ -277,13 +324,13 @@ fn coturn_client_relays_with_send_and_data_indications_over_ipv4() {
     );
     assert_no_loss(&output);
     // Without channels everything travels in Send and Data indications.
-    assert!(
-        relay.metric("turnpike_relayed_indication_packets_total{direction=\"client_to_peer\"}")
-            >= 60
+    relay.metric_until(
+        "turnpike_relayed_indication_packets_total{direction=\"client_to_peer\"}",
+        |count| count >= 60,
     );
-    assert!(
-        relay.metric("turnpike_relayed_indication_packets_total{direction=\"peer_to_client\"}")
-            >= 60
+    relay.metric_until(
+        "turnpike_relayed_indication_packets_total{direction=\"peer_to_client\"}",
+        |count| count >= 60,
     );
 }
 
@@ -308,7 +355,10 @@ fn coturn_client_gets_an_ipv6_relayed_address_over_ipv6() {
         ],
     );
     assert_no_loss(&output);
-    assert!(relay.metric("turnpike_relayed_packets_total{direction=\"client_to_peer\"") >= 20);
+    relay.metric_until(
+        "turnpike_relayed_packets_total{direction=\"client_to_peer\"}",
+        |count| count >= 20,
+    );
 }
 
 #[test]
@@ -340,7 +390,10 @@ fn coturn_client_gets_a_dual_stack_allocation() {
     let output =
         succeeded.expect("one of 30 runs drew a dual allocation (probability of none: 5e-6)");
     assert_no_loss(&output);
-    assert!(relay.metric("turnpike_responses_total{method=\"allocate\",code=\"0\"}") >= 1);
+    relay.metric_until(
+        "turnpike_responses_total{method=\"allocate\",code=\"0\"}",
+        |count| count >= 1,
+    );
 }
 
 #[test]

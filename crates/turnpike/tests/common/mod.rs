@@ -203,14 +203,55 @@ impl Relay {
         }
     }
 
-    /// A counter from /metrics, after the relay threads have published (once a second).
-    pub fn metric(&self, line_start: &str) -> u64 {
-        std::thread::sleep(Duration::from_millis(1200));
-        let body = self.get("/metrics").expect("metrics");
-        body.lines()
-            .find(|line| line.starts_with(line_start))
-            .and_then(|line| line.rsplit(' ').next())
-            .map_or(0, |value| value.parse().unwrap())
+    /// The value of `series` on /metrics now: `name` or `name{label="value",...}`, summed over
+    /// every sample of that name whose labels include the given ones (so
+    /// `turnpike_relayed_packets_total{direction="client_to_peer"}` adds up both paths).
+    ///
+    /// Panics when no sample matches: a misspelt or removed series must fail the test, not
+    /// read as 0. The relay threads publish four times a second; to wait for a value, use
+    /// [`Relay::metric_until`].
+    pub fn metric(&self, series: &str) -> u64 {
+        let samples = self.samples();
+        sum_matching(&samples, series)
+            .unwrap_or_else(|| panic!("no series {series} on /metrics: {}", names(&samples)))
+    }
+
+    /// Polls `series` (see [`Relay::metric`]) until `accept` holds, at most [`METRIC_WAIT`];
+    /// returns the accepted value, or panics with the series and its last value. A series
+    /// with labels appears on its first event (`turnpike_responses_total{code="438"}`, say):
+    /// until then it is waited for like a value, and is still missing at the deadline.
+    pub fn metric_until(&self, series: &str, accept: impl Fn(u64) -> bool) -> u64 {
+        let deadline = Instant::now() + METRIC_WAIT;
+        loop {
+            let samples = self.samples();
+            let value = sum_matching(&samples, series);
+            if let Some(value) = value
+                && accept(value)
+            {
+                return value;
+            }
+            if Instant::now() >= deadline {
+                match value {
+                    Some(value) => panic!(
+                        "{series} stayed at {value} for {METRIC_WAIT:?}, never reaching the expected value"
+                    ),
+                    None => panic!(
+                        "no series {series} on /metrics within {METRIC_WAIT:?}: {}",
+                        names(&samples)
+                    ),
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Polls until `ready` holds on the relay, at most `within`; panics naming `what` otherwise.
+    pub fn until(&self, within: Duration, what: &str, mut ready: impl FnMut(&Self) -> bool) {
+        let deadline = Instant::now() + within;
+        while !ready(self) {
+            assert!(Instant::now() < deadline, "not within {within:?}: {what}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     pub fn server(&self, ip: &str) -> String {
@@ -223,6 +264,55 @@ impl Drop for Relay {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// How long [`Relay::metric_until`] waits: forty publish periods, for a loaded machine.
+pub const METRIC_WAIT: Duration = Duration::from_secs(10);
+
+/// Splits `name{a="x",b="y"}` into its name and labels (values may not contain `,` or `}`,
+/// which holds for every label the relay publishes).
+fn parse_series(series: &str) -> (&str, Vec<&str>) {
+    match series.split_once('{') {
+        Some((name, labels)) => (
+            name,
+            labels
+                .trim_end_matches('}')
+                .split(',')
+                .filter(|label| !label.is_empty())
+                .collect(),
+        ),
+        None => (series.trim(), Vec::new()),
+    }
+}
+
+/// The sum of the samples of `query`'s name carrying all of its labels; `None` when none does.
+fn sum_matching(samples: &std::collections::BTreeMap<String, f64>, query: &str) -> Option<u64> {
+    let (name, labels) = parse_series(query);
+    let mut matched = false;
+    let mut total = 0.0;
+    for (series, value) in samples {
+        let (sample_name, sample_labels) = parse_series(series);
+        if sample_name == name && labels.iter().all(|label| sample_labels.contains(label)) {
+            matched = true;
+            total += value;
+        }
+    }
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "counters and gauges here are whole numbers well below 2^53"
+    )]
+    let total = total as u64;
+    matched.then_some(total)
+}
+
+/// The distinct sample names, for a panic message.
+fn names(samples: &std::collections::BTreeMap<String, f64>) -> String {
+    let mut names: Vec<&str> = samples
+        .keys()
+        .map(|series| parse_series(series).0)
+        .collect();
+    names.dedup();
+    names.join(" ")
 }
 
 pub fn rest_credentials(expiry_offset: i64) -> (String, String) {
