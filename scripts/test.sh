@@ -20,8 +20,8 @@ run_extra_suites() {
     bash scripts/fuzz.sh 300000 >/dev/null
     step "kernel data plane in network namespaces"
     bash scripts/test-xdp-netns.sh debug
-    step "the host's other addresses are no peers"
-    bash scripts/test-host-addresses.sh debug
+    step "wildcard listeners: the host's other addresses, the defaults under 20,000 descriptors"
+    bash scripts/test-wildcard-host.sh debug
 }
 
 step "setup"

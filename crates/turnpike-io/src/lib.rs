@@ -80,6 +80,31 @@ pub fn bind(
     Ok((socket.into(), sizes))
 }
 
+/// Binds one IPv6 socket on `[::]:port` that also takes IPv4 (`IPV6_V6ONLY` off): one
+/// descriptor for both families of a relayed port instead of two. Datagrams from IPv4 peers
+/// arrive from IPv4-mapped addresses (callers canonicalize them); sending to an IPv4 address
+/// from it works as from an IPv4 socket.
+///
+/// # Errors
+///
+/// As [`bind`]; also when the host has no IPv6 at all.
+pub fn bind_dual_stack(port: u16, buffer: usize) -> io::Result<(UdpSocket, BufferSizes)> {
+    let socket = Socket::new(Domain::IPV6, Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_only_v6(false)?;
+    socket.set_nonblocking(true)?;
+    socket.set_recv_buffer_size(buffer)?;
+    socket.set_send_buffer_size(buffer)?;
+    socket.bind(&SockAddr::from(SocketAddr::from((
+        std::net::Ipv6Addr::UNSPECIFIED,
+        port,
+    ))))?;
+    let sizes = BufferSizes {
+        receive: socket.recv_buffer_size()? / 2,
+        send: socket.send_buffer_size()? / 2,
+    };
+    Ok((socket.into(), sizes))
+}
+
 fn to_socket_addr(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
     match i32::from(storage.ss_family) {
         libc::AF_INET => {

@@ -60,8 +60,13 @@ fn port_blocks(
 }
 
 async fn run(settings: Settings, log: logging::LogControl) -> Result<()> {
-    let families = usize::from(settings.core.relay_ipv4.is_some())
-        + usize::from(settings.core.relay_ipv6.is_some());
+    // Sockets per relayed port: one per offered family, or one for both (`dual_stack_relays`).
+    let families = if shard::dual_stack_relays(&settings.listen, &settings.core) {
+        1
+    } else {
+        usize::from(settings.core.relay_ipv4.is_some())
+            + usize::from(settings.core.relay_ipv6.is_some())
+    };
     let stream_listeners = settings.streams.listen_tcp.len() + settings.streams.listen_tls.len();
     let needed = (settings.relay_ports.clone().count() * families
         + (settings.listen.len() + stream_listeners) * settings.threads

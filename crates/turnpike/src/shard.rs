@@ -90,8 +90,10 @@ pub(crate) struct ShardSockets {
     plan: ShardPlan,
     listeners: Vec<(SocketAddr, UdpSocket)>,
     stream_listeners: Vec<StreamListener>,
-    /// Indexed by relay slot: (port - low) * 2 + family (0 IPv4, 1 IPv6).
+    /// Indexed by relay slot: (port - low) * 2 + family (0 IPv4, 1 IPv6); with `dual_stack`,
+    /// only the IPv6 slot holds a socket, which serves both families.
     relays: Vec<Option<UdpSocket>>,
+    dual_stack: bool,
     excluded: Vec<u16>,
     pub(crate) smallest_buffer: usize,
 }
@@ -109,6 +111,16 @@ const fn family_index(family: AddressFamily) -> usize {
         AddressFamily::V4 => 0,
         AddressFamily::V6 => 1,
     }
+}
+
+/// Whether one dual-stack socket per relayed port serves both families: when both are offered
+/// and both would bind the unspecified address anyway. It halves the descriptors the relay needs
+/// (16,384 ports fit a 20,000-descriptor limit); a specific address per family needs two.
+pub(crate) fn dual_stack_relays(listen: &[SocketAddr], core: &Config) -> bool {
+    core.relay_ipv4.is_some()
+        && core.relay_ipv6.is_some()
+        && relay_bind_ip(listen, AddressFamily::V4).is_unspecified()
+        && relay_bind_ip(listen, AddressFamily::V6).is_unspecified()
 }
 
 /// The local address relayed sockets of `family` bind to: the listening address of that family
@@ -156,10 +168,21 @@ impl ShardSockets {
         let size = plan.relay_ports.clone().count();
         let mut relays: Vec<Option<UdpSocket>> = (0..size * 2).map(|_| None).collect();
         let mut excluded = Vec::new();
+        let dual_stack = dual_stack_relays(&plan.listen, &plan.core);
+        let families = if dual_stack {
+            vec![AddressFamily::V6]
+        } else {
+            families
+        };
         for port in plan.relay_ports.clone() {
             for family in &families {
                 let address = SocketAddr::new(relay_bind_ip(&plan.listen, *family), port);
-                match udp::bind(address, false, plan.socket_buffer) {
+                let bound = if dual_stack {
+                    udp::bind_dual_stack(port, plan.socket_buffer)
+                } else {
+                    udp::bind(address, false, plan.socket_buffer)
+                };
+                match bound {
                     Ok((socket, sizes)) => {
                         smallest_buffer = smallest_buffer.min(sizes.receive).min(sizes.send);
                         let slot = usize::from(port - plan.relay_ports.start()) * 2
@@ -185,6 +208,7 @@ impl ShardSockets {
             listeners,
             stream_listeners,
             relays,
+            dual_stack,
             excluded,
             smallest_buffer,
         })
@@ -209,6 +233,7 @@ struct Shard {
     listeners: Vec<(SocketAddr, UdpSocket)>,
     listener_by_address: HashMap<SocketAddr, usize>,
     relays: Vec<Option<UdpSocket>>,
+    dual_stack: bool,
     relay_low: u16,
     ready: VecDeque<usize>,
     queued: Vec<bool>,
@@ -235,6 +260,7 @@ pub(crate) fn run(sockets: ShardSockets, shared: Arc<Shared>) -> Result<()> {
         listeners,
         stream_listeners,
         relays,
+        dual_stack,
         excluded,
         ..
     } = sockets;
@@ -282,6 +308,7 @@ pub(crate) fn run(sockets: ShardSockets, shared: Arc<Shared>) -> Result<()> {
         listeners,
         listener_by_address,
         relays,
+        dual_stack,
         relay_low: *plan.relay_ports.start(),
         ready: VecDeque::new(),
         queued: vec![false; tokens],
@@ -396,6 +423,7 @@ impl Shard {
             listeners: &self.listeners,
             by_address: &self.listener_by_address,
             relays: &self.relays,
+            dual_stack: self.dual_stack,
             relay_low: self.relay_low,
         };
         let registry = self.poll.registry();
@@ -419,6 +447,7 @@ impl Shard {
             listeners: &self.listeners,
             by_address: &self.listener_by_address,
             relays: &self.relays,
+            dual_stack: self.dual_stack,
             relay_low: self.relay_low,
         };
         let mut cx = stream::StreamContext {
@@ -475,6 +504,7 @@ impl Shard {
             listeners: &self.listeners,
             by_address: &self.listener_by_address,
             relays: &self.relays,
+            dual_stack: self.dual_stack,
             relay_low: self.relay_low,
         };
         let count = received.len();
@@ -488,6 +518,16 @@ impl Shard {
             };
             let datagram = &received.slot[HEADROOM..HEADROOM + received.len];
             let forward = match relay {
+                // A dual-stack relayed socket: the family is the peer's, which arrives
+                // IPv4-mapped when it is IPv4.
+                Some(relay) if self.dual_stack => {
+                    let from = SocketAddr::new(from.ip().to_canonical(), from.port());
+                    let relay = RelaySocket {
+                        port: relay.port,
+                        family: AddressFamily::of(from.ip()),
+                    };
+                    self.server.handle_peer_datagram(now, relay, from, datagram)
+                }
                 None => {
                     let five_tuple = FiveTuple::udp(from, sockets.listeners[token].0);
                     self.server
@@ -530,6 +570,7 @@ impl Shard {
             listeners: &self.listeners,
             by_address: &self.listener_by_address,
             relays: &self.relays,
+            dual_stack: self.dual_stack,
             relay_low: self.relay_low,
         };
         execute_commands(
@@ -547,14 +588,20 @@ pub(crate) struct Sockets<'a> {
     listeners: &'a [(SocketAddr, UdpSocket)],
     by_address: &'a HashMap<SocketAddr, usize>,
     relays: &'a [Option<UdpSocket>],
+    dual_stack: bool,
     relay_low: u16,
 }
 
 impl Sockets<'_> {
     pub(crate) fn relay(&self, relay: RelaySocket) -> Option<&UdpSocket> {
         let offset = relay.port.checked_sub(self.relay_low)?;
+        let family = if self.dual_stack {
+            AddressFamily::V6
+        } else {
+            relay.family
+        };
         self.relays
-            .get(usize::from(offset) * 2 + family_index(relay.family))?
+            .get(usize::from(offset) * 2 + family_index(family))?
             .as_ref()
     }
 
