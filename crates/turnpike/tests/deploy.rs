@@ -645,20 +645,13 @@ fn the_example_configuration_has_every_key_and_the_relay_accepts_it() {
     );
     // And a TLS listener that answers a handshake with the certificate it was given.
     let tls_port = relay.listen_port + 3;
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(certified.cert.der().clone()).unwrap();
-    let client = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let mut connection = rustls::ClientConnection::new(
-        std::sync::Arc::new(client),
-        "turn.example.com".try_into().unwrap(),
-    )
-    .unwrap();
+    let (_, cert_path) = files
+        .iter()
+        .find(|(setting, _)| *setting == "tls-cert")
+        .unwrap();
+    let client = turnpike_load::stream_client::tls_config(Some(cert_path)).unwrap();
+    let mut connection =
+        rustls::ClientConnection::new(client, "turn.example.com".try_into().unwrap()).unwrap();
     let mut socket = std::net::TcpStream::connect(("127.0.0.1", tls_port)).unwrap();
     socket
         .set_read_timeout(Some(Duration::from_secs(5)))
