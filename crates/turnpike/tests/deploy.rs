@@ -1,8 +1,9 @@
 //! The files under `deploy/` and the operations guide against the real relay and the real tools:
 //! the metrics the dashboard and the alert rules name exist on a live relay's `/metrics`;
 //! `promtool` accepts the rules, passes their unit tests and lints the live exposition;
-//! `systemd-analyze` verifies the unit and its XDP drop-in; the guide lists every setting
-//! `turnpike --help` shows; the example `turnpike.toml` has every key and the relay accepts it.
+//! `systemd-analyze` verifies the unit with each combination of its XDP and TLS drop-ins; the
+//! guide lists every setting `turnpike --help` shows; the example `turnpike.toml` has every key
+//! and the relay accepts it, TLS included.
 //!
 //! A missing tool skips its test, except under CI (`CI` set), where `scripts/setup.sh` has
 //! installed it and its absence fails.
