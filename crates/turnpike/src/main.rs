@@ -190,14 +190,17 @@ async fn run(settings: Settings, log: logging::LogControl) -> Result<()> {
     }
 
     let mut threads = Vec::new();
+    let mut controls = Vec::new();
     for (index, sockets) in bound.into_iter().enumerate() {
-        let shared = Arc::clone(&shared);
-        let thread = std::thread::Builder::new()
-            .name(format!("relay-{index}"))
-            .spawn(move || shard::run(sockets, shared))
-            .context("cannot start a relay thread")?;
+        let (thread, control) = shard::spawn(index, sockets, Arc::clone(&shared))?;
         threads.push(thread);
+        controls.push(control);
     }
+    let tell_all = |control: shard::Control| {
+        for shard in &controls {
+            shard.send(control);
+        }
+    };
     tracing::info!(
         listen = ?settings.listen,
         listen_tcp = ?settings.streams.listen_tcp,
@@ -252,12 +255,14 @@ async fn run(settings: Settings, log: logging::LogControl) -> Result<()> {
             }
             _ = hangup.recv() => reload_certificates(tls.as_deref()),
             result = &mut admin_task => {
-                shared.stopping.store(true, Ordering::Relaxed);
+                tell_all(shard::Control::Stop);
                 return result.context("admin endpoint panicked")?;
             }
         }
     }
+    // `/readyz` fails from now on; the threads refuse new allocations as soon as woken.
     shared.draining.store(true, Ordering::Relaxed);
+    tell_all(shard::Control::Drain);
     let drain = tokio::time::sleep(settings.drain);
     tokio::pin!(drain);
     loop {
@@ -274,7 +279,7 @@ async fn run(settings: Settings, log: logging::LogControl) -> Result<()> {
             _ = tokio::signal::ctrl_c() => break,
         }
     }
-    shared.stopping.store(true, Ordering::Relaxed);
+    tell_all(shard::Control::Stop);
     for thread in threads {
         match thread.join() {
             Ok(result) => result?,

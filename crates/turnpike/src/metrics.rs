@@ -81,8 +81,8 @@ impl StreamMetrics {
 /// State shared between the relay threads, the admin endpoint and the signal handler.
 #[derive(Debug)]
 pub(crate) struct Shared {
+    /// A drain has begun (for `/readyz` and the metrics; the threads learn it by message).
     pub(crate) draining: AtomicBool,
-    pub(crate) stopping: AtomicBool,
     started: AtomicUsize,
     threads: usize,
     shards: Mutex<Vec<ShardMetrics>>,
@@ -92,7 +92,6 @@ impl Shared {
     pub(crate) fn new(threads: usize) -> Self {
         Self {
             draining: AtomicBool::new(false),
-            stopping: AtomicBool::new(false),
             started: AtomicUsize::new(0),
             threads,
             shards: Mutex::new(vec![ShardMetrics::default(); threads]),

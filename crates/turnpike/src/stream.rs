@@ -58,6 +58,8 @@ const TLS_WRITE_CHUNK: usize = 16 * 1024;
 const PEER_SEND_LIMIT: usize = 1 << 20;
 /// Connections accepted from one listener per round.
 const ACCEPT_BUDGET: usize = 256;
+/// How often the connections' timers are checked.
+const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
 /// Write-buffer capacity kept once it is empty.
 const IDLE_WRITE_CAPACITY: usize = 4096;
 
@@ -351,6 +353,11 @@ impl Streams {
 
     pub(crate) const fn owns(token: usize) -> bool {
         token >= LISTENER_TOKENS
+    }
+
+    /// When the timers of the connections are next checked, if there are any.
+    pub(crate) fn next_sweep(&self) -> Option<Instant> {
+        (!self.connections.is_empty()).then(|| self.last_sweep + SWEEP_INTERVAL)
     }
 
     /// Whether some connection or listener has more to do before the next poll.
@@ -774,12 +781,7 @@ impl Streams {
 
     /// Closes the connections whose timers ran out; cheap enough to run about once a second.
     pub(crate) fn sweep(&mut self, registry: &Registry, cx: &mut StreamContext<'_, '_>) {
-        if cx
-            .now
-            .saturating_duration_since(self.last_sweep)
-            .as_millis()
-            < 500
-        {
+        if cx.now.saturating_duration_since(self.last_sweep) < SWEEP_INTERVAL {
             return;
         }
         self.last_sweep = cx.now;

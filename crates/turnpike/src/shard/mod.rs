@@ -24,22 +24,29 @@ use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::ops::RangeInclusive;
 use std::os::fd::AsRawFd;
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use mio::unix::SourceFd;
-use mio::{Events, Interest, Poll, Token};
+use mio::{Events, Interest, Poll, Token, Waker};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use turnpike_proto::AddressFamily;
-use turnpike_relay::{Command, Config, FiveTuple, Forward, RelaySocket, Server};
+use turnpike_relay::{Config, FiveTuple, RelaySocket, Server};
 use turnpike_xdp_user::XdpRelay;
 
 use crate::metrics::{ShardMetrics, Shared};
-use crate::stream::{self, StreamListener, StreamShared, Streams};
+use crate::stream::{self, StreamShared, Streams};
 use turnpike_io::{self as udp, HEADROOM, RecvBatch, SendBatch};
+
+mod commands;
+mod sockets;
+
+pub(crate) use commands::execute_commands;
+use commands::queue_forward;
+use sockets::RelaySlots;
+pub(crate) use sockets::{ShardSockets, Sockets, dual_stack_relays};
 
 /// How often a thread reads the host's addresses again (they come and go: DHCP, SLAAC, an
 /// operator adding one); a peer at one of them is refused (`Server::set_host_addresses`).
@@ -84,146 +91,6 @@ pub(crate) struct ShardPlan {
     pub(crate) streams: Arc<StreamShared>,
 }
 
-/// The sockets of a shard, bound before its thread starts so that start-up errors are reported
-/// before the relay claims to be ready.
-pub(crate) struct ShardSockets {
-    plan: ShardPlan,
-    listeners: Vec<(SocketAddr, UdpSocket)>,
-    stream_listeners: Vec<StreamListener>,
-    /// Indexed by relay slot: (port - low) * 2 + family (0 IPv4, 1 IPv6); with `dual_stack`,
-    /// only the IPv6 slot holds a socket, which serves both families.
-    relays: Vec<Option<UdpSocket>>,
-    dual_stack: bool,
-    excluded: Vec<u16>,
-    pub(crate) smallest_buffer: usize,
-}
-
-impl std::fmt::Debug for ShardSockets {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ShardSockets")
-            .field("index", &self.plan.index)
-            .finish_non_exhaustive()
-    }
-}
-
-const fn family_index(family: AddressFamily) -> usize {
-    match family {
-        AddressFamily::V4 => 0,
-        AddressFamily::V6 => 1,
-    }
-}
-
-/// Whether one dual-stack socket per relayed port serves both families: when both are offered
-/// and both would bind the unspecified address anyway. It halves the descriptors the relay needs
-/// (16,384 ports fit a 20,000-descriptor limit); a specific address per family needs two.
-pub(crate) fn dual_stack_relays(listen: &[SocketAddr], core: &Config) -> bool {
-    core.relay_ipv4.is_some()
-        && core.relay_ipv6.is_some()
-        && relay_bind_ip(listen, AddressFamily::V4).is_unspecified()
-        && relay_bind_ip(listen, AddressFamily::V6).is_unspecified()
-}
-
-/// The local address relayed sockets of `family` bind to: the listening address of that family
-/// if it is a specific one, the unspecified address otherwise. (The advertised address may
-/// belong to a NAT in front of the relay and not be local at all.)
-fn relay_bind_ip(listen: &[SocketAddr], family: AddressFamily) -> IpAddr {
-    let matching = listen
-        .iter()
-        .map(SocketAddr::ip)
-        .find(|ip| AddressFamily::of(*ip) == family);
-    match (matching, family) {
-        (Some(ip), _) => ip,
-        (None, AddressFamily::V4) => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
-        (None, AddressFamily::V6) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
-    }
-}
-
-impl ShardSockets {
-    /// Binds the listening sockets and one socket per relayed port and offered family.
-    ///
-    /// All relayed ports are bound up front: they overlap the kernel's ephemeral port range, so
-    /// binding on demand could find a port taken by some outgoing connection after the relay
-    /// has already promised it to a client. A port that cannot be bound now is left out.
-    pub(crate) fn bind(plan: ShardPlan) -> Result<Self> {
-        let mut smallest_buffer = usize::MAX;
-        let mut listeners = Vec::new();
-        for address in &plan.listen {
-            let (socket, sizes) = udp::bind(*address, true, plan.socket_buffer)
-                .with_context(|| format!("listen: cannot bind {address}"))?;
-            smallest_buffer = smallest_buffer.min(sizes.receive).min(sizes.send);
-            listeners.push((*address, socket));
-        }
-        let stream_listeners = plan
-            .stream_listen
-            .iter()
-            .map(|(address, tls)| StreamListener::bind(*address, *tls))
-            .collect::<Result<Vec<_>>>()?;
-        let families: Vec<AddressFamily> = [
-            plan.core.relay_ipv4.map(|_| AddressFamily::V4),
-            plan.core.relay_ipv6.map(|_| AddressFamily::V6),
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
-        let size = plan.relay_ports.clone().count();
-        let mut relays: Vec<Option<UdpSocket>> = (0..size * 2).map(|_| None).collect();
-        let mut excluded = Vec::new();
-        let dual_stack = dual_stack_relays(&plan.listen, &plan.core);
-        let families = if dual_stack {
-            vec![AddressFamily::V6]
-        } else {
-            families
-        };
-        for port in plan.relay_ports.clone() {
-            for family in &families {
-                let address = SocketAddr::new(relay_bind_ip(&plan.listen, *family), port);
-                let bound = if dual_stack {
-                    udp::bind_dual_stack(port, plan.socket_buffer)
-                } else {
-                    udp::bind(address, false, plan.socket_buffer)
-                };
-                match bound {
-                    Ok((socket, sizes)) => {
-                        smallest_buffer = smallest_buffer.min(sizes.receive).min(sizes.send);
-                        let slot = usize::from(port - plan.relay_ports.start()) * 2
-                            + family_index(*family);
-                        relays[slot] = Some(socket);
-                    }
-                    Err(error) if error.raw_os_error() == Some(libc::EMFILE) => {
-                        return Err(error).context(
-                            "relay-ports: out of file descriptors; raise the open-file limit (ulimit -n) \
-                             or shrink the range",
-                        );
-                    }
-                    Err(error) => {
-                        tracing::debug!(port, %error, "relayed port unavailable");
-                        excluded.push(port);
-                    }
-                }
-            }
-        }
-        excluded.dedup();
-        Ok(Self {
-            plan,
-            listeners,
-            stream_listeners,
-            relays,
-            dual_stack,
-            excluded,
-            smallest_buffer,
-        })
-    }
-
-    pub(crate) fn excluded_ports(&self) -> usize {
-        self.excluded.len()
-    }
-
-    /// The UDP listening sockets, in the order of `--listen`.
-    pub(crate) fn listeners(&self) -> impl Iterator<Item = &(SocketAddr, UdpSocket)> {
-        self.listeners.iter()
-    }
-}
-
 /// Tokens: listeners first, then relay slots.
 struct Shard {
     index: usize,
@@ -233,8 +100,7 @@ struct Shard {
     listeners: Vec<(SocketAddr, UdpSocket)>,
     listener_by_address: HashMap<SocketAddr, usize>,
     relays: Vec<Option<UdpSocket>>,
-    dual_stack: bool,
-    relay_low: u16,
+    slots: RelaySlots,
     ready: VecDeque<usize>,
     queued: Vec<bool>,
     recv: RecvBatch,
@@ -246,6 +112,7 @@ struct Shard {
     host_addresses: Vec<IpAddr>,
     metrics: ShardMetrics,
     shared: Arc<Shared>,
+    control: mpsc::Receiver<Control>,
 }
 
 fn unix_time() -> Duration {
@@ -254,13 +121,66 @@ fn unix_time() -> Duration {
         .unwrap_or_default()
 }
 
-pub(crate) fn run(sockets: ShardSockets, shared: Arc<Shared>) -> Result<()> {
+/// What the main thread tells a relay thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Control {
+    /// Take no new allocations; keep relaying for the ones there are.
+    Drain,
+    /// Close everything and return.
+    Stop,
+}
+
+/// The main thread's end of a relay thread's control channel: a message queue and a waker
+/// registered in the thread's event loop, so a message is acted on at once, not at the next
+/// timer.
+#[derive(Debug)]
+pub(crate) struct ShardControl {
+    sender: mpsc::Sender<Control>,
+    waker: Arc<Waker>,
+}
+
+impl ShardControl {
+    /// Queues `control` and wakes the thread; a thread that is gone needs no message.
+    pub(crate) fn send(&self, control: Control) {
+        if self.sender.send(control).is_ok()
+            && let Err(error) = self.waker.wake()
+        {
+            tracing::warn!(%error, "cannot wake a relay thread");
+        }
+    }
+}
+
+/// The token of the control channel's waker; no socket token comes near it.
+const WAKER: Token = Token(usize::MAX);
+
+/// Starts relay thread `index` on its sockets; returns the thread and its control channel.
+pub(crate) fn spawn(
+    index: usize,
+    sockets: ShardSockets,
+    shared: Arc<Shared>,
+) -> Result<(std::thread::JoinHandle<Result<()>>, ShardControl)> {
+    let poll = Poll::new().context("cannot create the event loop")?;
+    let waker = Arc::new(Waker::new(poll.registry(), WAKER).context("cannot create a waker")?);
+    let (sender, receiver) = mpsc::channel();
+    let thread = std::thread::Builder::new()
+        .name(format!("relay-{index}"))
+        .spawn(move || run(sockets, shared, poll, receiver))
+        .context("cannot start a relay thread")?;
+    Ok((thread, ShardControl { sender, waker }))
+}
+
+fn run(
+    sockets: ShardSockets,
+    shared: Arc<Shared>,
+    poll: Poll,
+    control: mpsc::Receiver<Control>,
+) -> Result<()> {
     let ShardSockets {
         plan,
         listeners,
         stream_listeners,
         relays,
-        dual_stack,
+        slots,
         excluded,
         ..
     } = sockets;
@@ -274,7 +194,6 @@ pub(crate) fn run(sockets: ShardSockets, shared: Arc<Shared>) -> Result<()> {
     for port in &excluded {
         server.exclude_relay_port(*port);
     }
-    let poll = Poll::new().context("cannot create the event loop")?;
     let registry = poll.registry();
     for (token, (_, socket)) in listeners.iter().enumerate() {
         registry.register(
@@ -308,8 +227,7 @@ pub(crate) fn run(sockets: ShardSockets, shared: Arc<Shared>) -> Result<()> {
         listeners,
         listener_by_address,
         relays,
-        dual_stack,
-        relay_low: *plan.relay_ports.start(),
+        slots,
         ready: VecDeque::new(),
         queued: vec![false; tokens],
         recv: RecvBatch::with_capacity(RECEIVE_POOL),
@@ -322,6 +240,7 @@ pub(crate) fn run(sockets: ShardSockets, shared: Arc<Shared>) -> Result<()> {
             ..ShardMetrics::default()
         },
         shared,
+        control,
     };
     shard.event_loop()
 }
@@ -329,7 +248,6 @@ pub(crate) fn run(sockets: ShardSockets, shared: Arc<Shared>) -> Result<()> {
 impl Shard {
     fn event_loop(&mut self) -> Result<()> {
         let mut events = Events::with_capacity(1024);
-        let mut draining = false;
         let mut last_publish = Instant::now();
         let mut last_host_scan = last_publish;
         // Load: the time not spent waiting in `poll`.
@@ -337,26 +255,36 @@ impl Shard {
         let mut idle = Duration::ZERO;
         self.shared.shard_started();
         loop {
-            if self.shared.stopping.load(Ordering::Relaxed) {
-                self.close_streams();
-                self.server.shutdown();
-                self.run_commands();
-                self.publish();
-                return Ok(());
-            }
-            if !draining && self.shared.draining.load(Ordering::Relaxed) {
-                draining = true;
-                self.server.begin_drain();
+            // Messages first: the waker only interrupts the wait below.
+            loop {
+                match self.control.try_recv() {
+                    Ok(Control::Drain) => self.server.begin_drain(),
+                    Ok(Control::Stop) | Err(mpsc::TryRecvError::Disconnected) => {
+                        self.close_streams();
+                        self.server.shutdown();
+                        self.run_commands();
+                        self.publish();
+                        return Ok(());
+                    }
+                    Err(mpsc::TryRecvError::Empty) => break,
+                }
             }
             let now = Instant::now();
+            // Sleep until the next thing due: the core's next timer, the next publication of
+            // the counters, the next host-address scan or stream sweep; or until a socket or
+            // the control channel wakes the loop.
             let timeout = if self.ready.is_empty() && !self.streams.has_ready() {
-                let wake = self
-                    .server
-                    .poll_timeout()
-                    .map_or(Duration::from_millis(200), |at| {
-                        at.saturating_duration_since(now)
-                    });
-                wake.min(Duration::from_millis(200))
+                let next = [
+                    self.server.poll_timeout(),
+                    Some(last_publish + PUBLISH_INTERVAL),
+                    Some(last_host_scan + HOST_SCAN_INTERVAL),
+                    self.streams.next_sweep(),
+                ]
+                .into_iter()
+                .flatten()
+                .min()
+                .unwrap_or(now);
+                next.saturating_duration_since(now)
             } else {
                 Duration::ZERO
             };
@@ -371,6 +299,10 @@ impl Shard {
                 Err(error) => return Err(error).context("event loop failed"),
             }
             for event in &events {
+                if event.token() == WAKER {
+                    // A control message: read at the top of the next turn.
+                    continue;
+                }
                 let token = event.token().0;
                 if Streams::owns(token) {
                     self.stream_events.push((token, event.is_writable()));
@@ -423,8 +355,7 @@ impl Shard {
             listeners: &self.listeners,
             by_address: &self.listener_by_address,
             relays: &self.relays,
-            dual_stack: self.dual_stack,
-            relay_low: self.relay_low,
+            slots: self.slots,
         };
         let registry = self.poll.registry();
         let mut cx = stream::StreamContext {
@@ -447,8 +378,7 @@ impl Shard {
             listeners: &self.listeners,
             by_address: &self.listener_by_address,
             relays: &self.relays,
-            dual_stack: self.dual_stack,
-            relay_low: self.relay_low,
+            slots: self.slots,
         };
         let mut cx = stream::StreamContext {
             now: Instant::now(),
@@ -479,13 +409,7 @@ impl Shard {
             let Some(socket) = self.relays.get(slot).and_then(Option::as_ref) else {
                 return false;
             };
-            let family = if slot.is_multiple_of(2) {
-                AddressFamily::V4
-            } else {
-                AddressFamily::V6
-            };
-            let port = self.relay_low + u16::try_from(slot / 2).unwrap_or(0);
-            (socket.as_raw_fd(), Some(RelaySocket { port, family }))
+            (socket.as_raw_fd(), Some(self.slots.socket(slot)))
         };
         if self.recv.free() < udp::BATCH {
             self.flush();
@@ -504,8 +428,7 @@ impl Shard {
             listeners: &self.listeners,
             by_address: &self.listener_by_address,
             relays: &self.relays,
-            dual_stack: self.dual_stack,
-            relay_low: self.relay_low,
+            slots: self.slots,
         };
         let count = received.len();
         for index in received {
@@ -520,7 +443,7 @@ impl Shard {
             let forward = match relay {
                 // A dual-stack relayed socket: the family is the peer's, which arrives
                 // IPv4-mapped when it is IPv4.
-                Some(relay) if self.dual_stack => {
+                Some(relay) if self.slots.dual_stack() => {
                     let from = SocketAddr::new(from.ip().to_canonical(), from.port());
                     let relay = RelaySocket {
                         port: relay.port,
@@ -570,8 +493,7 @@ impl Shard {
             listeners: &self.listeners,
             by_address: &self.listener_by_address,
             relays: &self.relays,
-            dual_stack: self.dual_stack,
-            relay_low: self.relay_low,
+            slots: self.slots,
         };
         execute_commands(
             &sockets,
@@ -579,155 +501,5 @@ impl Shard {
             &mut self.server,
             &mut self.metrics,
         );
-    }
-}
-
-/// The sockets of a shard, borrowed apart from the rest of it.
-pub(crate) struct Sockets<'a> {
-    kernel: Option<&'a XdpRelay>,
-    listeners: &'a [(SocketAddr, UdpSocket)],
-    by_address: &'a HashMap<SocketAddr, usize>,
-    relays: &'a [Option<UdpSocket>],
-    dual_stack: bool,
-    relay_low: u16,
-}
-
-impl Sockets<'_> {
-    pub(crate) fn relay(&self, relay: RelaySocket) -> Option<&UdpSocket> {
-        let offset = relay.port.checked_sub(self.relay_low)?;
-        let family = if self.dual_stack {
-            AddressFamily::V6
-        } else {
-            relay.family
-        };
-        self.relays
-            .get(usize::from(offset) * 2 + family_index(family))?
-            .as_ref()
-    }
-
-    pub(crate) fn listener(&self, address: SocketAddr) -> Option<&UdpSocket> {
-        self.by_address
-            .get(&address)
-            .map(|index| &self.listeners[*index].1)
-    }
-}
-
-/// Queues a relayed datagram; `slot` is the receive slot (headroom, then the datagram).
-fn queue_forward(
-    sockets: &Sockets<'_>,
-    sends: &mut SendBatch,
-    streams: &mut Streams,
-    metrics: &mut ShardMetrics,
-    forward: Forward,
-    slot: &mut [u8],
-) {
-    match forward {
-        Forward::ToPeer {
-            relay,
-            peer,
-            payload,
-        } => {
-            let Some(socket) = sockets.relay(relay) else {
-                metrics.no_socket += 1;
-                return;
-            };
-            let bytes = &slot[HEADROOM + payload.start..HEADROOM + payload.end];
-            tracing::trace!(port = relay.port, len = bytes.len(), "to peer");
-            // SAFETY: `bytes` lies in the receive pool, which receives again only after
-            // `Shard::flush` has sent the batch; relayed sockets live as long as the thread.
-            unsafe { sends.push(socket, peer, bytes) };
-        }
-        Forward::ToClient {
-            client,
-            channel_header,
-            payload,
-        } if client.transport.is_stream() => {
-            // Framed and copied into the connection's write buffer (and through TLS).
-            let bytes = &slot[HEADROOM + payload.start..HEADROOM + payload.end];
-            streams.send_frame(&client, &channel_header, bytes, &mut metrics.streams);
-        }
-        Forward::ToClient {
-            client,
-            channel_header,
-            payload,
-        } => {
-            let Some(socket) = sockets.listener(client.server) else {
-                metrics.no_socket += 1;
-                return;
-            };
-            // The header goes into the bytes just before the payload: the headroom for peer
-            // data, the old header for hairpinned ChannelData.
-            let start = HEADROOM + payload.start - channel_header.len();
-            slot[start..HEADROOM + payload.start].copy_from_slice(&channel_header);
-            let bytes = &slot[start..HEADROOM + payload.end];
-            tracing::trace!(len = bytes.len(), "to client");
-            // SAFETY: as above: the receive pool outlives the batch's next flush, and the
-            // listening sockets live as long as the thread.
-            unsafe { sends.push(socket, client.client, bytes) };
-        }
-    }
-}
-
-/// Executes the core's commands, in order, until there are none.
-pub(crate) fn execute_commands(
-    sockets: &Sockets<'_>,
-    streams: &mut Streams,
-    server: &mut Server<StdRng>,
-    metrics: &mut ShardMetrics,
-) {
-    while let Some(command) = server.next_command() {
-        match command {
-            Command::SendToClient { to, payload } if to.transport.is_stream() => {
-                streams.send_message(&to, &payload, &mut metrics.streams);
-            }
-            Command::SendToClient { to, payload } => match sockets.listener(to.server) {
-                Some(socket) => udp::send_now(socket, to.client, &payload, &mut metrics.sends),
-                None => metrics.no_socket += 1,
-            },
-            Command::SendToPeer {
-                from,
-                peer,
-                payload,
-            } => match sockets.relay(from) {
-                Some(socket) => udp::send_now(socket, peer, &payload, &mut metrics.sends),
-                None => metrics.no_socket += 1,
-            },
-            Command::OpenRelaySocket(relay) => {
-                if sockets.relay(relay).is_none() {
-                    // The core only hands out ports it was not told to exclude.
-                    tracing::error!(
-                        port = relay.port,
-                        "allocated a relayed port without a socket"
-                    );
-                    metrics.no_socket += 1;
-                }
-            }
-            // Relayed sockets stay bound for the life of the process (see `ShardSockets::bind`).
-            Command::CloseRelaySocket(_) => {}
-            // The kernel mirrors the core's channels; a failure (a full map, say) leaves that
-            // channel on the user-space path, which relays it all the same.
-            // The kernel program speaks UDP only: a stream client's channels stay here, and
-            // their peers' data comes up to user space and out on the client's connection.
-            Command::InstallChannel(route) | Command::RemoveChannel(route)
-                if route.client.transport.is_stream() => {}
-            Command::InstallChannel(route) => {
-                if let Some(kernel) = sockets.kernel
-                    && let Err(error) = kernel.install_channel(&route)
-                {
-                    tracing::debug!(%error, "channel stays in user space");
-                    metrics.kernel_map_errors += 1;
-                }
-            }
-            Command::RemoveChannel(route) => {
-                if let Some(kernel) = sockets.kernel
-                    && let Err(error) = kernel.remove_channel(&route)
-                {
-                    tracing::debug!(%error, "cannot remove a channel from the kernel");
-                    metrics.kernel_map_errors += 1;
-                }
-            }
-            // The kernel program relays channels only; permissions stay in user space.
-            Command::InstallPermission { .. } | Command::RemovePermission { .. } => {}
-        }
     }
 }
