@@ -14,10 +14,10 @@ set -euo pipefail
 readonly NIGHTLY=nightly
 readonly TARGETS=(stun_message channel_data server stream)
 # Per-target options. `server` drives the core, which is #![forbid(unsafe_code)]: AddressSanitizer
-# finds nothing there that the bounds checks do not, and slowed it about 2.5x (debug assertions,
-# which catch overflow, stay on). Its inputs are capped at 512 bytes, a hundred-odd steps of
-# requests, data and time jumps: a run of a 4 kB input costs ten times as much, and the campaign
-# would reach a tenth of the executions.
+# finds nothing there that the bounds checks do not, and roughly halved its speed (debug
+# assertions, which catch overflow, stay on). Its inputs are capped at 512 bytes, up to a
+# hundred-odd steps of requests, data and time jumps: a run costs about as much as its steps, so
+# 4 kB inputs would mean proportionally fewer executions (see docs/fuzzing.md).
 declare -A SANITIZER=([server]=none)
 declare -A TARGET_ARGS=([server]="-max_len=512")
 
