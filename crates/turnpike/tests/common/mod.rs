@@ -33,6 +33,9 @@ pub struct Relay {
     pub listen_port: u16,
     pub peer_port: u16,
     pub admin: SocketAddr,
+    /// The ports this relay was given (see [`ports`]) and how many it relays on.
+    pub ports: (u16, u16, u16, u16),
+    pub relay_ports: u16,
 }
 
 impl Relay {
@@ -42,7 +45,12 @@ impl Relay {
 
     /// A relay with `relay_ports` relayed ports.
     pub fn start_with_ports(relay_ports: u16, extra: &[&str]) -> Self {
-        let (listen_port, admin_port, peer_port, relay_low) = ports();
+        Self::start_on(ports(), relay_ports, extra)
+    }
+
+    /// A relay on the given ports (as [`ports`] returns them), e.g. those of one that died.
+    pub fn start_on(ports: (u16, u16, u16, u16), relay_ports: u16, extra: &[&str]) -> Self {
+        let (listen_port, admin_port, peer_port, relay_low) = ports;
         let admin = SocketAddr::from(([127, 0, 0, 1], admin_port));
         let mut args = vec![
             format!("--listen=127.0.0.1:{listen_port},[::1]:{listen_port}"),
@@ -71,6 +79,8 @@ impl Relay {
             listen_port,
             peer_port,
             admin,
+            ports,
+            relay_ports,
         };
         relay.wait_ready();
         relay
@@ -111,6 +121,18 @@ impl Relay {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The relayed port range.
+    pub fn relay_port_range(&self) -> std::ops::RangeInclusive<u16> {
+        self.ports.3..=self.ports.3 + self.relay_ports - 1
+    }
+
+    /// `kill -9`: no drain, no clean-up of its own; returns once the process is gone.
+    pub fn kill_9(&mut self) {
+        self.child.kill().expect("SIGKILL to the relay");
+        let status = self.child.wait().expect("the killed relay is reaped");
+        assert!(!status.success(), "killed, not exited: {status:?}");
     }
 
     /// Waits (at most `within`) for the process to exit, returning its status.
