@@ -108,6 +108,11 @@ pub(crate) struct Options {
     /// How long a nonce stays valid, in seconds [default: 600].
     #[arg(long, env = "TURNPIKE_NONCE_LIFETIME")]
     pub(crate) nonce_lifetime: Option<u64>,
+    /// Longest validity a REST or Firezone username may claim, in seconds from now; a username
+    /// that expires later is refused (one valid until 2100 is as good as a static password)
+    /// [default: 172800, 48 hours].
+    #[arg(long, env = "TURNPIKE_MAX_CREDENTIAL_LIFETIME")]
+    pub(crate) max_credential_lifetime: Option<u64>,
     /// Admin endpoint (health, metrics, log level) [default: 127.0.0.1:9478].
     #[arg(long, env = "TURNPIKE_ADMIN_LISTEN")]
     pub(crate) admin_listen: Option<SocketAddr>,
@@ -149,6 +154,12 @@ pub(crate) struct Options {
     /// SOFTWARE attribute for responses to authenticated requests [default: none].
     #[arg(long, env = "TURNPIKE_SOFTWARE")]
     pub(crate) software: Option<String>,
+    /// Accept channel numbers 0x4000-0x7FFF as RFC 5766 did (coturn's flag of the same name),
+    /// not only RFC 8656's 0x4000-0x4FFF; in the kernel path too. For older clients; leave it off
+    /// where other protocols share the relay's port (RFC 7983).
+    #[arg(long, env = "TURNPIKE_RFC5766_CHANNEL_NUMBERS")]
+    #[serde(default)]
+    pub(crate) rfc5766_channel_numbers: bool,
     /// Addresses for TURN over TCP (`turn:HOST?transport=tcp`), comma-separated; "" turns TCP
     /// off [default: the --listen addresses].
     #[arg(long, env = "TURNPIKE_LISTEN_TCP")]
@@ -198,6 +209,8 @@ macro_rules! layer {
         Options {
             config: $high.config,
             dev: $high.dev || $low.dev,
+            rfc5766_channel_numbers: $high.rfc5766_channel_numbers
+                || $low.rfc5766_channel_numbers,
             $($field: $high.$field.or($low.$field),)*
         }
     };
@@ -239,6 +252,7 @@ impl Options {
             default_lifetime,
             max_lifetime,
             nonce_lifetime,
+            max_credential_lifetime,
             admin_listen,
             admin_token_file,
             log_level,
@@ -591,6 +605,7 @@ impl Settings {
             allocation_default: seconds(options.default_lifetime, defaults.allocation_default),
             allocation_max: seconds(options.max_lifetime, defaults.allocation_max),
             nonce: seconds(options.nonce_lifetime, defaults.nonce),
+            credential_max: seconds(options.max_credential_lifetime, defaults.credential_max),
             ..defaults
         };
         ensure!(
@@ -625,6 +640,7 @@ impl Settings {
         core.lifetimes = lifetimes;
         core.quotas = quotas;
         core.software = options.software;
+        core.rfc5766_channel_numbers = options.rfc5766_channel_numbers;
         if let Some(rate) = options.unauthenticated_rate {
             core.unauthenticated_rate = if rate == 0 {
                 RateLimit::UNLIMITED
@@ -632,6 +648,18 @@ impl Settings {
                 RateLimit::per_second(rate)
             };
         }
+
+        // The core's own bounds (every lifetime at most 7 days, ...), named as flags.
+        core.validate().map_err(|error| {
+            let flag = match error.setting {
+                "lifetimes.allocation_default" => "default-lifetime",
+                "lifetimes.allocation_max" => "max-lifetime",
+                "lifetimes.nonce" => "nonce-lifetime",
+                "lifetimes.credential_max" => "max-credential-lifetime",
+                other => other,
+            };
+            anyhow::anyhow!("{flag}: {}", error.problem)
+        })?;
 
         let threads = options.threads.unwrap_or_else(|| {
             std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
@@ -828,6 +856,35 @@ mod tests {
     }
 
     #[test]
+    fn lifetimes_beyond_the_core_bounds_name_the_flag() {
+        for (args, setting) in [
+            (
+                &["--max-lifetime", "99999999", "--default-lifetime", "600"][..],
+                "max-lifetime",
+            ),
+            (&["--nonce-lifetime", "99999999"][..], "nonce-lifetime"),
+            (
+                &["--max-credential-lifetime", "99999999"][..],
+                "max-credential-lifetime",
+            ),
+            (
+                &["--max-credential-lifetime", "0"][..],
+                "max-credential-lifetime",
+            ),
+        ] {
+            let mut argv = vec!["--dev"];
+            argv.extend_from_slice(args);
+            let error = settings(&argv).map(|_| ()).unwrap_err().to_string();
+            assert!(error.contains(setting), "{args:?}: {error}");
+        }
+        let settings = settings(&["--dev", "--max-credential-lifetime", "3600"]).unwrap();
+        assert_eq!(
+            settings.core.lifetimes.credential_max,
+            Duration::from_secs(3600)
+        );
+    }
+
+    #[test]
     fn flags_and_environment_win_over_the_file() {
         let cli = Options::try_parse_from(["turnpike", "--relay-ports", "50000-50100"]).unwrap();
         let file: Options =
@@ -847,5 +904,19 @@ mod tests {
         assert_eq!(file.max_allocations, Some(10));
         assert_eq!(file.log_format, Some(LogFormat::Json));
         assert!(toml::from_str::<Options>("no-such-setting = 1").is_err());
+    }
+
+    #[test]
+    fn rfc5766_channel_numbers_come_from_the_flag_or_the_file() {
+        assert!(!settings(&["--dev"]).unwrap().core.rfc5766_channel_numbers);
+        let flag = settings(&["--dev", "--rfc5766-channel-numbers"]).unwrap();
+        assert!(flag.core.rfc5766_channel_numbers);
+        let file: Options = toml::from_str(
+            "rfc5766-channel-numbers = true
+",
+        )
+        .unwrap();
+        let cli = Options::try_parse_from(["turnpike"]).unwrap();
+        assert!(Options::layered(cli, file).rfc5766_channel_numbers);
     }
 }

@@ -162,6 +162,7 @@ fn add_stats(into: &mut Stats, from: &Stats) {
     add_map(&mut into.responses, &from.responses);
     add_map(&mut into.auth_failures, &from.auth_failures);
     add_map(&mut into.dropped, &from.dropped);
+    add_map(&mut into.refusals, &from.refusals);
     into.relayed_to_peer.packets += from.relayed_to_peer.packets;
     into.relayed_to_peer.bytes += from.relayed_to_peer.bytes;
     into.relayed_to_client.packets += from.relayed_to_client.packets;
@@ -225,6 +226,17 @@ pub(crate) fn render(total: &ShardMetrics, kernel: Option<&Counters>) -> String 
             .auth_failures
             .iter()
             .map(|(reason, value)| (format!("{{reason=\"{reason}\"}}"), *value))
+            .collect(),
+    );
+    section(
+        "turnpike_refusals_total",
+        "counter",
+        "Requests refused with an error response, by reason (each reason maps to one error code).",
+        total
+            .stats
+            .refusals
+            .iter()
+            .map(|(refusal, value)| (format!("{{reason=\"{}\"}}", refusal.as_str()), *value))
             .collect(),
     );
     let relayed = &total.stats;
