@@ -237,6 +237,13 @@ async fn run(settings: Settings, log: logging::LogControl) -> Result<()> {
         },
     ));
     tokio::spawn(return_freed_memory());
+    if let (Some(kernel), Some(xdp_settings)) = (&kernel, &settings.xdp) {
+        tokio::spawn(refresh_own_addresses(
+            Arc::clone(kernel),
+            xdp_settings.interface.clone(),
+            settings.listen.clone(),
+        ));
+    }
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot watch SIGTERM")?;
     // SIGHUP, which operators and log rotation send out of habit, must not end the relay.
@@ -288,6 +295,44 @@ async fn run(settings: Settings, log: logging::LogControl) -> Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Reads the XDP interface's addresses every 30 s and gives the kernel program the new ones
+/// when they changed (DHCP, SLAAC, an operator adding one): translated IPv4 <-> IPv6 datagrams
+/// leave from them. Until then a stale address costs only the translated paths.
+async fn refresh_own_addresses(
+    kernel: Arc<turnpike_xdp_user::XdpRelay>,
+    interface: String,
+    listen: Vec<std::net::SocketAddr>,
+) {
+    let preferred: Vec<std::net::IpAddr> = listen
+        .iter()
+        .map(std::net::SocketAddr::ip)
+        .filter(|ip| !ip.is_unspecified())
+        .collect();
+    let mut known = turnpike_xdp_user::discover::own_addresses(&interface, &preferred).ok();
+    let mut period = tokio::time::interval(std::time::Duration::from_secs(30));
+    period.tick().await;
+    loop {
+        period.tick().await;
+        match turnpike_xdp_user::discover::own_addresses(&interface, &preferred) {
+            Ok(own) if known.as_ref() != Some(&own) => match kernel.set_own_addresses(own) {
+                Ok(()) => {
+                    tracing::info!(
+                        interface,
+                        ?own,
+                        "the kernel data plane's own addresses changed"
+                    );
+                    known = Some(own);
+                }
+                Err(error) => tracing::warn!(%error, "cannot write the relay's own addresses"),
+            },
+            Ok(_) => {}
+            Err(error) => {
+                tracing::warn!(%error, interface, "cannot read the interface's addresses")
+            }
+        }
+    }
 }
 
 /// Gives memory that load left free back to the system every 10 s.
