@@ -5,7 +5,37 @@ use crate::encoder::EncodeError;
 /// Length of the ChannelData header: channel number and length.
 pub const HEADER_LEN: usize = 4;
 
-/// A channel number in the range RFC 8656 §12 assigns to clients: 0x4000–0x4FFF.
+/// Which channel numbers clients may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum ChannelRange {
+    /// 0x4000–0x4FFF (RFC 8656 §12): 0x5000–0x7FFF are left to the protocols that share a port
+    /// with TURN (RFC 7983).
+    #[default]
+    Rfc8656,
+    /// 0x4000–0x7FFF, as RFC 5766 allowed; some older clients (coturn's among them) still pick
+    /// numbers from all of it.
+    Rfc5766,
+}
+
+impl ChannelRange {
+    /// The highest channel number of the range.
+    #[must_use]
+    pub const fn max(self) -> u16 {
+        match self {
+            Self::Rfc8656 => 0x4FFF,
+            Self::Rfc5766 => 0x7FFF,
+        }
+    }
+
+    /// Whether `number` is a channel number of this range.
+    #[must_use]
+    pub const fn contains(self, number: u16) -> bool {
+        number >= ChannelNumber::MIN.0 && number <= self.max()
+    }
+}
+
+/// A channel number in the range RFC 8656 §12 assigns to clients, 0x4000–0x4FFF, or in RFC
+/// 5766's 0x4000–0x7FFF where that was asked for ([`ChannelNumber::new_in`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ChannelNumber(u16);
 
@@ -16,7 +46,13 @@ impl ChannelNumber {
     /// The channel number, or `None` outside 0x4000–0x4FFF.
     #[must_use]
     pub const fn new(number: u16) -> Option<Self> {
-        if number >= Self::MIN.0 && number <= Self::MAX.0 {
+        Self::new_in(number, ChannelRange::Rfc8656)
+    }
+
+    /// The channel number, or `None` outside `range`.
+    #[must_use]
+    pub const fn new_in(number: u16, range: ChannelRange) -> Option<Self> {
+        if range.contains(number) {
             Some(Self(number))
         } else {
             None
@@ -39,7 +75,8 @@ pub enum ChannelDataError {
     /// The first two bits are not 0b01, so this is no channel number at all.
     #[error("not a channel data message")]
     NotChannelData,
-    /// A channel number in 0x5000–0x7FFF, which RFC 8656 reserves.
+    /// A channel number in 0x5000–0x7FFF, which RFC 8656 reserves (and RFC 5766 allowed:
+    /// see [`ChannelData::parse_in`]).
     #[error("reserved channel number")]
     ReservedChannel,
     /// Fewer than 4 bytes: not even a header.
@@ -66,6 +103,14 @@ impl<'a> ChannelData<'a> {
     /// # Errors
     /// A [`ChannelDataError`] naming the rule the datagram breaks.
     pub fn parse(datagram: &'a [u8]) -> Result<Self, ChannelDataError> {
+        Self::parse_in(datagram, ChannelRange::Rfc8656)
+    }
+
+    /// [`ChannelData::parse`] with the channel numbers of `range`.
+    ///
+    /// # Errors
+    /// A [`ChannelDataError`] naming the rule the datagram breaks.
+    pub fn parse_in(datagram: &'a [u8], range: ChannelRange) -> Result<Self, ChannelDataError> {
         let (header, rest) = datagram
             .split_first_chunk::<HEADER_LEN>()
             .ok_or(ChannelDataError::TooShort)?;
@@ -73,7 +118,8 @@ impl<'a> ChannelData<'a> {
         if number & 0xC000 != 0x4000 {
             return Err(ChannelDataError::NotChannelData);
         }
-        let number = ChannelNumber::new(number).ok_or(ChannelDataError::ReservedChannel)?;
+        let number =
+            ChannelNumber::new_in(number, range).ok_or(ChannelDataError::ReservedChannel)?;
         let length = usize::from(u16::from_be_bytes([header[2], header[3]]));
         let payload = rest.get(..length).ok_or(ChannelDataError::Truncated)?;
         if rest.len() > (length + 3) & !3 {
@@ -182,6 +228,29 @@ mod tests {
                 Err(ChannelDataError::ReservedChannel)
             );
         }
+    }
+
+    #[test]
+    fn the_rfc_5766_range_takes_0x5000_to_0x7fff_too() {
+        for first in [0x40, 0x4F, 0x50, 0x5F, 0x7F] {
+            let datagram = [first, 0x01, 0x00, 0x01, 9];
+            let message = ChannelData::parse_in(&datagram, ChannelRange::Rfc5766).unwrap();
+            assert_eq!(message.channel().get(), u16::from_be_bytes([first, 0x01]));
+            assert_eq!(message.payload(), &[9]);
+        }
+        assert_eq!(
+            ChannelData::parse_in(&[0x80, 0x00, 0x00, 0x00], ChannelRange::Rfc5766),
+            Err(ChannelDataError::NotChannelData)
+        );
+        assert_eq!(
+            ChannelNumber::new_in(0x7FFF, ChannelRange::Rfc5766)
+                .unwrap()
+                .get(),
+            0x7FFF
+        );
+        assert!(ChannelNumber::new_in(0x8000, ChannelRange::Rfc5766).is_none());
+        assert!(ChannelNumber::new_in(0x3FFF, ChannelRange::Rfc5766).is_none());
+        assert!(ChannelNumber::new_in(0x5000, ChannelRange::Rfc8656).is_none());
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! Telling STUN from ChannelData by the first byte (RFC 8656 §12, RFC 7983).
 
+use crate::channel_data::ChannelRange;
+
 /// What a datagram on the TURN port claims to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PacketKind {
@@ -28,12 +30,23 @@ pub enum DemuxError {
 /// # Errors
 /// A [`DemuxError`] for empty datagrams and first bytes outside 0–3 and 0x40–0x4F.
 pub const fn classify(datagram: &[u8]) -> Result<PacketKind, DemuxError> {
-    match datagram.first() {
-        None => Err(DemuxError::Empty),
-        Some(0x00..=0x03) => Ok(PacketKind::Stun),
-        Some(0x40..=0x4F) => Ok(PacketKind::ChannelData),
-        Some(0x50..=0x7F) => Err(DemuxError::ReservedChannelRange),
-        Some(_) => Err(DemuxError::Unrecognised),
+    classify_in(datagram, ChannelRange::Rfc8656)
+}
+
+/// [`classify`] with the channel numbers of `range`: with [`ChannelRange::Rfc5766`], first
+/// bytes 0x50–0x7F are ChannelData too.
+///
+/// # Errors
+/// A [`DemuxError`] for empty datagrams and first bytes that start neither.
+pub const fn classify_in(datagram: &[u8], range: ChannelRange) -> Result<PacketKind, DemuxError> {
+    match (datagram.first(), range) {
+        (None, _) => Err(DemuxError::Empty),
+        (Some(0x00..=0x03), _) => Ok(PacketKind::Stun),
+        (Some(0x40..=0x4F), _) | (Some(0x50..=0x7F), ChannelRange::Rfc5766) => {
+            Ok(PacketKind::ChannelData)
+        }
+        (Some(0x50..=0x7F), ChannelRange::Rfc8656) => Err(DemuxError::ReservedChannelRange),
+        (Some(_), _) => Err(DemuxError::Unrecognised),
     }
 }
 
@@ -51,6 +64,22 @@ mod tests {
                 _ => Err(DemuxError::Unrecognised),
             };
             assert_eq!(classify(&[byte, 0, 0, 0]), expected, "{byte:#04x}");
+        }
+    }
+
+    #[test]
+    fn the_rfc_5766_range_makes_0x50_to_0x7f_channel_data() {
+        for byte in 0..=u8::MAX {
+            let expected = match byte {
+                0..=3 => Ok(PacketKind::Stun),
+                0x40..=0x7F => Ok(PacketKind::ChannelData),
+                _ => Err(DemuxError::Unrecognised),
+            };
+            assert_eq!(
+                classify_in(&[byte, 0, 0, 0], ChannelRange::Rfc5766),
+                expected,
+                "{byte:#04x}"
+            );
         }
     }
 

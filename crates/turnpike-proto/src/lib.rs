@@ -40,9 +40,10 @@ pub use attribute::{
     PasswordAlgorithmsIter, RawAttribute, UnknownAttributes,
 };
 pub use channel_data::{
-    ChannelData, ChannelDataError, ChannelNumber, HEADER_LEN as CHANNEL_DATA_HEADER_LEN,
+    ChannelData, ChannelDataError, ChannelNumber, ChannelRange,
+    HEADER_LEN as CHANNEL_DATA_HEADER_LEN,
 };
-pub use demux::{DemuxError, PacketKind, classify};
+pub use demux::{DemuxError, PacketKind, classify, classify_in};
 pub use encoder::{EncodeError, MessageEncoder};
 pub use error_code::ErrorCode;
 pub use integrity::{FINGERPRINT_XOR, IntegrityError};

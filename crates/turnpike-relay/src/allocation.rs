@@ -93,3 +93,16 @@ impl Allocation {
         Some(channel.expires_at.min(permission).min(family))
     }
 }
+
+/// The port after an EVEN-PORT allocation's, held for the Allocate that presents its token
+/// (RFC 8656 §7.2). It holds an allocation's place in the quotas, total and per user, so that
+/// reservations cannot take more ports than allocations could.
+#[derive(Debug, Clone)]
+pub(crate) struct Reservation {
+    pub(crate) port: u16,
+    /// The family of the allocation that made it, which the reserved address has too.
+    pub(crate) family: AddressFamily,
+    /// Whose quota it counts against.
+    pub(crate) username: Box<str>,
+    pub(crate) expires_at: Instant,
+}

@@ -43,6 +43,12 @@ pub struct Config {
     /// `quotas.allocations_per_user`, so that the per-user quota holds for the whole relay and
     /// does not multiply with the thread count.
     pub shared_user_budget: Option<Arc<UserBudget>>,
+    /// Accept channel numbers 0x4000-0x7FFF, as RFC 5766 did, instead of RFC 8656's
+    /// 0x4000-0x4FFF (coturn's `--rfc5766-channel-numbers`): for older clients, coturn's
+    /// `turnutils_uclient` among them, that number channels anywhere in the old range. RFC 8656
+    /// gave 0x5000-0x7FFF back to the protocols that share a port with TURN (RFC 7983), so turn
+    /// this on only where nothing else is multiplexed on the relay's port.
+    pub rfc5766_channel_numbers: bool,
 }
 
 /// Allocations per username, counted over several servers.
@@ -194,6 +200,9 @@ pub struct Lifetimes {
     pub nonce: Duration,
     /// How long a response is kept to answer a retransmitted request (RFC 8489 §6.3.1: 40 s).
     pub transaction: Duration,
+    /// How long the port after an EVEN-PORT allocation's stays reserved for the Allocate that
+    /// presents its RESERVATION-TOKEN (RFC 8656 §7.2: about 30 s).
+    pub reservation: Duration,
     /// The furthest ahead an ephemeral (REST API or Firezone) username's expiry may lie; a
     /// username that expires later is refused with 401, as if its password were wrong. 48 hours
     /// by default, Cloudflare's cap on TURN credentials: long enough for any call, short enough
@@ -219,12 +228,13 @@ impl Lifetimes {
             channel_cooldown: clamp(self.channel_cooldown),
             nonce: clamp(self.nonce),
             transaction: clamp(self.transaction),
+            reservation: clamp(self.reservation),
             credential_max: clamp(self.credential_max),
         }
     }
 
     /// Each lifetime with the name of its setting, for validation messages.
-    fn named(&self) -> [(&'static str, Duration); 8] {
+    fn named(&self) -> [(&'static str, Duration); 9] {
         [
             ("lifetimes.allocation_default", self.allocation_default),
             ("lifetimes.allocation_max", self.allocation_max),
@@ -233,6 +243,7 @@ impl Lifetimes {
             ("lifetimes.channel_cooldown", self.channel_cooldown),
             ("lifetimes.nonce", self.nonce),
             ("lifetimes.transaction", self.transaction),
+            ("lifetimes.reservation", self.reservation),
             ("lifetimes.credential_max", self.credential_max),
         ]
     }
@@ -248,6 +259,7 @@ impl Default for Lifetimes {
             channel_cooldown: Duration::from_secs(300),
             nonce: Duration::from_secs(600),
             transaction: Duration::from_secs(40),
+            reservation: Duration::from_secs(30),
             credential_max: Duration::from_secs(48 * 3600),
         }
     }
@@ -407,6 +419,7 @@ impl Config {
             unauthenticated_rate: RateLimit::per_second(100),
             shared_budget: None,
             shared_user_budget: None,
+            rfc5766_channel_numbers: false,
         }
     }
 }
@@ -478,6 +491,7 @@ mod tests {
             channel_cooldown: Duration::MAX,
             nonce: Duration::MAX,
             transaction: Duration::MAX,
+            reservation: Duration::MAX,
             credential_max: Duration::MAX,
         };
         let mut config = config();

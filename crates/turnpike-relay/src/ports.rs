@@ -52,25 +52,40 @@ impl PortPool {
 
     /// Takes a random free port, or `None` when every port is taken.
     pub(crate) fn take_random(&mut self, rng: &mut impl RngCore) -> Option<u16> {
-        self.take_random_where(rng, |_| true)
+        self.take_random_where(rng, |_, _| true)
     }
 
     /// Takes a random free even port (EVEN-PORT, RFC 8656 §14.6), or `None`.
     pub(crate) fn take_random_even(&mut self, rng: &mut impl RngCore) -> Option<u16> {
         let start = *self.range.start();
-        self.take_random_where(rng, |index| (usize::from(start) + index) % 2 == 0)
+        self.take_random_where(rng, |_, index| (usize::from(start) + index) % 2 == 0)
+    }
+
+    /// Takes a random free even port whose successor is free and in the pool too, and that
+    /// successor with it (EVEN-PORT with the R bit, RFC 8656 §7.2): returns the even port, or
+    /// `None` when no such pair is left. The successor never leaves the pool's range, so a
+    /// reservation stays inside the block of the thread that made it.
+    pub(crate) fn take_random_even_pair(&mut self, rng: &mut impl RngCore) -> Option<u16> {
+        let start = *self.range.start();
+        let size = self.range.clone().count();
+        let port = self.take_random_where(rng, |pool, index| {
+            (usize::from(start) + index) % 2 == 0 && index + 1 < size && !pool.is_taken(index + 1)
+        })?;
+        let taken = self.take(port.checked_add(1)?);
+        debug_assert!(taken, "the successor was checked free");
+        Some(port)
     }
 
     fn take_random_where(
         &mut self,
         rng: &mut impl RngCore,
-        eligible: impl Fn(usize) -> bool,
+        eligible: impl Fn(&Self, usize) -> bool,
     ) -> Option<u16> {
         let size = self.range.clone().count();
         if self.free == 0 {
             return None;
         }
-        let usable = |pool: &Self, index: usize| eligible(index) && !pool.is_taken(index);
+        let usable = |pool: &Self, index: usize| eligible(pool, index) && !pool.is_taken(index);
         let mut index = None;
         for _ in 0..RANDOM_DRAWS {
             let candidate = rng.gen_range(0..size);
@@ -148,6 +163,22 @@ mod tests {
             .map(|_| pool.take_random(&mut rng).unwrap())
             .collect();
         assert!(ports.windows(2).any(|pair| pair[1] != pair[0] + 1));
+    }
+
+    #[test]
+    fn an_even_pair_is_taken_whole_and_never_crosses_the_end_of_the_range() {
+        // 1000..=1004 holds the pairs (1000, 1001) and (1002, 1003); 1004 has no successor here.
+        let mut pool = PortPool::new(1000..=1004);
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        assert!(pool.take(1003));
+        assert_eq!(pool.take_random_even_pair(&mut rng), Some(1000));
+        assert!(!pool.take(1001), "the successor is taken with it");
+        assert_eq!(pool.take_random_even_pair(&mut rng), None);
+        pool.release(1003);
+        assert_eq!(pool.take_random_even_pair(&mut rng), Some(1002));
+        assert_eq!(pool.take_random_even_pair(&mut rng), None);
+        assert_eq!(pool.take_random_even(&mut rng), Some(1004));
+        assert_eq!(pool.take_random(&mut rng), None);
     }
 
     #[test]

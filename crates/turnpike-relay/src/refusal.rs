@@ -22,7 +22,8 @@ pub enum Refusal {
     /// CreatePermission or ChannelBind without XOR-PEER-ADDRESS, or ChannelBind without
     /// CHANNEL-NUMBER (400).
     MissingAttribute,
-    /// A channel number outside 0x4000-0x4FFF (400).
+    /// A channel number outside 0x4000-0x4FFF, or 0x4000-0x7FFF with
+    /// `Config::rfc5766_channel_numbers` (400).
     BadChannelNumber,
     /// The channel number is bound to another peer, or the peer to another number, through the
     /// binding and its cool-down (400).
@@ -54,12 +55,13 @@ pub enum Refusal {
     PermissionQuota,
     /// The allocation's channel quota is reached (486).
     ChannelQuota,
-    /// RESERVATION-TOKEN or EVEN-PORT with its reserve bit: port reservations are not offered
-    /// (508).
-    ReservationUnsupported,
+    /// A RESERVATION-TOKEN that reserves nothing: never issued here, used already, or expired
+    /// (508, RFC 8656 §7.2).
+    BadReservationToken,
     /// The relay is draining and takes no new allocations (508).
     Draining,
-    /// Every relayed port is taken (508).
+    /// Every relayed port is taken, or, for EVEN-PORT with its reserve bit, every even port
+    /// whose successor is free (508).
     NoRelayPort,
 }
 
@@ -86,14 +88,14 @@ impl Refusal {
             | Self::UserAllocationQuota
             | Self::PermissionQuota
             | Self::ChannelQuota => ErrorCode::ALLOCATION_QUOTA_REACHED,
-            Self::ReservationUnsupported | Self::Draining | Self::NoRelayPort => {
+            Self::BadReservationToken | Self::Draining | Self::NoRelayPort => {
                 ErrorCode::INSUFFICIENT_CAPACITY
             }
         }
     }
 
-    /// The reason phrase RFC 8489 and RFC 8656 suggest for the code. Responses carry none by
-    /// default (a shorter error response is a weaker amplifier); this is for logs.
+    /// The reason phrase RFC 8489 and RFC 8656 suggest for the code, which every error response
+    /// carries (clients log it; some print nothing useful without it).
     #[must_use]
     pub const fn reason_phrase(self) -> &'static str {
         self.error_code().default_reason()
@@ -122,7 +124,7 @@ impl Refusal {
             Self::UserAllocationQuota => "user_allocation_quota",
             Self::PermissionQuota => "permission_quota",
             Self::ChannelQuota => "channel_quota",
-            Self::ReservationUnsupported => "reservation_unsupported",
+            Self::BadReservationToken => "bad_reservation_token",
             Self::Draining => "draining",
             Self::NoRelayPort => "no_relay_port",
         }
@@ -159,7 +161,7 @@ mod tests {
         Refusal::UserAllocationQuota,
         Refusal::PermissionQuota,
         Refusal::ChannelQuota,
-        Refusal::ReservationUnsupported,
+        Refusal::BadReservationToken,
         Refusal::Draining,
         Refusal::NoRelayPort,
     ];

@@ -1,4 +1,4 @@
-//! Deadlines of allocations, permissions and channels.
+//! Deadlines of allocations, permissions, channels and port reservations.
 //!
 //! Each thing that can expire has at most one deadline here: scheduling it again moves its
 //! deadline, and removing the thing cancels it. So the queue holds one entry per live
@@ -30,6 +30,8 @@ pub(crate) enum Timer {
         id: AllocationId,
         channel: ChannelNumber,
     },
+    /// A port reserved by EVEN-PORT with the R bit is freed, unless its token was used.
+    Reservation { token: [u8; 8] },
 }
 
 #[derive(Debug, Default)]

@@ -10,12 +10,12 @@ use std::time::Instant;
 
 use rand::RngCore;
 use turnpike_proto::{
-    AddressFamily, Attribute, ChannelData, ChannelNumber, Class, Message, Method, PacketKind,
-    classify,
+    AddressFamily, Attribute, ChannelData, ChannelNumber, ChannelRange, Class, Message, Method,
+    PacketKind, classify_in,
 };
 
 use crate::addr::{FiveTuple, RelaySocket};
-use crate::allocation::{Allocation, AllocationId};
+use crate::allocation::{Allocation, AllocationId, Reservation};
 use crate::auth::Authenticator;
 use crate::command::{ChannelRoute, Command, Forward};
 use crate::config::Config;
@@ -115,7 +115,11 @@ pub struct Server<R> {
     allocations: BTreeMap<AllocationId, Allocation>,
     by_five_tuple: FastMap<FiveTuple, AllocationId>,
     by_port: FastMap<u16, AllocationId>,
+    /// Allocations and reservations per username: the places each holds in its quota.
     allocations_per_user: FastMap<Box<str>, usize>,
+    /// Ports reserved by EVEN-PORT with the R bit, by token; ordered, so shutdown frees them in
+    /// a fixed order.
+    reservations: BTreeMap<[u8; 8], Reservation>,
     to_peer: FastMap<(FiveTuple, ChannelNumber), ToPeerRoute>,
     to_client: FastMap<(u16, SocketAddr), ToClientRoute>,
     timers: TimerQueue,
@@ -164,6 +168,7 @@ impl<R: RngCore> Server<R> {
             by_five_tuple: HashMap::with_hasher(fast_map()),
             by_port: HashMap::with_hasher(fast_map()),
             allocations_per_user: HashMap::with_hasher(fast_map()),
+            reservations: BTreeMap::new(),
             to_peer: HashMap::with_hasher(fast_map()),
             to_client: HashMap::with_hasher(fast_map()),
             timers: TimerQueue::default(),
@@ -202,6 +207,10 @@ impl<R: RngCore> Server<R> {
         for id in ids {
             self.free_allocation(id);
         }
+        let tokens: Vec<[u8; 8]> = self.reservations.keys().copied().collect();
+        for token in tokens {
+            self.free_reservation(token);
+        }
     }
 
     /// The next control-path action; call until `None` after every input.
@@ -236,6 +245,12 @@ impl<R: RngCore> Server<R> {
         self.allocations.len()
     }
 
+    /// Ports reserved now (EVEN-PORT with the R bit) and not yet claimed by their token.
+    #[must_use]
+    pub fn reservation_count(&self) -> usize {
+        self.reservations.len()
+    }
+
     /// Sizes of internal collections, for tests that memory follows what is alive.
     #[doc(hidden)]
     #[must_use]
@@ -245,6 +260,7 @@ impl<R: RngCore> Server<R> {
             cached_transactions: self.transactions.len(),
             table_entries: self.by_five_tuple.len()
                 + self.by_port.len()
+                + self.reservations.len()
                 + self.allocations_per_user.len()
                 + self.to_peer.len()
                 + self.to_client.len(),
@@ -282,7 +298,7 @@ impl<R: RngCore> Server<R> {
         from: FiveTuple,
         datagram: &[u8],
     ) -> Option<Forward> {
-        match classify(datagram) {
+        match classify_in(datagram, self.channel_range()) {
             Ok(PacketKind::ChannelData) => self.handle_channel_data(now, from, datagram),
             Ok(PacketKind::Stun) => match Message::parse(datagram) {
                 // RFC 8489 §7.3: a message whose FINGERPRINT does not match is discarded
@@ -313,7 +329,7 @@ impl<R: RngCore> Server<R> {
         from: FiveTuple,
         datagram: &[u8],
     ) -> Option<Forward> {
-        let Ok(message) = ChannelData::parse(datagram) else {
+        let Ok(message) = ChannelData::parse_in(datagram, self.channel_range()) else {
             self.stats.drop(Drop::MalformedChannelData);
             return None;
         };
@@ -369,6 +385,15 @@ impl<R: RngCore> Server<R> {
             peer,
             payload,
         })
+    }
+
+    /// The channel numbers clients may bind and send on.
+    pub(crate) const fn channel_range(&self) -> ChannelRange {
+        if self.config.rfc5766_channel_numbers {
+            ChannelRange::Rfc5766
+        } else {
+            ChannelRange::Rfc8656
+        }
     }
 
     fn relay_ip(&self, family: AddressFamily) -> Option<IpAddr> {
@@ -456,6 +481,7 @@ impl<R: RngCore> Server<R> {
                 Timer::Allocation { id, family } => self.expire_family(now, id, family),
                 Timer::Permission { id, peer } => self.expire_permission(now, id, peer),
                 Timer::Channel { id, channel } => self.expire_channel(now, id, channel),
+                Timer::Reservation { token } => self.expire_reservation(now, token),
             }
         }
     }
@@ -468,6 +494,44 @@ impl<R: RngCore> Server<R> {
             return;
         }
         self.remove_family(id, family);
+    }
+
+    fn expire_reservation(&mut self, now: Instant, token: [u8; 8]) {
+        if self
+            .reservations
+            .get(&token)
+            .is_some_and(|reservation| reservation.expires_at <= now)
+        {
+            self.free_reservation(token);
+        }
+    }
+
+    /// Gives a reserved port back, and the place in the quotas it held.
+    fn free_reservation(&mut self, token: [u8; 8]) {
+        let Some(reservation) = self.reservations.remove(&token) else {
+            return;
+        };
+        self.timers.cancel(Timer::Reservation { token });
+        self.ports.release(reservation.port);
+        self.release_quota_place(&reservation.username);
+    }
+
+    /// Gives back one place of `user` in the quotas: in the shared budgets and in the count of
+    /// this server.
+    fn release_quota_place(&mut self, user: &str) {
+        if let Some(budget) = &self.config.shared_budget {
+            budget.give_back();
+        }
+        if let Some(users) = &self.config.shared_user_budget {
+            users.give_back(user);
+        }
+        if let Some(count) = self.allocations_per_user.get_mut(user) {
+            *count -= 1;
+            if *count == 0 {
+                self.allocations_per_user.remove(user);
+                shrink_map(&mut self.allocations_per_user);
+            }
+        }
     }
 
     fn expire_permission(&mut self, now: Instant, id: AllocationId, peer: IpAddr) {
@@ -725,19 +789,7 @@ impl<R: RngCore> Server<R> {
         shrink_map(&mut self.by_five_tuple);
         shrink_map(&mut self.by_port);
         self.ports.release(allocation.port);
-        if let Some(budget) = &self.config.shared_budget {
-            budget.give_back();
-        }
-        if let Some(users) = &self.config.shared_user_budget {
-            users.give_back(&allocation.username);
-        }
-        if let Some(count) = self.allocations_per_user.get_mut(&allocation.username) {
-            *count -= 1;
-            if *count == 0 {
-                self.allocations_per_user.remove(&allocation.username);
-                shrink_map(&mut self.allocations_per_user);
-            }
-        }
+        self.release_quota_place(&allocation.username);
     }
 
     fn handle_stun(

@@ -7,13 +7,13 @@ use std::time::Instant;
 use rand::RngCore;
 use turnpike_proto::{
     AddressFamily, Attribute, AttributeError, AttributeType, ChannelNumber, Class, ErrorCode,
-    Message, Method, TransactionId,
+    Message, Method, RawAttribute, TransactionId,
 };
 
 use super::respond::{self, Protection};
 use super::{Drop, Server, later};
 use crate::addr::FiveTuple;
-use crate::allocation::{Allocation, AllocationId, Channel};
+use crate::allocation::{Allocation, AllocationId, Channel, Reservation};
 use crate::auth::{AuthFailure, Authenticated, OFFERED_PASSWORD_ALGORITHMS};
 use crate::command::Command;
 use crate::occurrence::{first_occurrences, first_occurrences_and_every};
@@ -155,7 +155,10 @@ impl<R: RngCore> Server<R> {
             }
         };
 
-        let unknown = Self::unknown_required_attributes(message);
+        let mut unknown = Self::unknown_required_attributes(message);
+        if message.method() == Method::Allocate {
+            Self::refuse_dont_fragment(message, &mut unknown);
+        }
         let protection = Protection {
             signer: Some(&authenticated),
             fingerprint: message.has_fingerprint(),
@@ -201,6 +204,26 @@ impl<R: RngCore> Server<R> {
         self.send(from, encoded);
     }
 
+    /// Adds DONT-FRAGMENT to the unknown attributes of an Allocate that carries it.
+    ///
+    /// RFC 8656 §7.2 step 5 leaves a server two ways: relay with the DF bit set, or treat the
+    /// attribute as an unknown comprehension-required one (420, listed in UNKNOWN-ATTRIBUTES).
+    /// This relay takes the second: relayed datagrams leave from the user-space sockets and from
+    /// the kernel fast path alike, and neither sets DF per allocation, so accepting the
+    /// attribute would be a promise not kept. The core has no command to ask the driver for it
+    /// either. A client told 420 retries without the attribute (RFC 8656 §7.1) and learns the
+    /// path MTU some other way.
+    fn refuse_dont_fragment(message: &Message<'_>, unknown: &mut Vec<u8>) {
+        let bytes = AttributeType::DONT_FRAGMENT.0.to_be_bytes();
+        if message
+            .attributes()
+            .any(|raw| raw.kind() == AttributeType::DONT_FRAGMENT)
+            && !unknown.chunks_exact(2).any(|pair| pair == bytes)
+        {
+            unknown.extend_from_slice(&bytes);
+        }
+    }
+
     /// The error response for a refused request, counted by code and by reason.
     fn refusal_response(
         &mut self,
@@ -217,9 +240,13 @@ impl<R: RngCore> Server<R> {
             code = code.0,
             "request refused"
         );
-        // No reason phrase on the wire: a shorter error response is a weaker amplifier.
+        // RFC 8489 §14.8 asks for a reason phrase; the suggested ones are short, and answers to
+        // unauthenticated sources stay rate-limited whatever their size.
         let mut attributes = Vec::with_capacity(1 + refused.attributes.len());
-        attributes.push(Attribute::ErrorCode { code, reason: "" });
+        attributes.push(Attribute::ErrorCode {
+            code,
+            reason: refused.refusal.reason_phrase(),
+        });
         attributes.extend(refused.attributes.iter().cloned());
         respond::response(
             method,
@@ -246,7 +273,10 @@ impl<R: RngCore> Server<R> {
         let now_unix = self.wall_clock.unix_seconds(now);
         let code = failure.error_code();
         self.stats.response(message.method(), code.0);
-        let mut attributes = vec![Attribute::ErrorCode { code, reason: "" }];
+        let mut attributes = vec![Attribute::ErrorCode {
+            code,
+            reason: code.default_reason(),
+        }];
         let nonce;
         if failure.challenges() {
             nonce = self.auth.issue_nonce(from.client, now_unix);
@@ -352,6 +382,8 @@ impl<R: RngCore> Server<R> {
             // A retransmission of the request that created the allocation, arriving after its
             // cached response expired, still gets a success response.
             return match self.allocations.get(&id) {
+                // Without the ADDRESS-ERROR-CODE or RESERVATION-TOKEN of the first answer: that
+                // answer stays cached for 40 s, and a token is spent or gone after 30 s anyway.
                 Some(allocation) if allocation.created_by == transaction_id => {
                     Reply::Success(self.allocation_success(now, allocation, None))
                 }
@@ -362,40 +394,35 @@ impl<R: RngCore> Server<R> {
             Ok(request) => request,
             Err(refusal) => return refusal.into(),
         };
-        // Port reservations are not offered, so no token is valid and no reservation can be
-        // made: RFC 8656 §7.2 answers both with 508, each at its own step of the checks.
-        if request.reservation_token {
-            return Refusal::ReservationUnsupported.into();
+        if let Some(token) = request.reservation_token {
+            return self.allocate_reserved(
+                now,
+                from,
+                transaction_id,
+                &request,
+                token,
+                authenticated,
+            );
         }
         let (families, address_error) = match self.allocation_families(&request) {
             Ok(families) => families,
             Err(refusal) => return refusal.into(),
         };
-        if request.reserve_next_port {
-            // Step 8: reserving the next port of a dual allocation is malformed.
-            return if request.additional_family.is_some() {
-                Refusal::ConflictingAttributes
-            } else {
-                Refusal::ReservationUnsupported
-            }
-            .into();
+        // RFC 8656 §7.2 step 8: reserving the next port of a dual allocation is malformed.
+        if request.reserve_next_port && request.additional_family.is_some() {
+            return Refusal::ConflictingAttributes.into();
         }
         if self.draining {
             return Refusal::Draining.into();
         }
-        let quotas = self.config.quotas;
-        let user_allocations = self
-            .allocations_per_user
-            .get(&authenticated.username)
-            .copied()
-            .unwrap_or(0);
-        if self.allocations.len() >= quotas.allocations_total {
-            return Refusal::AllocationQuota.into();
+        // A reservation holds a place in the quotas as an allocation does.
+        let places = 1 + usize::from(request.reserve_next_port);
+        if let Err(refusal) = self.check_local_quotas(&authenticated.username, places) {
+            return refusal.into();
         }
-        if user_allocations >= quotas.allocations_per_user {
-            return Refusal::UserAllocationQuota.into();
-        }
-        let port = if request.even_port {
+        let port = if request.reserve_next_port {
+            self.ports.take_random_even_pair(&mut self.rng)
+        } else if request.even_port {
             self.ports.take_random_even(&mut self.rng)
         } else {
             self.ports.take_random(&mut self.rng)
@@ -403,23 +430,159 @@ impl<R: RngCore> Server<R> {
         let Some(port) = port else {
             return Refusal::NoRelayPort.into();
         };
-        if let Some(users) = &self.config.shared_user_budget
-            && !users.try_take(&authenticated.username)
-        {
+        let reserved_port = request.reserve_next_port.then(|| port + 1);
+        if let Err(refusal) = self.take_shared_places(&authenticated.username, places) {
             self.ports.release(port);
-            return Refusal::UserAllocationQuota.into();
-        }
-        if let Some(budget) = &self.config.shared_budget
-            && !budget.try_take()
-        {
-            self.ports.release(port);
-            if let Some(users) = &self.config.shared_user_budget {
-                users.give_back(&authenticated.username);
+            if let Some(reserved) = reserved_port {
+                self.ports.release(reserved);
             }
-            return Refusal::AllocationQuota.into();
+            return refusal.into();
         }
-
+        *self
+            .allocations_per_user
+            .entry(authenticated.username.clone())
+            .or_default() += 1;
         let lifetime = self.granted_lifetime(request.lifetime);
+        let mut attributes = self.install_allocation(
+            now,
+            from,
+            transaction_id,
+            authenticated,
+            port,
+            &families,
+            lifetime,
+            address_error.map(|family| (family, request.draft_code_points)),
+        );
+        if let Some(reserved) = reserved_port {
+            let token = self.reserve(now, reserved, families[0], &authenticated.username);
+            attributes.push(Attribute::ReservationToken(token));
+        }
+        Reply::Success(attributes)
+    }
+
+    /// Allocate with a RESERVATION-TOKEN (RFC 8656 §7.2 step 6): the reserved port, in the
+    /// family of the allocation that reserved it; 508 when the token is unknown, used or expired.
+    fn allocate_reserved(
+        &mut self,
+        now: Instant,
+        from: FiveTuple,
+        transaction_id: TransactionId,
+        request: &AllocateRequest,
+        token: [u8; 8],
+        authenticated: &Authenticated,
+    ) -> Reply {
+        let Some(reservation) = self.reservations.get(&token) else {
+            return Refusal::BadReservationToken.into();
+        };
+        if reservation.expires_at <= now {
+            return Refusal::BadReservationToken.into();
+        }
+        if self.draining {
+            return Refusal::Draining.into();
+        }
+        let (port, family) = (reservation.port, reservation.family);
+        let reserved_by = reservation.username.clone();
+        // The reservation's place in the quotas becomes the allocation's. A token is not bound
+        // to a user (RFC 8656 §7.2), but the place must be counted against whoever allocates.
+        if *reserved_by != *authenticated.username {
+            let user = &authenticated.username;
+            let held = self.allocations_per_user.get(user).copied().unwrap_or(0);
+            if held >= self.config.quotas.allocations_per_user {
+                return Refusal::UserAllocationQuota.into();
+            }
+            if let Some(users) = &self.config.shared_user_budget {
+                if !users.try_take(user) {
+                    return Refusal::UserAllocationQuota.into();
+                }
+                users.give_back(&reserved_by);
+            }
+            *self.allocations_per_user.entry(user.clone()).or_default() += 1;
+            if let Some(count) = self.allocations_per_user.get_mut(&reserved_by) {
+                *count -= 1;
+                if *count == 0 {
+                    self.allocations_per_user.remove(&reserved_by);
+                }
+            }
+        }
+        self.reservations.remove(&token);
+        self.timers.cancel(Timer::Reservation { token });
+        let lifetime = self.granted_lifetime(request.lifetime);
+        Reply::Success(self.install_allocation(
+            now,
+            from,
+            transaction_id,
+            authenticated,
+            port,
+            &[family],
+            lifetime,
+            None,
+        ))
+    }
+
+    /// Checks that `places` more allocations (or reservations) fit the quotas this server
+    /// counts itself.
+    fn check_local_quotas(&self, user: &str, places: usize) -> Result<(), Refusal> {
+        let quotas = self.config.quotas;
+        if self.allocations.len() + self.reservations.len() + places > quotas.allocations_total {
+            return Err(Refusal::AllocationQuota);
+        }
+        let held = self.allocations_per_user.get(user).copied().unwrap_or(0);
+        if held + places > quotas.allocations_per_user {
+            return Err(Refusal::UserAllocationQuota);
+        }
+        Ok(())
+    }
+
+    /// Takes `places` places of `user` in the budgets shared with sibling servers: all of them,
+    /// or none.
+    fn take_shared_places(&self, user: &str, places: usize) -> Result<(), Refusal> {
+        for taken in 0..places {
+            let refusal = if let Some(users) = &self.config.shared_user_budget
+                && !users.try_take(user)
+            {
+                Some(Refusal::UserAllocationQuota)
+            } else if let Some(budget) = &self.config.shared_budget
+                && !budget.try_take()
+            {
+                if let Some(users) = &self.config.shared_user_budget {
+                    users.give_back(user);
+                }
+                Some(Refusal::AllocationQuota)
+            } else {
+                None
+            };
+            if let Some(refusal) = refusal {
+                for _ in 0..taken {
+                    if let Some(users) = &self.config.shared_user_budget {
+                        users.give_back(user);
+                    }
+                    if let Some(budget) = &self.config.shared_budget {
+                        budget.give_back();
+                    }
+                }
+                return Err(refusal);
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes the allocation of `from` on `port`, whose place in the quotas the caller has
+    /// counted, and returns the attributes of its success response.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one call for the two ways an allocation is made"
+    )]
+    fn install_allocation(
+        &mut self,
+        now: Instant,
+        from: FiveTuple,
+        transaction_id: TransactionId,
+        authenticated: &Authenticated,
+        port: u16,
+        families: &[AddressFamily],
+        lifetime: Duration,
+        address_error: Option<(AddressFamily, bool)>,
+    ) -> Vec<Attribute<'static>> {
         let expires_at = later(now, lifetime);
         let id = AllocationId(self.next_allocation_id);
         self.next_allocation_id += 1;
@@ -434,7 +597,7 @@ impl<R: RngCore> Server<R> {
             channels: Default::default(),
             channel_by_peer: Default::default(),
         };
-        for family in families {
+        for &family in families {
             *allocation.expiry_mut(family) = Some(expires_at);
             self.timers
                 .schedule(expires_at, Timer::Allocation { id, family });
@@ -444,12 +607,40 @@ impl<R: RngCore> Server<R> {
         let attributes = self.allocation_success(now, &allocation, address_error);
         self.by_five_tuple.insert(from, id);
         self.by_port.insert(port, id);
+        self.allocations.insert(id, allocation);
+        attributes
+    }
+
+    /// Reserves `port` (taken from the pool already) for `reservation` seconds and returns its
+    /// token: 8 bytes from the server's RNG, never zero, never one in use.
+    fn reserve(
+        &mut self,
+        now: Instant,
+        port: u16,
+        family: AddressFamily,
+        username: &str,
+    ) -> [u8; 8] {
+        let mut token = [0; 8];
+        while token == [0; 8] || self.reservations.contains_key(&token) {
+            self.rng.fill_bytes(&mut token);
+        }
+        let expires_at = later(now, self.config.lifetimes.reservation);
+        self.reservations.insert(
+            token,
+            Reservation {
+                port,
+                family,
+                username: username.into(),
+                expires_at,
+            },
+        );
         *self
             .allocations_per_user
-            .entry(authenticated.username.clone())
+            .entry(username.into())
             .or_default() += 1;
-        self.allocations.insert(id, allocation);
-        Reply::Success(attributes)
+        self.timers
+            .schedule(expires_at, Timer::Reservation { token });
+        token
     }
 
     /// The families to allocate and, for a dual allocation that gets only one, the family that
@@ -485,11 +676,14 @@ impl<R: RngCore> Server<R> {
         }
     }
 
+    /// The success response's attributes. `address_error` is the family a dual allocation did
+    /// not get, and whether the client asked with the draft code point (its ADDRESS-ERROR-CODE
+    /// then goes at the draft's code point too).
     fn allocation_success(
         &self,
         now: Instant,
         allocation: &Allocation,
-        address_error: Option<AddressFamily>,
+        address_error: Option<(AddressFamily, bool)>,
     ) -> Vec<Attribute<'static>> {
         let mut attributes = Vec::with_capacity(5);
         let mut remaining = Duration::ZERO;
@@ -505,12 +699,23 @@ impl<R: RngCore> Server<R> {
                 remaining = remaining.max(expiry.saturating_duration_since(now));
             }
         }
-        if let Some(family) = address_error {
-            attributes.push(Attribute::AddressErrorCode {
+        match address_error {
+            Some((family, false)) => attributes.push(Attribute::AddressErrorCode {
                 family,
                 code: ErrorCode::ADDRESS_FAMILY_NOT_SUPPORTED,
-                reason: "",
-            });
+                reason: ErrorCode::ADDRESS_FAMILY_NOT_SUPPORTED.default_reason(),
+            }),
+            Some((family, true)) => {
+                let value: &'static [u8] = match family {
+                    AddressFamily::V4 => &DRAFT_ADDRESS_ERROR_V4,
+                    AddressFamily::V6 => &DRAFT_ADDRESS_ERROR_V6,
+                };
+                attributes.push(Attribute::Unknown(RawAttribute::new(
+                    ADDRESS_ERROR_CODE_DRAFT,
+                    value,
+                )));
+            }
+            None => {}
         }
         attributes.push(Attribute::Lifetime(seconds(remaining)));
         attributes.push(Attribute::XorMappedAddress(allocation.five_tuple.client));
@@ -697,10 +902,16 @@ impl<R: RngCore> Server<R> {
         let (Some(number), Some(peer)) = (number, peer) else {
             return Refusal::MissingAttribute.into();
         };
-        let Some(number) = ChannelNumber::new(number) else {
+        let range = self.channel_range();
+        let Some(number) = ChannelNumber::new_in(number, range) else {
             // RFC 5766 allowed up to 0x7FFF; RFC 8656 keeps 0x5000-0x7FFF for other protocols
-            // sharing the port (RFC 7983), so older clients land here.
-            tracing::debug!(channel = number, "channel number outside 0x4000-0x4FFF");
+            // sharing the port (RFC 7983), so older clients land here unless the operator
+            // turned `rfc5766_channel_numbers` on.
+            tracing::debug!(
+                channel = number,
+                max = range.max(),
+                "channel number out of range"
+            );
             return Refusal::BadChannelNumber.into();
         };
         if let Err(refusal) = self.check_peer(id, peer.ip()) {
@@ -750,15 +961,50 @@ impl<R: RngCore> Server<R> {
     }
 }
 
+/// ADDITIONAL-ADDRESS-FAMILY at the code point of the drafts before RFC 8656
+/// (draft-ietf-tram-turnbis), which coturn's clients still send (`turnutils_uclient -Z`). Taken
+/// as an alias of 0x8000, a compatibility choice: the code point is comprehension-optional and
+/// was never assigned to anything else, so a client using it can only mean a dual allocation.
+const ADDITIONAL_ADDRESS_FAMILY_DRAFT: AttributeType = AttributeType(0x8032);
+
+/// ADDRESS-ERROR-CODE at the drafts' code point: the answer to a client that asked with
+/// [`ADDITIONAL_ADDRESS_FAMILY_DRAFT`], which looks for it there.
+const ADDRESS_ERROR_CODE_DRAFT: AttributeType = AttributeType(0x8033);
+
+const ADDRESS_ERROR_REASON: &str = ErrorCode::ADDRESS_FAMILY_NOT_SUPPORTED.default_reason();
+
+/// The value of ADDRESS-ERROR-CODE (RFC 8656 §18.13) for 440 and `family`, with its reason
+/// phrase, as the encoder writes it at 0x8001.
+const fn draft_address_error(family: AddressFamily) -> [u8; 4 + ADDRESS_ERROR_REASON.len()] {
+    let mut value = [0; 4 + ADDRESS_ERROR_REASON.len()];
+    value[0] = family.to_u8();
+    value[2] = 4;
+    value[3] = 40;
+    let reason = ADDRESS_ERROR_REASON.as_bytes();
+    let mut index = 0;
+    while index < reason.len() {
+        value[4 + index] = reason[index];
+        index += 1;
+    }
+    value
+}
+
+static DRAFT_ADDRESS_ERROR_V4: [u8; 4 + ADDRESS_ERROR_REASON.len()] =
+    draft_address_error(AddressFamily::V4);
+static DRAFT_ADDRESS_ERROR_V6: [u8; 4 + ADDRESS_ERROR_REASON.len()] =
+    draft_address_error(AddressFamily::V6);
+
 /// What an Allocate request asks for.
 #[derive(Debug, Default)]
 struct AllocateRequest {
     lifetime: Option<u32>,
     requested_family: Option<AddressFamily>,
     additional_family: Option<AddressFamily>,
+    /// ADDITIONAL-ADDRESS-FAMILY came at the drafts' code point.
+    draft_code_points: bool,
     even_port: bool,
     reserve_next_port: bool,
-    reservation_token: bool,
+    reservation_token: Option<[u8; 8]>,
 }
 
 impl AllocateRequest {
@@ -774,13 +1020,31 @@ impl AllocateRequest {
                     request.requested_family = Some(family)
                 }
                 Ok(Attribute::AdditionalAddressFamily(family)) => {
-                    request.additional_family = Some(family)
+                    request.additional_family = Some(family);
+                    request.draft_code_points = false;
                 }
                 Ok(Attribute::EvenPort { reserve_next }) => {
                     request.even_port = true;
                     request.reserve_next_port = reserve_next;
                 }
-                Ok(Attribute::ReservationToken(_)) => request.reservation_token = true,
+                Ok(Attribute::ReservationToken(token)) => request.reservation_token = Some(token),
+                Ok(Attribute::Unknown(raw))
+                    if raw.kind() == ADDITIONAL_ADDRESS_FAMILY_DRAFT
+                        && request.additional_family.is_none() =>
+                {
+                    let standard =
+                        RawAttribute::new(AttributeType::ADDITIONAL_ADDRESS_FAMILY, raw.value());
+                    match Attribute::decode(standard, &transaction_id) {
+                        Ok(Attribute::AdditionalAddressFamily(family)) => {
+                            request.additional_family = Some(family);
+                            request.draft_code_points = true;
+                        }
+                        Err(AttributeError::UnknownAddressFamily) => {
+                            return Err(Refusal::AddressFamilyNotSupported);
+                        }
+                        _ => return Err(Refusal::MalformedAttribute),
+                    }
+                }
                 Ok(_) => {}
                 Err(AttributeError::UnknownAddressFamily)
                     if raw.kind() == AttributeType::REQUESTED_ADDRESS_FAMILY
@@ -798,7 +1062,7 @@ impl AllocateRequest {
         }
         // RFC 8656 §7.2: a reservation token excludes EVEN-PORT and both address family
         // attributes.
-        if request.reservation_token
+        if request.reservation_token.is_some()
             && (request.even_port
                 || request.requested_family.is_some()
                 || request.additional_family.is_some())
