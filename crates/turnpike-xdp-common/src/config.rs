@@ -34,6 +34,8 @@ pub struct XdpConfig {
     ttl: u8,
     /// Hop limit of relayed IPv6 datagrams.
     hop_limit: u8,
+    /// Option bits: [`XdpConfig::RFC5766_CHANNEL_NUMBERS`].
+    flags: u8,
 }
 
 impl XdpConfig {
@@ -44,7 +46,13 @@ impl XdpConfig {
         relay_port_high: [0; 2],
         ttl: 0,
         hop_limit: 0,
+        flags: 0,
     };
+
+    /// Channel numbers 0x4000–0x7FFF (RFC 5766) are ChannelData, not only 0x4000–0x4FFF (RFC
+    /// 8656). Either way only channels user space bound are relayed; the bit only decides which
+    /// first bytes are worth a map lookup, and must agree with the core's range.
+    pub const RFC5766_CHANNEL_NUMBERS: u8 = 0x01;
 
     /// Linux's default TTL and hop limit, used until [`XdpConfig::with_hop_limits`] says
     /// otherwise.
@@ -63,6 +71,40 @@ impl XdpConfig {
             relay_port_high: relay_port_high.to_be_bytes(),
             ttl: Self::DEFAULT_HOP_LIMIT,
             hop_limit: Self::DEFAULT_HOP_LIMIT,
+            flags: 0,
+        }
+    }
+
+    /// The same configuration taking channel numbers up to 0x7FFF (RFC 5766) when `on`, up to
+    /// 0x4FFF (RFC 8656) otherwise.
+    #[inline(always)]
+    #[must_use]
+    pub const fn with_rfc5766_channel_numbers(mut self, on: bool) -> Self {
+        if !self.is_set() {
+            return self;
+        }
+        self.flags = if on {
+            self.flags | Self::RFC5766_CHANNEL_NUMBERS
+        } else {
+            self.flags & !Self::RFC5766_CHANNEL_NUMBERS
+        };
+        self
+    }
+
+    /// Whether channel numbers go up to 0x7FFF (RFC 5766) rather than 0x4FFF.
+    #[inline(always)]
+    pub const fn rfc5766_channel_numbers(&self) -> bool {
+        self.flags & Self::RFC5766_CHANNEL_NUMBERS != 0
+    }
+
+    /// Whether `first`, the first byte of a UDP payload, can start ChannelData: 0x40–0x4F, or
+    /// 0x40–0x7F with [`XdpConfig::RFC5766_CHANNEL_NUMBERS`].
+    #[inline(always)]
+    pub const fn is_channel_first_byte(&self, first: u8) -> bool {
+        if self.rfc5766_channel_numbers() {
+            first & 0xC0 == 0x40
+        } else {
+            first & 0xF0 == 0x40
         }
     }
 
@@ -147,6 +189,7 @@ impl fmt::Debug for XdpConfig {
             .field("relay_port_high", &self.relay_port_high())
             .field("ttl", &self.ttl)
             .field("hop_limit", &self.hop_limit)
+            .field("rfc5766_channel_numbers", &self.rfc5766_channel_numbers())
             .finish()
     }
 }
@@ -165,13 +208,14 @@ mod tests {
 
     #[test]
     fn xdp_config_layout_is_pinned() {
-        assert_eq!(size_of::<XdpConfig>(), 8);
+        assert_eq!(size_of::<XdpConfig>(), 9);
         assert_eq!(align_of::<XdpConfig>(), 1);
         assert_eq!(offset_of!(XdpConfig, listen_port), 0);
         assert_eq!(offset_of!(XdpConfig, relay_port_low), 2);
         assert_eq!(offset_of!(XdpConfig, relay_port_high), 4);
         assert_eq!(offset_of!(XdpConfig, ttl), 6);
         assert_eq!(offset_of!(XdpConfig, hop_limit), 7);
+        assert_eq!(offset_of!(XdpConfig, flags), 8);
     }
 
     #[test]
@@ -179,7 +223,7 @@ mod tests {
         let config = XdpConfig::new(3478, 49152, 65535).with_hop_limits(63, 255);
         let bytes = bytes_of(&config);
         // Big-endian on the wire and in the map, whatever the host byte order.
-        assert_eq!(bytes, [0x0d, 0x96, 0xc0, 0x00, 0xff, 0xff, 63, 255]);
+        assert_eq!(bytes, [0x0d, 0x96, 0xc0, 0x00, 0xff, 0xff, 63, 255, 0]);
 
         let back: XdpConfig = from_bytes(bytes);
         assert_eq!(back, config);
@@ -192,7 +236,7 @@ mod tests {
 
     #[test]
     fn all_zero_config_is_unset() {
-        let never_written: XdpConfig = from_bytes(&[0; 8]);
+        let never_written: XdpConfig = from_bytes(&[0; 9]);
         assert!(!never_written.is_set());
         assert_eq!(never_written, XdpConfig::UNSET);
         assert_eq!(XdpConfig::default(), XdpConfig::UNSET);
@@ -226,7 +270,28 @@ mod tests {
         assert_eq!(
             format!("{:?}", XdpConfig::new(3478, 49152, 65535)),
             "XdpConfig { listen_port: 3478, relay_port_low: 49152, relay_port_high: 65535, \
-             ttl: 64, hop_limit: 64 }"
+             ttl: 64, hop_limit: 64, rfc5766_channel_numbers: false }"
         );
+    }
+
+    #[test]
+    fn the_channel_range_follows_the_flag() {
+        let rfc8656 = XdpConfig::new(3478, 49152, 65535);
+        let rfc5766 = rfc8656.with_rfc5766_channel_numbers(true);
+        assert_eq!(bytes_of(&rfc5766)[8], XdpConfig::RFC5766_CHANNEL_NUMBERS);
+        assert_eq!(rfc5766.with_rfc5766_channel_numbers(false), rfc8656);
+        assert!(!XdpConfig::UNSET.with_rfc5766_channel_numbers(true).is_set());
+        for first in 0..=u8::MAX {
+            assert_eq!(
+                rfc8656.is_channel_first_byte(first),
+                (0x40..=0x4F).contains(&first),
+                "{first:#04x}"
+            );
+            assert_eq!(
+                rfc5766.is_channel_first_byte(first),
+                (0x40..=0x7F).contains(&first),
+                "{first:#04x}"
+            );
+        }
     }
 }

@@ -22,7 +22,7 @@ use common::{
     CLIENT_MAC, IpFields, RELAY_MAC, assert_checksums_valid, channel_data, load_relay, payload,
     private_namespace, run_command, udp_frame,
 };
-use turnpike_proto::{AddressFamily, ChannelNumber};
+use turnpike_proto::{AddressFamily, ChannelNumber, ChannelRange};
 use turnpike_relay::{ChannelRoute, FiveTuple, RelaySocket};
 use turnpike_xdp_common::ClientChannel;
 use turnpike_xdp_user::{
@@ -53,6 +53,8 @@ struct Scenario {
     /// The relay's relayed address the peer talks to.
     relayed: SocketAddr,
     peer: SocketAddr,
+    /// The channel number of the binding.
+    channel: u16,
 }
 
 impl Scenario {
@@ -72,13 +74,14 @@ impl Scenario {
             listen,
             relayed,
             peer,
+            channel: CHANNEL,
         }
     }
 
     fn route(&self) -> ChannelRoute {
         ChannelRoute {
             client: FiveTuple::udp(self.client, SocketAddr::new(self.listen.ip(), 3478)),
-            channel: ChannelNumber::new(CHANNEL).unwrap(),
+            channel: ChannelNumber::new_in(self.channel, ChannelRange::Rfc5766).unwrap(),
             relay: RelaySocket {
                 port: RELAY_PORT,
                 family: AddressFamily::of(self.peer.ip()),
@@ -95,7 +98,7 @@ impl Scenario {
             self.client,
             self.listen,
             fields,
-            &channel_data(CHANNEL, data, padding),
+            &channel_data(self.channel, data, padding),
             true,
         )
     }
@@ -134,7 +137,7 @@ impl Scenario {
             self.listen,
             self.client,
             expected_fields(self.peer.is_ipv6(), self.client.is_ipv6(), input),
-            &channel_data(CHANNEL, data, 0),
+            &channel_data(self.channel, data, 0),
             true,
         )
     }
@@ -1127,6 +1130,78 @@ fn counters_count_bytes_as_received() {
         2 * b.len() as u64
     );
     assert_eq!(counters.relayed().packets, 3);
+}
+
+#[test]
+fn rfc_5766_channel_numbers_are_relayed_only_when_configured() {
+    for channel in [0x5000, 0x6ABC, 0x7FFF] {
+        let scenario = Scenario {
+            channel,
+            ..Scenario::new(false, true)
+        };
+        let data = payload(37);
+        let from_client = scenario.from_client(&data, 3, IpFields::default());
+        let from_peer = scenario.from_peer(&data, IpFields::default());
+
+        // RFC 8656's range (the default): first bytes 0x50-0x7F are not ChannelData, even for
+        // a binding in the maps (which the core would never have made).
+        let Some(relay) = relay_with(&scenario) else {
+            return;
+        };
+        assert_passed(&relay, &from_client, Outcome::NotChannelData);
+
+        // RFC 5766's range: relayed both ways, the number written back to the client as bound.
+        let Some(relay) = relay_with(&scenario) else {
+            return;
+        };
+        relay
+            .configure(
+                XdpConfig::new(LISTEN_PORT, 49152, 65535)
+                    .with_hop_limits(TTL, HOP_LIMIT)
+                    .with_rfc5766_channel_numbers(true),
+            )
+            .unwrap();
+        assert_relayed(
+            &relay,
+            &from_client,
+            &scenario.to_peer(&data, IpFields::default()),
+            Outcome::ClientToPeer4To6,
+        );
+        let Some(relay) = relay_with(&scenario) else {
+            return;
+        };
+        relay
+            .configure(
+                XdpConfig::new(LISTEN_PORT, 49152, 65535)
+                    .with_hop_limits(TTL, HOP_LIMIT)
+                    .with_rfc5766_channel_numbers(true),
+            )
+            .unwrap();
+        assert_relayed(
+            &relay,
+            &from_peer,
+            &scenario.to_client(&data, IpFields::default()),
+            Outcome::PeerToClient6To4,
+        );
+    }
+    // With the wide range, a first byte of 0x80 or more is still not ChannelData.
+    let scenario = Scenario::new(false, false);
+    let Some(relay) = relay_with(&scenario) else {
+        return;
+    };
+    relay
+        .configure(XdpConfig::new(LISTEN_PORT, 49152, 65535).with_rfc5766_channel_numbers(true))
+        .unwrap();
+    let input = udp_frame(
+        RELAY_MAC,
+        CLIENT_MAC,
+        scenario.client,
+        scenario.listen,
+        IpFields::default(),
+        &[0x80, 0x01, 0x00, 0x00],
+        true,
+    );
+    assert_passed(&relay, &input, Outcome::NotChannelData);
 }
 
 #[test]

@@ -377,8 +377,9 @@ fn client_to_peer(
         check::<CHANNEL_HEADER>(ctx, datagram.udp_at() + UDP_HEADER).ok_or(Outcome::Malformed)?;
     // SAFETY (the loads): inside the window `check` returned.
     let first: u8 = unsafe { load(header) };
-    // Channel numbers 0x4000–0x4FFF: the first byte is 0x40–0x4F.
-    if first & 0xF0 != 0x40 {
+    // Channel numbers 0x4000–0x4FFF: the first byte is 0x40–0x4F; 0x40–0x7F where user space
+    // took RFC 5766's range (0x4000–0x7FFF).
+    if !config.is_channel_first_byte(first) {
         return Err(Outcome::NotChannelData);
     }
     let channel: u16 = unsafe { load(header) };

@@ -46,7 +46,8 @@ pub(crate) fn start(settings: &Settings, xdp: &XdpSettings) -> Result<Arc<XdpRel
         *settings.relay_ports.start(),
         *settings.relay_ports.end(),
     )
-    .with_hop_limits(ttl, hop_limit);
+    .with_hop_limits(ttl, hop_limit)
+    .with_rfc5766_channel_numbers(settings.core.rfc5766_channel_numbers);
     relay
         .configure(config)
         .context("xdp-interface: cannot write the XDP configuration")?;
