@@ -4,6 +4,8 @@
 # - it must not relay to the host's other addresses: the relay advertises the first; a peer on
 #   the second (a UDP service of the same host) is refused with 403, unless the operator allows
 #   that address explicitly, after which traffic flows;
+# - answers leave from the address each client wrote to, and --relay-ip moves the relayed
+#   sockets to another address;
 # - with the default port range and both families on wildcard listeners, it starts under an
 #   open-file hard limit of 20,000 (one dual-stack socket per relayed port) with every port
 #   bound, and relays in all four family pairs through those sockets.
@@ -55,8 +57,7 @@ pids+=($!)
 
 start_relay() {
     TURNPIKE_SECRETS=$secret ip netns exec "$ns" "${limit[@]}" "$bin/turnpike" --listen 0.0.0.0:3478 \
-        --public-ipv4 11.0.0.1 --drain-seconds 0 --log-level warn \
-        "$@" >"$work/relay.log" 2>&1 &
+        --drain-seconds 0 --log-level warn "$@" >"$work/relay.log" 2>&1 &
     relay=$!
     pids+=("$relay")
     local i
@@ -89,7 +90,7 @@ check() {
     if "$@"; then echo "ok: $name"; else echo "FAILED: $name"; cat "$work/load.log" >&2; failed=1; fi
 }
 
-start_relay --relay-ports 50000-50099
+start_relay --public-ipv4 11.0.0.1 --relay-ports 50000-50099
 if load; then
     echo "FAILED: the relay bound a channel to another address of its host"
     failed=1
@@ -98,13 +99,24 @@ else
 fi
 kill "$relay"; wait "$relay" 2>/dev/null || true
 
-start_relay --relay-ports 50000-50099 --allow-peers 11.0.0.2/32
+start_relay --public-ipv4 11.0.0.1 --relay-ports 50000-50099 --allow-peers 11.0.0.2/32
 check "allowed explicitly, the same peer relays" load
+# A client that writes to the host's second address gets its answers from that address (the
+# load client ignores datagrams from any other source).
+check "answers leave from the address the client wrote to" load 11.0.0.2:3478 11.0.0.1 11.0.0.2:9000
+kill "$relay"; wait "$relay" 2>/dev/null || true
+
+# --relay-ip: relayed sockets on the second address, which is then what is advertised.
+start_relay --relay-ip 11.0.0.2 --relay-ports 50000-50099 --allow-peers 11.0.0.2/32
+check "relay-ip: relays through the second address" load 11.0.0.1:3478 11.0.0.1 11.0.0.2:9000
+check "relay-ip: the relayed address is the second address" grep -q "first relayed address 11.0.0.2:" "$work/load.log"
+check "relay-ip: relayed ports are bound there only" \
+    bash -c "ip netns exec $ns ss -Hnlu 'sport = :50000' | grep -q '11.0.0.2:50000'"
 kill "$relay"; wait "$relay" 2>/dev/null || true
 
 # The defaults (ports 49152-65535 on both families' wildcard addresses) under 20,000 descriptors.
 limit=(prlimit --nofile=20000:20000)
-if start_relay --listen "0.0.0.0:3478,[::]:3478" --public-ipv6 2a00:1::1 \
+if start_relay --listen "0.0.0.0:3478,[::]:3478" --public-ipv4 11.0.0.1 --public-ipv6 2a00:1::1 \
     --allow-peers 11.0.0.2/32,2a00:1::2/128; then
     check "the default port range starts under a 20,000-descriptor limit with every port bound" \
         test "$(metric 'turnpike_excluded_ports ')" = 0
@@ -113,6 +125,8 @@ if start_relay --listen "0.0.0.0:3478,[::]:3478" --public-ipv6 2a00:1::1 \
         read -r name server bind peer <<<"$pair"
         check "$name through one dual-stack socket per port" load "$server" "$bind" "$peer"
     done
+    check "IPv6: answers leave from the address the client wrote to" \
+        load "[2a00:1::2]:3478" 2a00:1::1 "[2a00:1::2]:9000"
     kill "$relay"; wait "$relay" 2>/dev/null || true
 else
     echo "FAILED: the defaults did not start under a 20,000-descriptor limit"

@@ -8,7 +8,7 @@
 
 use std::io;
 use std::mem::{MaybeUninit, size_of, zeroed};
-use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
+use std::net::{IpAddr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
@@ -105,6 +105,74 @@ pub fn bind_dual_stack(port: u16, buffer: usize) -> io::Result<(UdpSocket, Buffe
     Ok((socket.into(), sizes))
 }
 
+/// Asks the kernel to say, for every datagram `socket` receives, which local address it was
+/// sent to (`IP_PKTINFO`, `IPV6_RECVPKTINFO`): on a wildcard listener of a host with several
+/// addresses, that is the address the answer must leave from, or the client drops it.
+///
+/// # Errors
+///
+/// When the kernel refuses the option.
+pub fn receive_destination(socket: &UdpSocket, ipv6: bool) -> io::Result<()> {
+    let (level, option) = if ipv6 {
+        (libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO)
+    } else {
+        (libc::IPPROTO_IP, libc::IP_PKTINFO)
+    };
+    let on: libc::c_int = 1;
+    // SAFETY: the option value is a c_int that outlives the call, and its length is given.
+    let result = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            level,
+            option,
+            std::ptr::from_ref(&on).cast(),
+            libc::socklen_t::try_from(size_of::<libc::c_int>()).unwrap_or(4),
+        )
+    };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Room for one receive's control messages: an `in6_pktinfo` (the larger) with its header.
+const RECEIVE_CONTROL: usize = 64;
+
+/// The destination address in a received datagram's control messages, if the socket asked for
+/// it ([`receive_destination`]).
+///
+/// # Safety
+///
+/// `header` is a `msghdr` that `recvmmsg` filled, whose `msg_control` (if not null) points to
+/// at least `msg_controllen` bytes that are alive.
+unsafe fn destination_of(header: &libc::msghdr) -> Option<IpAddr> {
+    if header.msg_control.is_null() || header.msg_controllen == 0 {
+        return None;
+    }
+    // SAFETY: per the contract, the control buffer holds `msg_controllen` bytes the kernel
+    // wrote as a sequence of cmsghdrs; CMSG_FIRSTHDR and CMSG_NXTHDR stay inside it and return
+    // null at its end.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(header);
+        while !cmsg.is_null() {
+            let (level, kind) = ((*cmsg).cmsg_level, (*cmsg).cmsg_type);
+            if level == libc::IPPROTO_IP && kind == libc::IP_PKTINFO {
+                let info =
+                    std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::in_pktinfo>());
+                return Some(IpAddr::V4(u32::from_be(info.ipi_addr.s_addr).into()));
+            }
+            if level == libc::IPPROTO_IPV6 && kind == libc::IPV6_PKTINFO {
+                let info =
+                    std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::in6_pktinfo>());
+                return Some(IpAddr::V6(info.ipi6_addr.s6_addr.into()));
+            }
+            cmsg = libc::CMSG_NXTHDR(header, cmsg);
+        }
+    }
+    None
+}
+
 fn to_socket_addr(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
     match i32::from(storage.ss_family) {
         libc::AF_INET => {
@@ -140,6 +208,9 @@ pub struct RecvBatch {
     addresses: Box<[libc::sockaddr_storage]>,
     lengths: Box<[usize]>,
     flags: Box<[i32]>,
+    /// Control-message buffers (u64 for cmsghdr alignment) and what they said.
+    controls: Box<[[u64; RECEIVE_CONTROL / 8]]>,
+    destinations: Box<[Option<IpAddr>]>,
     used: usize,
 }
 
@@ -159,6 +230,9 @@ pub struct Received<'a> {
     pub slot: &'a mut [u8],
     pub len: usize,
     pub from: Option<SocketAddr>,
+    /// The local address the datagram was sent to, when the socket asked for it
+    /// ([`receive_destination`]).
+    pub destination: Option<IpAddr>,
     pub truncated: bool,
 }
 
@@ -183,6 +257,8 @@ impl RecvBatch {
             addresses: (0..slots).map(|_| unsafe { zeroed() }).collect(),
             lengths: vec![0; slots].into_boxed_slice(),
             flags: vec![0; slots].into_boxed_slice(),
+            controls: vec![[0; RECEIVE_CONTROL / 8]; slots].into_boxed_slice(),
+            destinations: vec![None; slots].into_boxed_slice(),
             used: 0,
         }
     }
@@ -219,6 +295,8 @@ impl RecvBatch {
             header.msg_hdr.msg_iovlen = 1;
             header.msg_hdr.msg_name = std::ptr::from_mut(&mut self.addresses[index]).cast();
             header.msg_hdr.msg_namelen = SOCKADDR_STORAGE_LEN;
+            header.msg_hdr.msg_control = self.controls[index].as_mut_ptr().cast();
+            header.msg_hdr.msg_controllen = RECEIVE_CONTROL;
         }
         let wanted_c = libc::c_uint::try_from(wanted).unwrap_or(BATCH_C);
         loop {
@@ -238,6 +316,9 @@ impl RecvBatch {
                 for (offset, header) in headers.iter().take(count).enumerate() {
                     self.lengths[start + offset] = header.msg_len as usize;
                     self.flags[start + offset] = header.msg_hdr.msg_flags;
+                    // SAFETY: the kernel filled this header, whose control buffer is the
+                    // slot's, alive and `msg_controllen` long.
+                    self.destinations[start + offset] = unsafe { destination_of(&header.msg_hdr) };
                 }
                 self.used += count;
                 return Ok(start..self.used);
@@ -257,6 +338,7 @@ impl RecvBatch {
         }
         Some(Received {
             from: to_socket_addr(&self.addresses[index]),
+            destination: self.destinations[index],
             truncated: self.flags[index] & libc::MSG_TRUNC != 0,
             len: self.lengths[index].min(MAX_DATAGRAM),
             slot: &mut self.slots[index],
@@ -269,6 +351,8 @@ impl RecvBatch {
 struct Pending {
     fd: RawFd,
     to: SocketAddr,
+    /// The local address to send from, on a socket bound to a wildcard address.
+    from: Option<IpAddr>,
     data: *const u8,
     len: usize,
 }
@@ -279,6 +363,7 @@ struct Pending {
 struct Outgoing {
     fd: RawFd,
     to: SockAddr,
+    from: Option<IpAddr>,
     data: *const u8,
     len: usize,
     segment: Option<u16>,
@@ -355,9 +440,27 @@ impl SendBatch {
     /// flush, from sockets it keeps for the life of the thread; data that does not live that
     /// long goes through [`push_copy`](Self::push_copy).
     pub unsafe fn push(&mut self, socket: &impl AsRawFd, to: SocketAddr, data: &[u8]) {
+        // SAFETY: the caller keeps `push`'s contract, which is `push_from`'s.
+        unsafe { self.push_from(socket, None, to, data) };
+    }
+
+    /// As [`push`](Self::push), leaving from local address `from` (on a socket bound to a
+    /// wildcard address: `IP_PKTINFO` or `IPV6_PKTINFO` in the send's control message).
+    ///
+    /// # Safety
+    ///
+    /// As for [`push`](Self::push).
+    pub unsafe fn push_from(
+        &mut self,
+        socket: &impl AsRawFd,
+        from: Option<IpAddr>,
+        to: SocketAddr,
+        data: &[u8],
+    ) {
         self.pending.push(Pending {
             fd: socket.as_raw_fd(),
             to,
+            from,
             data: data.as_ptr(),
             len: data.len(),
         });
@@ -392,6 +495,7 @@ impl SendBatch {
         self.pending.push(Pending {
             fd: socket.as_raw_fd(),
             to,
+            from: None,
             // `as_ptr` takes no reference to the buffer, so later writes past `start + len`
             // leave this pointer valid (the aliasing guarantee of `Vec::as_ptr`).
             data: chunk.as_ptr().wrapping_add(start),
@@ -486,7 +590,8 @@ impl SendBatch {
                 while end < self.pending.len() && end - index < MAX_SEGMENTS {
                     let next = &self.pending[end];
                     // Every segment but the last has the first one's size; the last may be shorter.
-                    let same_destination = next.fd == first.fd && next.to == first.to;
+                    let same_destination =
+                        next.fd == first.fd && next.to == first.to && next.from == first.from;
                     let previous_full = self.pending[end - 1].len == first.len;
                     if !same_destination
                         || !previous_full
@@ -523,6 +628,7 @@ impl SendBatch {
                     outgoing.push(Outgoing {
                         fd: pending.fd,
                         to: SockAddr::from(pending.to),
+                        from: pending.from,
                         data: pending.data,
                         len: pending.len,
                         segment: None,
@@ -543,6 +649,7 @@ impl SendBatch {
             outgoing.push(Outgoing {
                 fd: first.fd,
                 to: SockAddr::from(first.to),
+                from: first.from,
                 data: self.arena[offset..].as_ptr(),
                 len,
                 segment: u16::try_from(first.len).ok(),
@@ -553,9 +660,74 @@ impl SendBatch {
     }
 }
 
+/// Writes the send's control messages (a GSO segment size, a source address) into `control`
+/// and points `header` at them.
+///
+/// # Safety
+///
+/// `control` must stay alive while `header` is used, and hold both messages (64 bytes do).
+unsafe fn write_control(
+    header: &mut libc::msghdr,
+    control: &mut [u64; 8],
+    segment: Option<u16>,
+    from: Option<IpAddr>,
+) {
+    header.msg_control = control.as_mut_ptr().cast();
+    // SAFETY: CMSG_SPACE is a pure size computation.
+    let space = |len: usize| unsafe { libc::CMSG_SPACE(u32::try_from(len).unwrap_or(0)) } as usize;
+    let pktinfo_len = match from {
+        Some(IpAddr::V4(_)) => size_of::<libc::in_pktinfo>(),
+        Some(IpAddr::V6(_)) => size_of::<libc::in6_pktinfo>(),
+        None => 0,
+    };
+    header.msg_controllen =
+        segment.map_or(0, |_| space(2)) + from.map_or(0, |_| space(pktinfo_len));
+    // SAFETY: msg_controllen covers exactly the messages written below, inside `control`;
+    // CMSG_FIRSTHDR/CMSG_NXTHDR return headers within it with room for each payload.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(header);
+        if let Some(segment) = segment {
+            (*cmsg).cmsg_level = libc::SOL_UDP;
+            (*cmsg).cmsg_type = libc::UDP_SEGMENT;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(2) as usize;
+            std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<u16>(), segment);
+            cmsg = libc::CMSG_NXTHDR(header, cmsg);
+        }
+        match from {
+            Some(IpAddr::V4(ip)) => {
+                (*cmsg).cmsg_level = libc::IPPROTO_IP;
+                (*cmsg).cmsg_type = libc::IP_PKTINFO;
+                (*cmsg).cmsg_len = libc::CMSG_LEN(u32::try_from(pktinfo_len).unwrap_or(0)) as usize;
+                let info = libc::in_pktinfo {
+                    ipi_ifindex: 0,
+                    ipi_spec_dst: libc::in_addr {
+                        s_addr: u32::from(ip).to_be(),
+                    },
+                    ipi_addr: libc::in_addr { s_addr: 0 },
+                };
+                std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::in_pktinfo>(), info);
+            }
+            Some(IpAddr::V6(ip)) => {
+                (*cmsg).cmsg_level = libc::IPPROTO_IPV6;
+                (*cmsg).cmsg_type = libc::IPV6_PKTINFO;
+                (*cmsg).cmsg_len = libc::CMSG_LEN(u32::try_from(pktinfo_len).unwrap_or(0)) as usize;
+                let info = libc::in6_pktinfo {
+                    ipi6_addr: libc::in6_addr {
+                        s6_addr: ip.octets(),
+                    },
+                    ipi6_ifindex: 0,
+                };
+                std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::in6_pktinfo>(), info);
+            }
+            None => {}
+        }
+    }
+}
+
 /// Sends up to [`BATCH`] messages of one socket with one `sendmmsg`.
 fn send_messages(fd: RawFd, messages: &[Outgoing]) -> io::Result<usize> {
-    const CONTROL: usize = 32;
+    // UDP_SEGMENT (CMSG_SPACE(2) = 24) and IPV6_PKTINFO (CMSG_SPACE(20) = 40) at most.
+    const CONTROL: usize = 64;
     // SAFETY: plain data, every pointer set below.
     let mut iovecs: [libc::iovec; BATCH] = unsafe { zeroed() };
     let mut headers: [libc::mmsghdr; BATCH] = unsafe { zeroed() };
@@ -571,19 +743,10 @@ fn send_messages(fd: RawFd, messages: &[Outgoing]) -> io::Result<usize> {
         header.msg_iovlen = 1;
         header.msg_name = message.to.as_ptr().cast_mut().cast();
         header.msg_namelen = message.to.len();
-        if let Some(segment) = message.segment {
-            header.msg_control = controls[index].as_mut_ptr().cast();
-            // SAFETY: CMSG_SPACE is a pure size computation.
-            header.msg_controllen = unsafe { libc::CMSG_SPACE(2) } as usize;
-            // SAFETY: the control buffer is CONTROL bytes, aligned, and at least CMSG_SPACE(2)
-            // long, so CMSG_FIRSTHDR returns a valid header inside it, with room for the u16.
-            unsafe {
-                let cmsg = libc::CMSG_FIRSTHDR(header);
-                (*cmsg).cmsg_level = libc::SOL_UDP;
-                (*cmsg).cmsg_type = libc::UDP_SEGMENT;
-                (*cmsg).cmsg_len = libc::CMSG_LEN(2) as usize;
-                std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<u16>(), segment);
-            }
+        if message.segment.is_some() || message.from.is_some() {
+            // SAFETY: the control buffer is CONTROL bytes, aligned for cmsghdr, and the
+            // messages written fill at most CMSG_SPACE(2) + CMSG_SPACE(20) = 64 of them.
+            unsafe { write_control(header, &mut controls[index], message.segment, message.from) };
         }
     }
     loop {
@@ -649,6 +812,34 @@ pub fn wait_readable(fd: RawFd, timeout: std::time::Duration) -> io::Result<bool
 }
 
 /// Sends one owned datagram right away (control messages), counting the outcome.
+/// Sends one datagram at once from local address `from` (see [`SendBatch::push_from`]);
+/// without one, as [`send_now`].
+pub fn send_now_from(
+    socket: &UdpSocket,
+    from: Option<IpAddr>,
+    to: SocketAddr,
+    data: &[u8],
+    outcome: &mut SendOutcome,
+) {
+    if from.is_none() {
+        return send_now(socket, to, data, outcome);
+    }
+    let message = Outgoing {
+        fd: socket.as_raw_fd(),
+        to: SockAddr::from(to),
+        from,
+        data: data.as_ptr(),
+        len: data.len(),
+        segment: None,
+        datagrams: 1,
+    };
+    match send_messages(socket.as_raw_fd(), std::slice::from_ref(&message)) {
+        Ok(1) => outcome.sent += 1,
+        Ok(_) => outcome.other += 1,
+        Err(error) => count_error(&error, outcome),
+    }
+}
+
 pub fn send_now(socket: &UdpSocket, to: SocketAddr, data: &[u8], outcome: &mut SendOutcome) {
     loop {
         match socket.send_to(data, to) {

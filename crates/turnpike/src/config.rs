@@ -65,6 +65,12 @@ pub(crate) struct Options {
     /// that is not [::].
     #[arg(long, env = "TURNPIKE_PUBLIC_IPV6")]
     pub(crate) public_ipv6: Option<Ipv6Addr>,
+    /// Local addresses relayed sockets bind to, at most one per family (coturn's `relay-ip`):
+    /// to relay from an address other than the one clients reach, on a host with several. Also
+    /// what is advertised for that family unless --public-ipv4/--public-ipv6 say otherwise
+    /// [default: the listening address of the family if it is a specific one, else all].
+    #[arg(long, env = "TURNPIKE_RELAY_IP", value_delimiter = ',')]
+    pub(crate) relay_ip: Option<Vec<IpAddr>>,
     /// Relayed ports, as LOW-HIGH [default: 49152-65535].
     #[arg(long, env = "TURNPIKE_RELAY_PORTS")]
     pub(crate) relay_ports: Option<String>,
@@ -238,6 +244,7 @@ impl Options {
             listen,
             public_ipv4,
             public_ipv6,
+            relay_ip,
             relay_ports,
             realm,
             secrets_file,
@@ -285,6 +292,9 @@ impl Options {
 pub(crate) struct Settings {
     pub(crate) dev: bool,
     pub(crate) listen: Vec<SocketAddr>,
+    /// Where relayed sockets bind, in order of preference: `--relay-ip`, then the listening
+    /// addresses (the first of a family wins; an unspecified one means every address).
+    pub(crate) relay_bind: Vec<IpAddr>,
     pub(crate) relay_ports: RangeInclusive<u16>,
     pub(crate) admin_listen: SocketAddr,
     /// The token the admin endpoint asks for, if any.
@@ -494,10 +504,29 @@ impl Settings {
                 "dev: --dev only runs on loopback addresses; drop --dev to listen on {listen:?}"
             );
         }
+        let relay_ip = options.relay_ip.clone().unwrap_or_default();
+        for v4 in [true, false] {
+            let of_family: Vec<&IpAddr> = relay_ip.iter().filter(|ip| ip.is_ipv4() == v4).collect();
+            ensure!(
+                of_family.len() <= 1,
+                "relay-ip: at most one address per family, got {of_family:?}"
+            );
+            ensure!(
+                of_family.iter().all(|ip| !ip.is_unspecified()),
+                "relay-ip: give a specific address (leave it out to relay from every address)"
+            );
+        }
+        let relay_bind: Vec<IpAddr> = relay_ip
+            .iter()
+            .copied()
+            .chain(listen.iter().map(SocketAddr::ip))
+            .collect();
+        // What is advertised by default: the relay address of the family, else a specific
+        // listening address.
         let specific = |v4: bool| {
-            listen
+            relay_bind
                 .iter()
-                .map(SocketAddr::ip)
+                .copied()
                 .find(|ip| ip.is_ipv4() == v4 && !ip.is_unspecified())
         };
         let public_ipv4 = options.public_ipv4.or_else(|| match specific(true) {
@@ -689,6 +718,7 @@ impl Settings {
 
         Ok(Self {
             dev,
+            relay_bind,
             listen,
             relay_ports,
             admin_token,
@@ -882,6 +912,30 @@ mod tests {
             settings.core.lifetimes.credential_max,
             Duration::from_secs(3600)
         );
+    }
+
+    #[test]
+    fn relay_ip_binds_relayed_sockets_and_is_advertised() {
+        let relaying = settings(&[
+            "--dev",
+            "--listen",
+            "127.0.0.1:3478",
+            "--relay-ip",
+            "127.0.0.2",
+        ])
+        .unwrap();
+        assert_eq!(
+            relaying.relay_bind[0],
+            "127.0.0.2".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(relaying.core.relay_ipv4, Some("127.0.0.2".parse().unwrap()));
+        for bad in ["127.0.0.2,127.0.0.3", "0.0.0.0"] {
+            let error = settings(&["--dev", "--relay-ip", bad])
+                .map(|_| ())
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("relay-ip"), "{bad}: {error}");
+        }
     }
 
     #[test]

@@ -61,7 +61,7 @@ fn port_blocks(
 
 async fn run(settings: Settings, log: logging::LogControl) -> Result<()> {
     // Sockets per relayed port: one per offered family, or one for both (`dual_stack_relays`).
-    let families = if shard::dual_stack_relays(&settings.listen, &settings.core) {
+    let families = if shard::dual_stack_relays(&settings.relay_bind, &settings.core) {
         1
     } else {
         usize::from(settings.core.relay_ipv4.is_some())
@@ -148,6 +148,7 @@ async fn run(settings: Settings, log: logging::LogControl) -> Result<()> {
             kernel: kernel.clone(),
             index,
             listen: settings.listen.clone(),
+            relay_bind: settings.relay_bind.clone(),
             relay_ports,
             socket_buffer: settings.socket_buffer,
             core,

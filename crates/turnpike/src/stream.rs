@@ -676,12 +676,13 @@ impl Streams {
                     self.send_frame(&client, &channel_header, payload, &mut cx.metrics.streams);
                 } else {
                     match cx.sockets.listener(client.server) {
-                        Some(socket) => {
+                        Some((socket, source)) => {
                             let mut datagram = Vec::with_capacity(4 + payload.len());
                             datagram.extend_from_slice(&channel_header);
                             datagram.extend_from_slice(payload);
-                            turnpike_io::send_now(
+                            turnpike_io::send_now_from(
                                 socket,
+                                source,
                                 client.client,
                                 &datagram,
                                 &mut cx.metrics.sends,

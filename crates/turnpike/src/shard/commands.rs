@@ -48,7 +48,7 @@ pub(super) fn queue_forward(
             channel_header,
             payload,
         } => {
-            let Some(socket) = sockets.listener(client.server) else {
+            let Some((socket, source)) = sockets.listener(client.server) else {
                 metrics.no_socket += 1;
                 return;
             };
@@ -60,7 +60,7 @@ pub(super) fn queue_forward(
             tracing::trace!(len = bytes.len(), "to client");
             // SAFETY: as above: the receive pool outlives the batch's next flush, and the
             // listening sockets live as long as the thread.
-            unsafe { sends.push(socket, client.client, bytes) };
+            unsafe { sends.push_from(socket, source, client.client, bytes) };
         }
     }
 }
@@ -78,9 +78,13 @@ pub(crate) fn execute_commands(
                 streams.send_message(&to, &payload, &mut metrics.streams);
             }
             Command::SendToClient { to, payload } => match sockets.listener(to.server) {
-                Some(socket) => {
-                    turnpike_io::send_now(socket, to.client, &payload, &mut metrics.sends)
-                }
+                Some((socket, source)) => turnpike_io::send_now_from(
+                    socket,
+                    source,
+                    to.client,
+                    &payload,
+                    &mut metrics.sends,
+                ),
                 None => metrics.no_socket += 1,
             },
             Command::SendToPeer {

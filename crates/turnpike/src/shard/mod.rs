@@ -83,6 +83,8 @@ pub(crate) struct ShardPlan {
     /// The kernel data plane, whose channel maps this shard keeps in step with its core.
     pub(crate) kernel: Option<Arc<XdpRelay>>,
     pub(crate) listen: Vec<SocketAddr>,
+    /// Where relayed sockets bind, in order of preference (`Settings::relay_bind`).
+    pub(crate) relay_bind: Vec<IpAddr>,
     pub(crate) relay_ports: RangeInclusive<u16>,
     pub(crate) socket_buffer: usize,
     pub(crate) core: Config,
@@ -452,7 +454,12 @@ impl Shard {
                     self.server.handle_peer_datagram(now, relay, from, datagram)
                 }
                 None => {
-                    let five_tuple = FiveTuple::udp(from, sockets.listeners[token].0);
+                    // On a wildcard listener, the address the client wrote to.
+                    let listening = sockets.listeners[token].0;
+                    let server = received
+                        .destination
+                        .map_or(listening, |ip| SocketAddr::new(ip, listening.port()));
+                    let five_tuple = FiveTuple::udp(from, server);
                     self.server
                         .handle_client_datagram(now, five_tuple, datagram)
                 }

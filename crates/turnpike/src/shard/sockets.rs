@@ -96,20 +96,21 @@ const fn family_index(family: AddressFamily) -> usize {
 /// Whether one dual-stack socket per relayed port serves both families: when both are offered
 /// and both would bind the unspecified address anyway. It halves the descriptors the relay needs
 /// (16,384 ports fit a 20,000-descriptor limit); a specific address per family needs two.
-pub(crate) fn dual_stack_relays(listen: &[SocketAddr], core: &Config) -> bool {
+pub(crate) fn dual_stack_relays(relay_bind: &[IpAddr], core: &Config) -> bool {
     core.relay_ipv4.is_some()
         && core.relay_ipv6.is_some()
-        && relay_bind_ip(listen, AddressFamily::V4).is_unspecified()
-        && relay_bind_ip(listen, AddressFamily::V6).is_unspecified()
+        && relay_bind_ip(relay_bind, AddressFamily::V4).is_unspecified()
+        && relay_bind_ip(relay_bind, AddressFamily::V6).is_unspecified()
 }
 
-/// The local address relayed sockets of `family` bind to: the listening address of that family
-/// if it is a specific one, the unspecified address otherwise. (The advertised address may
-/// belong to a NAT in front of the relay and not be local at all.)
-fn relay_bind_ip(listen: &[SocketAddr], family: AddressFamily) -> IpAddr {
-    let matching = listen
+/// The local address relayed sockets of `family` bind to: the first address of that family in
+/// `relay_bind` (`--relay-ip`, then the listening addresses; see `Settings::relay_bind`), the
+/// unspecified address if there is none. (The advertised address may belong to a NAT in front
+/// of the relay and not be local at all.)
+fn relay_bind_ip(relay_bind: &[IpAddr], family: AddressFamily) -> IpAddr {
+    let matching = relay_bind
         .iter()
-        .map(SocketAddr::ip)
+        .copied()
         .find(|ip| AddressFamily::of(*ip) == family);
     match (matching, family) {
         (Some(ip), _) => ip,
@@ -130,6 +131,12 @@ impl ShardSockets {
         for address in &plan.listen {
             let (socket, sizes) = udp::bind(*address, true, plan.socket_buffer)
                 .with_context(|| format!("listen: cannot bind {address}"))?;
+            if address.ip().is_unspecified() {
+                // So that answers leave from the address each client wrote to.
+                udp::receive_destination(&socket, address.is_ipv6()).with_context(|| {
+                    format!("listen: cannot learn destination addresses on {address}")
+                })?;
+            }
             smallest_buffer = smallest_buffer.min(sizes.receive).min(sizes.send);
             listeners.push((*address, socket));
         }
@@ -149,7 +156,7 @@ impl ShardSockets {
         let mut relays: Vec<Option<UdpSocket>> =
             (0..RelaySlots::count(size)).map(|_| None).collect();
         let mut excluded = Vec::new();
-        let dual_stack = dual_stack_relays(&plan.listen, &plan.core);
+        let dual_stack = dual_stack_relays(&plan.relay_bind, &plan.core);
         let slots = RelaySlots::new(*plan.relay_ports.start(), dual_stack);
         let families = if dual_stack {
             vec![AddressFamily::V6]
@@ -158,7 +165,7 @@ impl ShardSockets {
         };
         for port in plan.relay_ports.clone() {
             for family in &families {
-                let address = SocketAddr::new(relay_bind_ip(&plan.listen, *family), port);
+                let address = SocketAddr::new(relay_bind_ip(&plan.relay_bind, *family), port);
                 let bound = if dual_stack {
                     udp::bind_dual_stack(port, plan.socket_buffer)
                 } else {
@@ -223,9 +230,20 @@ impl Sockets<'_> {
         self.relays.get(self.slots.slot(relay)?)?.as_ref()
     }
 
-    pub(crate) fn listener(&self, address: SocketAddr) -> Option<&UdpSocket> {
+    /// The listening socket that answers for local address `server`, and the source address
+    /// to set on what it sends: none for a socket bound to `server` itself; `server`'s address
+    /// for a wildcard socket on its port, which would otherwise send from whichever address
+    /// the kernel's route picks (and the client would drop the answer).
+    pub(crate) fn listener(&self, server: SocketAddr) -> Option<(&UdpSocket, Option<IpAddr>)> {
+        if let Some(index) = self.by_address.get(&server) {
+            return Some((&self.listeners[*index].1, None));
+        }
+        let unspecified = match server {
+            SocketAddr::V4(_) => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+            SocketAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+        };
         self.by_address
-            .get(&address)
-            .map(|index| &self.listeners[*index].1)
+            .get(&SocketAddr::new(unspecified, server.port()))
+            .map(|index| (&self.listeners[*index].1, Some(server.ip())))
     }
 }
