@@ -33,6 +33,12 @@ TURNPIKE_XDP_ELF=$(bash scripts/build-xdp.sh)
 export TURNPIKE_XDP_ELF
 echo "$TURNPIKE_XDP_ELF" >&2
 
+# The kernel crate is its own workspace (bpfel-unknown-none, nightly): linted here, once setup
+# has installed its toolchain, with every unsafe block required to say why it is sound.
+step "clippy on the XDP program"
+(cd crates/turnpike-xdp && cargo +nightly clippy --release --locked --target bpfel-unknown-none \
+    -Z build-std=core -- -W clippy::undocumented_unsafe_blocks -D warnings)
+
 step "cargo test --workspace"
 cargo test --workspace --locked
 

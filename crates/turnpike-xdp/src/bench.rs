@@ -21,11 +21,13 @@ pub(crate) fn swap(ctx: &XdpContext) -> u32 {
         return xdp_action::XDP_PASS;
     };
     // SAFETY (every load and store): inside the window the preceding `check` returned.
+    // SAFETY: inside the Ethernet header `check` returned.
     let ethertype: u16 = unsafe { load(eth + 12) };
     if ethertype == ETHERTYPE_IPV4 {
         let Some(f) = check::<V4>(ctx, 0) else {
             return xdp_action::XDP_PASS;
         };
+        // SAFETY: inside the IPv4 and UDP headers `check` returned.
         unsafe {
             swap_macs(f);
             swap_at::<u32>(f + 26, f + 30);
@@ -36,6 +38,7 @@ pub(crate) fn swap(ctx: &XdpContext) -> u32 {
         let Some(f) = check::<V6>(ctx, 0) else {
             return xdp_action::XDP_PASS;
         };
+        // SAFETY: inside the IPv6 and UDP headers `check` returned.
         unsafe {
             swap_macs(f);
             swap_at::<u64>(f + 22, f + 38);

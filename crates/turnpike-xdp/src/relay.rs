@@ -139,8 +139,12 @@ impl Datagram {
     #[inline(always)]
     fn address(&self, ipv4_at: usize, ipv6_at: usize) -> Address {
         if self.v6 {
+            // SAFETY: the `Datagram` invariant: `self.ip` starts the IP and UDP headers that
+            // parsing checked, and this field lies inside them.
             unsafe { address_at(self.ip + ipv6_at) }
         } else {
+            // SAFETY: the `Datagram` invariant: `self.ip` starts the IP and UDP headers that
+            // parsing checked, and this field lies inside them.
             [unsafe { load(self.ip + ipv4_at) }, 0, 0, 0]
         }
     }
@@ -149,10 +153,16 @@ impl Datagram {
     #[inline(always)]
     fn traffic_class(&self) -> u8 {
         if self.v6 {
+            // SAFETY: the `Datagram` invariant: `self.ip` starts the IP and UDP headers that
+            // parsing checked, and this field lies inside them.
             let first: u8 = unsafe { load(self.ip) };
+            // SAFETY: the `Datagram` invariant: `self.ip` starts the IP and UDP headers that
+            // parsing checked, and this field lies inside them.
             let second: u8 = unsafe { load(self.ip + 1) };
             (first << 4) | (second >> 4)
         } else {
+            // SAFETY: the `Datagram` invariant: `self.ip` starts the IP and UDP headers that
+            // parsing checked, and this field lies inside them.
             unsafe { load(self.ip + 1) }
         }
     }
@@ -163,6 +173,8 @@ impl Datagram {
         if self.v6 {
             0
         } else {
+            // SAFETY: the `Datagram` invariant: `self.ip` starts the IP and UDP headers that
+            // parsing checked, and this field lies inside them.
             unsafe { load(self.ip + 4) }
         }
     }
@@ -170,24 +182,32 @@ impl Datagram {
     /// IPv4 DF flag (set for IPv6, which routers never fragment).
     #[inline(always)]
     fn dont_fragment(&self) -> bool {
+        // SAFETY: the `Datagram` invariant: `self.ip` starts the IP and UDP headers that
+        // parsing checked, and this field lies inside them.
         self.v6 || unsafe { load::<u8>(self.ip + 6) } & 0x40 != 0
     }
 
     /// Source port, raw.
     #[inline(always)]
     fn sport(&self) -> u16 {
+        // SAFETY: the `Datagram` invariant: `self.ip` starts the IP and UDP headers that
+        // parsing checked, and this field lies inside them.
         unsafe { load(self.udp()) }
     }
 
     /// Destination port, raw.
     #[inline(always)]
     fn dport(&self) -> u16 {
+        // SAFETY: the `Datagram` invariant: `self.ip` starts the IP and UDP headers that
+        // parsing checked, and this field lies inside them.
         unsafe { load(self.udp() + 2) }
     }
 
     /// UDP checksum, raw.
     #[inline(always)]
     fn checksum(&self) -> u16 {
+        // SAFETY: the `Datagram` invariant: `self.ip` starts the IP and UDP headers that
+        // parsing checked, and this field lies inside them.
         unsafe { load(self.udp() + 6) }
     }
 
@@ -292,6 +312,7 @@ fn parse_ipv4(ctx: &XdpContext) -> Result<Datagram, Outcome> {
     // One bounds check for both headers: a frame too short for a UDP header is malformed or
     // not worth classifying further (Ethernet pads every frame to 60 bytes anyway).
     let ip = check::<{ IPV4_HEADER + UDP_HEADER }>(ctx, ETH_HEADER).ok_or(Outcome::Malformed)?;
+    // SAFETY: inside the IPv4 and UDP headers the `check` above returned.
     let version_ihl: u8 = unsafe { load(ip) };
     if version_ihl >> 4 != 4 {
         return Err(Outcome::Malformed);
@@ -304,19 +325,23 @@ fn parse_ipv4(ctx: &XdpContext) -> Result<Datagram, Outcome> {
             Outcome::Malformed
         });
     }
+    // SAFETY: inside the IPv4 and UDP headers the `check` above returned.
     let fragment = u16::from_be(unsafe { load(ip + 6) });
     // More-fragments flag or a fragment offset: a piece of a datagram, not a datagram.
     if fragment & 0x3FFF != 0 {
         return Err(Outcome::Ipv4Fragment);
     }
+    // SAFETY: inside the IPv4 and UDP headers the `check` above returned.
     let protocol: u8 = unsafe { load(ip + 9) };
     if protocol != PROTO_UDP {
         return Err(Outcome::NotUdp);
     }
+    // SAFETY: inside the IPv4 and UDP headers the `check` above returned.
     let total = u16::from_be(unsafe { load(ip + 2) }) as usize;
     if total < IPV4_HEADER + UDP_HEADER || ETH_HEADER + total > frame {
         return Err(Outcome::Malformed);
     }
+    // SAFETY: inside the IPv4 and UDP headers the `check` above returned.
     let udp_len = u16::from_be(unsafe { load(ip + IPV4_HEADER + 4) });
     if udp_len as usize != total - IPV4_HEADER {
         return Err(Outcome::Malformed);
@@ -335,10 +360,12 @@ fn parse_ipv6(ctx: &XdpContext) -> Result<Datagram, Outcome> {
     // SAFETY (every `load` below): inside the window the preceding `check` returned.
     // One bounds check for both headers, as for IPv4.
     let ip = check::<{ IPV6_HEADER + UDP_HEADER }>(ctx, ETH_HEADER).ok_or(Outcome::Malformed)?;
+    // SAFETY: inside the IPv6 and UDP headers the `check` above returned.
     let first: u8 = unsafe { load(ip) };
     if first >> 4 != 6 {
         return Err(Outcome::Malformed);
     }
+    // SAFETY: inside the IPv6 and UDP headers the `check` above returned.
     let next_header: u8 = unsafe { load(ip + 6) };
     if next_header != PROTO_UDP {
         return Err(if is_ipv6_extension(next_header) {
@@ -347,10 +374,12 @@ fn parse_ipv6(ctx: &XdpContext) -> Result<Datagram, Outcome> {
             Outcome::NotUdp
         });
     }
+    // SAFETY: inside the IPv6 and UDP headers the `check` above returned.
     let payload = u16::from_be(unsafe { load(ip + 4) }) as usize;
     if payload < UDP_HEADER || ETH_HEADER + IPV6_HEADER + payload > frame {
         return Err(Outcome::Malformed);
     }
+    // SAFETY: inside the IPv6 and UDP headers the `check` above returned.
     let udp_len = u16::from_be(unsafe { load(ip + IPV6_HEADER + 4) });
     if udp_len as usize != payload {
         return Err(Outcome::Malformed);
@@ -375,14 +404,16 @@ fn client_to_peer(
     }
     let header =
         check::<CHANNEL_HEADER>(ctx, datagram.udp_at() + UDP_HEADER).ok_or(Outcome::Malformed)?;
-    // SAFETY (the loads): inside the window `check` returned.
+    // SAFETY: inside the ChannelData header the `check` above returned.
     let first: u8 = unsafe { load(header) };
     // Channel numbers 0x4000–0x4FFF: the first byte is 0x40–0x4F; 0x40–0x7F where user space
     // took RFC 5766's range (0x4000–0x7FFF).
     if !config.is_channel_first_byte(first) {
         return Err(Outcome::NotChannelData);
     }
+    // SAFETY: inside the ChannelData header the `check` above returned.
     let channel: u16 = unsafe { load(header) };
+    // SAFETY: inside the ChannelData header the `check` above returned.
     let length_raw: u16 = unsafe { load(header + 2) };
     let length = u16::from_be(length_raw) as usize;
     if CHANNEL_HEADER + length > payload {
@@ -827,7 +858,7 @@ fn window(ctx: &XdpContext, len: usize) -> Option<usize> {
 #[inline(always)]
 unsafe fn build(f: usize, datagram: &Datagram, old_at: usize, new_at: usize, r: &Rewrite) {
     let old = datagram.moved_to(f + old_at + ETH_HEADER);
-    // SAFETY (the loads and stores): inside the window the caller guarantees.
+    // SAFETY: the loads lie inside the window the caller guarantees.
     let (dst_mac, src_mac): ((u32, u16), (u32, u16)) = unsafe {
         (
             (load(f + old_at), load(f + old_at + 4)),
@@ -842,6 +873,7 @@ unsafe fn build(f: usize, datagram: &Datagram, old_at: usize, new_at: usize, r: 
         None => old.dst(),
     };
     let n = f + new_at;
+    // SAFETY: the new headers lie inside the window the caller guarantees.
     unsafe {
         store(n, src_mac.0);
         store(n + 4, src_mac.1);
