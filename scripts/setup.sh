@@ -7,6 +7,8 @@ set -euo pipefail
 readonly NIGHTLY=nightly # the machine image's nightly; RUSTUP_AUTO_INSTALL=0 forbids fetching others
 readonly BPF_LINKER_VERSION=0.10.3
 readonly LLVM_MAJOR=22
+# The nightly the eBPF build is pinned to (crates/turnpike-xdp/rust-toolchain.toml).
+readonly NIGHTLY_DATE=2026-05-19
 # binutils: readelf, used by build-xdp.sh. ethtool: turns off tx checksum offload on test veths.
 # iproute2: `ip netns` and veth pairs. coturn: reference TURN server for interoperability tests.
 # curl: reads the relay's admin endpoint in the namespace tests. chromium: the status page's
@@ -91,6 +93,13 @@ check_nightly_llvm() {
   external LLVM that Debian bookworm does not package) and update this check and build-xdp.sh."
     fi
     echo "ok: rustc +$NIGHTLY uses LLVM $llvm"
+    local date
+    date=$(sed -n 's/^commit-date: //p' <<<"$vv")
+    [[ "$date" == "$NIGHTLY_DATE" ]] || die "rustc +$NIGHTLY is from $date, but the eBPF build is pinned to the
+  nightly of $NIGHTLY_DATE (LLVM $LLVM_MAJOR, which bpf-linker $BPF_LINKER_VERSION loads). Install that
+  nightly as '$NIGHTLY', or move the pin (NIGHTLY_DATE here, LLVM_MAJOR, bpf-linker) after checking
+  that the XDP tests pass with the new one."
+    echo "ok: rustc +$NIGHTLY is the pinned nightly of $date"
 }
 
 install_rust_src() {
