@@ -346,6 +346,7 @@ pub(crate) struct Status {
     indications: Vec<Indications>,
     responses: Vec<Response>,
     auth_failures: Vec<Reason>,
+    refusals: Vec<Reason>,
     dropped: Vec<Reason>,
     socket_errors: Vec<Kind>,
     hairpinned_packets: u64,
@@ -444,6 +445,14 @@ impl Status {
                 .iter()
                 .map(|(reason, count)| Reason {
                     reason,
+                    count: *count,
+                })
+                .collect(),
+            refusals: stats
+                .refusals
+                .iter()
+                .map(|(refusal, count)| Reason {
+                    reason: refusal.as_str(),
                     count: *count,
                 })
                 .collect(),

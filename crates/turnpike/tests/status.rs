@@ -119,6 +119,7 @@ fn status_as_series(status: &Value) -> BTreeMap<String, f64> {
     }
     for (field, name, label) in [
         ("auth_failures", "turnpike_auth_failures_total", "reason"),
+        ("refusals", "turnpike_refusals_total", "reason"),
         ("dropped", "turnpike_dropped_packets_total", "reason"),
         ("socket_errors", "turnpike_socket_errors_total", "kind"),
     ] {
