@@ -43,6 +43,11 @@ impl UnauthenticatedLimiter {
         }
     }
 
+    /// Applies a new rate from now on; the buckets keep what they hold.
+    pub(crate) fn set_limit(&mut self, limit: RateLimit) {
+        self.limit = limit;
+    }
+
     /// Whether a response to `source` may be sent now; takes a token if so.
     pub(crate) fn allow(&mut self, source: IpAddr, now: Instant) -> bool {
         if self.limit.per_second == 0 {

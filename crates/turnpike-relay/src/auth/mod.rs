@@ -115,6 +115,16 @@ impl Authenticator {
         }
     }
 
+    /// Takes the credentials, offered algorithms and nonce lifetime of `config`, keeping the
+    /// nonce secret: nonces already handed out stay valid, so no client is sent round a 438 by
+    /// a reload.
+    pub(crate) fn reconfigure(&mut self, config: &Config) {
+        let nonces = self.nonces.clone().with_lifetime(config.lifetimes.nonce);
+        let mut replacement = Self::new(config, [0; 32]);
+        replacement.nonces = nonces;
+        *self = replacement;
+    }
+
     pub(crate) fn realm(&self) -> &str {
         self.credentials.realm()
     }

@@ -747,6 +747,58 @@ impl<R: RngCore> Server<R> {
         self.host_addresses.contains(&ip.to_canonical()) && !self.is_relay_ip(ip)
     }
 
+    /// Applies what an operator may change while the relay runs (a reload): credentials, peer
+    /// policy, quotas, lifetimes, SOFTWARE, the unauthenticated rate. Everything else in
+    /// `config` (addresses, ports, shared budgets) is ignored: it cannot change without a
+    /// restart, and the driver says so.
+    ///
+    /// What happens to what is alive:
+    /// - Removed credentials stop authenticating at the next request; allocations made with
+    ///   them are not cut but expire at their lifetime, as their Refresh now fails. A call in
+    ///   progress survives a secret rotation, and an operator who must end one at once deletes
+    ///   its user's allocations by restarting.
+    /// - A peer the new policy refuses loses its permissions at once, and with them the routes
+    ///   of every channel bound to it (in the kernel too: `RemoveChannel`).
+    /// - Lowered quotas refuse new work only; nothing alive is cut.
+    /// - Nonces stay valid (same secret).
+    pub fn reconfigure(&mut self, now: Instant, config: &Config) {
+        self.config.credentials = config.credentials.clone();
+        self.config.policy = config.policy.clone();
+        self.config.quotas = config.quotas;
+        self.config.lifetimes = config.lifetimes.clamped();
+        self.config.software.clone_from(&config.software);
+        self.config.offer_sha256 = config.offer_sha256;
+        self.config.unauthenticated_rate = config.unauthenticated_rate;
+        self.limiter.set_limit(config.unauthenticated_rate);
+        self.auth.reconfigure(&self.config);
+        // Permissions the new policy refuses, in allocation and peer order (both maps are
+        // ordered), so the commands are a function of the inputs.
+        let refused: Vec<(AllocationId, IpAddr)> = self
+            .allocations
+            .iter()
+            .flat_map(|(id, allocation)| {
+                allocation.permissions.keys().map(move |peer| (*id, *peer))
+            })
+            .filter(|(_, peer)| {
+                !(self.is_relay_ip(*peer) || self.config.policy.is_relay_own_address(*peer))
+                    && (self.config.policy.check(*peer).is_err()
+                        || (self.is_other_host_address(*peer)
+                            && !self.config.policy.is_explicitly_allowed(*peer)))
+            })
+            .collect();
+        for (id, peer) in refused {
+            let Some(allocation) = self.allocations.get_mut(&id) else {
+                continue;
+            };
+            allocation.permissions.remove(&peer);
+            let relay = allocation.relay_socket(AddressFamily::of(peer));
+            self.timers.cancel(Timer::Permission { id, peer });
+            self.sync_routes_to(now, id, peer);
+            self.commands
+                .push_back(Command::RemovePermission { relay, peer });
+        }
+    }
+
     /// Whether an unauthenticated request from `from` may be answered now.
     ///
     /// Over UDP the answer is rate-limited per source address: a spoofed source would turn the

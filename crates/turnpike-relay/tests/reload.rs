@@ -1,0 +1,149 @@
+//! Reload (`Server::reconfigure`) in virtual time: what a changed configuration does to what
+//! is alive. Removed credentials fail the next request but cut nothing; a newly denied peer
+//! loses its permissions and channel routes at once; lowered quotas refuse new work only;
+//! nonces survive.
+
+#![expect(
+    clippy::unwrap_used,
+    reason = "test code, and the harness it shares: a panic is how a test reports a failure"
+)]
+
+mod common;
+
+use common::*;
+use turnpike_proto::{Attribute, ErrorCode, Method};
+use turnpike_relay::auth::credentials::{CredentialStore, Password};
+use turnpike_relay::policy::Cidr;
+use turnpike_relay::{Command, Config};
+
+const PEER: &str = "192.0.2.10:5000";
+
+/// The harness' configuration without the user `alice`.
+fn without_alice() -> Config {
+    let mut config = config();
+    config.credentials =
+        CredentialStore::new(REALM).with_static_user("bob", Password::new("hunter2"));
+    config
+}
+
+#[test]
+fn a_removed_user_fails_the_next_request_but_keeps_relaying_until_expiry() {
+    let mut harness = Harness::new();
+    let mut client = Client::new("203.0.113.5:40000");
+    let relayed = client.allocate(&mut harness);
+    client.send(
+        &mut harness,
+        Method::ChannelBind,
+        &[
+            Attribute::ChannelNumber(0x4001),
+            Attribute::XorPeerAddress(PEER.parse().unwrap()),
+        ],
+    );
+    let now = harness.now;
+    harness.server.reconfigure(now, &without_alice());
+    assert!(harness.drain().is_empty(), "nothing alive is cut");
+    // Data still flows both ways.
+    let (forward, _) = harness.from_client(client.five_tuple, &channel_data(0x4001, b"still"));
+    assert!(forward.is_some());
+    // The next request is refused, and the allocation ends at its lifetime.
+    let (response, _) = client.send(&mut harness, Method::Refresh, &[Attribute::Lifetime(600)]);
+    assert_eq!(error_code(&response), Some(ErrorCode::UNAUTHORIZED));
+    let commands = harness.advance(std::time::Duration::from_secs(601));
+    assert!(commands.contains(&Command::CloseRelaySocket(relay_socket(relayed))));
+    assert_eq!(harness.server.allocation_count(), 0);
+}
+
+#[test]
+fn a_newly_denied_peer_loses_its_permission_and_channel_routes_at_once() {
+    let mut harness = Harness::new();
+    let mut client = Client::new("203.0.113.5:40000");
+    client.allocate(&mut harness);
+    client.send(
+        &mut harness,
+        Method::ChannelBind,
+        &[
+            Attribute::ChannelNumber(0x4001),
+            Attribute::XorPeerAddress(PEER.parse().unwrap()),
+        ],
+    );
+    client.send(
+        &mut harness,
+        Method::CreatePermission,
+        &[Attribute::XorPeerAddress("203.0.113.9:1".parse().unwrap())],
+    );
+    assert_eq!(harness.server.permission_count(), 2);
+    let mut denying = config();
+    denying.policy = denying
+        .policy
+        .with_denied(["192.0.2.0/24".parse::<Cidr>().unwrap()]);
+    let now = harness.now;
+    harness.server.reconfigure(now, &denying);
+    let commands = harness.drain();
+    assert!(
+        commands
+            .iter()
+            .any(|command| matches!(command, Command::RemoveChannel(route) if route.peer == PEER.parse().unwrap())),
+        "{commands:?}"
+    );
+    assert!(
+        commands
+            .iter()
+            .any(|command| matches!(command, Command::RemovePermission { peer, .. } if *peer == "192.0.2.10".parse::<std::net::IpAddr>().unwrap())),
+        "{commands:?}"
+    );
+    assert_eq!(
+        harness.server.permission_count(),
+        1,
+        "the other peer keeps its permission"
+    );
+    let (forward, _) = harness.from_client(client.five_tuple, &channel_data(0x4001, b"no"));
+    assert!(forward.is_none(), "nothing more reaches the denied peer");
+    // And it cannot be asked for again.
+    let (response, _) = client.send(
+        &mut harness,
+        Method::CreatePermission,
+        &[Attribute::XorPeerAddress(PEER.parse().unwrap())],
+    );
+    assert_eq!(error_code(&response), Some(ErrorCode::FORBIDDEN));
+}
+
+#[test]
+fn a_lowered_quota_refuses_new_work_and_cuts_nothing() {
+    let mut harness = Harness::new();
+    let mut first = Client::new("203.0.113.5:40000");
+    let mut second = Client::new("203.0.113.6:40000");
+    first.allocate(&mut harness);
+    second.allocate(&mut harness);
+    let mut lowered = config();
+    lowered.quotas.allocations_total = 1;
+    let now = harness.now;
+    harness.server.reconfigure(now, &lowered);
+    assert!(harness.drain().is_empty());
+    assert_eq!(harness.server.allocation_count(), 2);
+    let mut third = Client::new("203.0.113.7:40000");
+    let (response, _) = third.send(
+        &mut harness,
+        Method::Allocate,
+        &[Attribute::RequestedTransport(17)],
+    );
+    assert_eq!(
+        error_code(&response),
+        Some(ErrorCode::ALLOCATION_QUOTA_REACHED)
+    );
+    // Existing ones refresh as before.
+    let (response, _) = first.send(&mut harness, Method::Refresh, &[Attribute::Lifetime(600)]);
+    assert_eq!(error_code(&response), None);
+}
+
+#[test]
+fn nonces_survive_a_reload() {
+    let mut harness = Harness::new();
+    let mut client = Client::new("203.0.113.5:40000");
+    client.allocate(&mut harness);
+    let nonce = client.nonce.clone();
+    let now = harness.now;
+    harness.server.reconfigure(now, &config());
+    let (response, _) = client.send(&mut harness, Method::Refresh, &[Attribute::Lifetime(600)]);
+    assert_eq!(error_code(&response), None, "no 438 after a reload");
+    assert_eq!(client.nonce, nonce);
+}
