@@ -53,5 +53,5 @@ pub use message::{
 };
 pub use stream::{
     FrameError, FrameHeader, FrameKind, MAX_FRAME_LEN, StreamDecoder, channel_data_padding,
-    frame_header,
+    frame_header, frame_header_in,
 };

@@ -11,7 +11,7 @@
 //! between reads and hands out whole messages without their padding. The decoder is sans-IO: it
 //! is given bytes (or a buffer to read into) and never touches a socket.
 
-use crate::channel_data::HEADER_LEN as CHANNEL_DATA_HEADER_LEN;
+use crate::channel_data::{ChannelRange, HEADER_LEN as CHANNEL_DATA_HEADER_LEN};
 use crate::message::{HEADER_LEN as STUN_HEADER_LEN, MAGIC_COOKIE};
 
 /// The longest frame the protocol can express: a STUN header and a 16-bit length. (ChannelData
@@ -43,7 +43,8 @@ pub struct FrameHeader {
 #[non_exhaustive]
 pub enum FrameError {
     /// The first two bits are 0b10 or 0b11, or the channel number is one RFC 8656 reserves
-    /// (0x5000–0x7FFF in the first byte's range).
+    /// (0x5000–0x7FFF in the first byte's range) and the decoder was not given RFC 5766's
+    /// range.
     #[error("the first byte {0:#04x} starts neither a STUN message nor ChannelData")]
     UnknownFirstByte(u8),
     /// A STUN header without the magic cookie (RFC 8489 §5).
@@ -79,6 +80,18 @@ impl FrameError {
 /// # Errors
 /// A [`FrameError`] when the bytes cannot start a frame.
 pub fn frame_header(bytes: &[u8]) -> Result<Option<FrameHeader>, FrameError> {
+    frame_header_in(bytes, ChannelRange::Rfc8656)
+}
+
+/// [`frame_header`] with the channel numbers of `range`: with [`ChannelRange::Rfc5766`], first
+/// bytes 0x50–0x7F start ChannelData too.
+///
+/// # Errors
+/// A [`FrameError`] when the bytes cannot start a frame.
+pub fn frame_header_in(
+    bytes: &[u8],
+    range: ChannelRange,
+) -> Result<Option<FrameHeader>, FrameError> {
     let Some(&first) = bytes.first() else {
         return Ok(None);
     };
@@ -101,8 +114,9 @@ pub fn frame_header(bytes: &[u8]) -> Result<Option<FrameHeader>, FrameError> {
                 frame_len,
             }))
         }
-        // 0x4000–0x4FFF; 0x5000–0x7FFF are reserved and cannot be told from garbage.
-        0b01 if first < 0x50 => {
+        // 0x4000–0x4FFF; 0x5000–0x7FFF are reserved and cannot be told from garbage, unless
+        // RFC 5766's range was asked for.
+        0b01 if first < 0x50 || matches!(range, ChannelRange::Rfc5766) => {
             let Some(header) = bytes.first_chunk::<CHANNEL_DATA_HEADER_LEN>() else {
                 return Ok(None);
             };
@@ -135,6 +149,7 @@ pub struct StreamDecoder {
     /// Start of the first byte not yet handed out.
     start: usize,
     max_frame_len: usize,
+    channels: ChannelRange,
 }
 
 impl StreamDecoder {
@@ -149,7 +164,16 @@ impl StreamDecoder {
             buffer: Vec::new(),
             start: 0,
             max_frame_len: max_frame_len.clamp(STUN_HEADER_LEN, MAX_FRAME_LEN),
+            channels: ChannelRange::Rfc8656,
         }
+    }
+
+    /// The same decoder taking ChannelData with the channel numbers of `range` (RFC 8656's by
+    /// default); give it the range the relay core accepts.
+    #[must_use]
+    pub const fn with_channel_range(mut self, range: ChannelRange) -> Self {
+        self.channels = range;
+        self
     }
 
     /// Appends bytes that arrived on the stream.
@@ -195,7 +219,7 @@ impl StreamDecoder {
     /// A [`FrameError`] for bytes that cannot start a frame or a frame over the limit.
     pub fn next_message(&mut self) -> Result<Option<(FrameKind, &[u8])>, FrameError> {
         let pending = &self.buffer[self.start..];
-        let Some(header) = frame_header(pending)? else {
+        let Some(header) = frame_header_in(pending, self.channels)? else {
             self.release_if_drained();
             return Ok(None);
         };
@@ -295,6 +319,40 @@ mod tests {
         assert_eq!(
             frame_header(&unaligned),
             Err(FrameError::UnalignedStunLength(6))
+        );
+    }
+
+    #[test]
+    fn rfc_5766_channel_numbers_frame_only_when_asked_for() {
+        let frame = [0x7F, 0xFF, 0x00, 0x01, 9, 0, 0, 0];
+        assert_eq!(
+            frame_header(&frame),
+            Err(FrameError::UnknownFirstByte(0x7F))
+        );
+        let mut decoder = StreamDecoder::new(1024);
+        decoder.push(&frame);
+        assert_eq!(
+            decoder.next_message(),
+            Err(FrameError::UnknownFirstByte(0x7F))
+        );
+
+        let mut decoder = StreamDecoder::new(1024).with_channel_range(ChannelRange::Rfc5766);
+        decoder.push(&frame);
+        decoder.push(&[0x50, 0x00, 0x00, 0x00]);
+        assert_eq!(
+            decoder.next_message(),
+            Ok(Some((FrameKind::ChannelData, &frame[..5])))
+        );
+        assert_eq!(
+            decoder.next_message(),
+            Ok(Some((
+                FrameKind::ChannelData,
+                &[0x50, 0x00, 0x00, 0x00][..]
+            )))
+        );
+        assert_eq!(
+            frame_header_in(&[0x80, 0, 0, 0], ChannelRange::Rfc5766),
+            Err(FrameError::UnknownFirstByte(0x80))
         );
     }
 

@@ -401,6 +401,19 @@ impl Config {
         Ok(())
     }
 
+    /// The channel numbers clients may use: RFC 5766's with `rfc5766_channel_numbers`, RFC
+    /// 8656's otherwise. A driver that frames streams itself gives its decoders this range
+    /// (`turnpike_proto::StreamDecoder::with_channel_range`), so that a ChannelData frame the
+    /// core would take does not end the connection first.
+    #[must_use]
+    pub const fn channel_range(&self) -> turnpike_proto::ChannelRange {
+        if self.rfc5766_channel_numbers {
+            turnpike_proto::ChannelRange::Rfc5766
+        } else {
+            turnpike_proto::ChannelRange::Rfc8656
+        }
+    }
+
     /// A configuration with RFC defaults for the given credentials (which carry the realm) and
     /// peer policy; no relayed address family is offered until one is set.
     #[must_use]

@@ -389,11 +389,7 @@ impl<R: RngCore> Server<R> {
 
     /// The channel numbers clients may bind and send on.
     pub(crate) const fn channel_range(&self) -> ChannelRange {
-        if self.config.rfc5766_channel_numbers {
-            ChannelRange::Rfc5766
-        } else {
-            ChannelRange::Rfc8656
-        }
+        self.config.channel_range()
     }
 
     fn relay_ip(&self, family: AddressFamily) -> Option<IpAddr> {
