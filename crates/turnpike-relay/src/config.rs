@@ -57,7 +57,7 @@ pub struct Config {
 /// over a map is cheaper than it sounds at that rate, and exact.
 #[derive(Debug)]
 pub struct UserBudget {
-    limit: usize,
+    limit: AtomicUsize,
     per_user: std::sync::Mutex<std::collections::HashMap<Box<str>, usize>>,
 }
 
@@ -65,9 +65,14 @@ impl UserBudget {
     #[must_use]
     pub fn new(limit: usize) -> Arc<Self> {
         Arc::new(Self {
-            limit,
+            limit: AtomicUsize::new(limit),
             per_user: std::sync::Mutex::new(std::collections::HashMap::new()),
         })
+    }
+
+    /// A new per-user limit (a reload); as for [`AllocationBudget::set_limit`], nothing is cut.
+    pub fn set_limit(&self, limit: usize) {
+        self.limit.store(limit, Ordering::Release);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<Box<str>, usize>> {
@@ -78,13 +83,14 @@ impl UserBudget {
 
     /// Takes one allocation of `user`, unless the user holds the limit already.
     pub(crate) fn try_take(&self, user: &str) -> bool {
+        let limit = self.limit.load(Ordering::Acquire);
         let mut per_user = self.lock();
         if let Some(count) = per_user.get_mut(user) {
-            if *count >= self.limit {
+            if *count >= limit {
                 return false;
             }
             *count += 1;
-        } else if self.limit > 0 {
+        } else if limit > 0 {
             per_user.insert(user.into(), 1);
         } else {
             return false;
@@ -118,7 +124,7 @@ impl UserBudget {
 /// The one piece of state servers share; an atomic counter, so no server ever waits on another.
 #[derive(Debug)]
 pub struct AllocationBudget {
-    limit: usize,
+    limit: AtomicUsize,
     used: AtomicUsize,
 }
 
@@ -126,16 +132,23 @@ impl AllocationBudget {
     #[must_use]
     pub fn new(limit: usize) -> Arc<Self> {
         Arc::new(Self {
-            limit,
+            limit: AtomicUsize::new(limit),
             used: AtomicUsize::new(0),
         })
     }
 
+    /// A new limit (a reload): a lower one refuses new allocations until enough have ended,
+    /// and cuts none.
+    pub fn set_limit(&self, limit: usize) {
+        self.limit.store(limit, Ordering::Release);
+    }
+
     /// Takes one allocation from the budget, unless it is spent.
     pub(crate) fn try_take(&self) -> bool {
+        let limit = self.limit.load(Ordering::Acquire);
         self.used
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
-                (used < self.limit).then_some(used + 1)
+                (used < limit).then_some(used + 1)
             })
             .is_ok()
     }

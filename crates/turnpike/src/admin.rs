@@ -90,6 +90,7 @@ struct AppState {
     kernel: Option<Arc<XdpRelay>>,
     info: Arc<RelayInfo>,
     history: Arc<History>,
+    reload: ReloadSender,
 }
 
 /// What the admin endpoint serves, besides its listener.
@@ -99,7 +100,14 @@ pub(crate) struct Admin {
     pub(crate) kernel: Option<Arc<XdpRelay>>,
     pub(crate) info: RelayInfo,
     pub(crate) token: Option<AdminToken>,
+    /// Where `POST /reload` asks for a reload, with a channel for the outcome.
+    pub(crate) reload: ReloadSender,
 }
+
+/// A reload request: the outcome comes back through the enclosed channel, as the text for the
+/// response body.
+pub(crate) type ReloadSender =
+    tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<Result<String, String>>>;
 
 pub(crate) async fn serve(listener: tokio::net::TcpListener, admin: Admin) -> Result<()> {
     let history = Arc::new(History::default());
@@ -112,7 +120,8 @@ pub(crate) async fn serve(listener: tokio::net::TcpListener, admin: Admin) -> Re
         .route("/", get(page))
         .route("/status", get(status))
         .route("/metrics", get(metrics))
-        .route("/log-level", post(log_level));
+        .route("/log-level", post(log_level))
+        .route("/reload", post(reload));
     if let Some(token) = admin.token {
         app = app.layer(axum::middleware::from_fn(move |request, next| {
             authorize(token.clone(), request, next)
@@ -128,6 +137,7 @@ pub(crate) async fn serve(listener: tokio::net::TcpListener, admin: Admin) -> Re
             kernel: admin.kernel,
             info: Arc::new(admin.info),
             history,
+            reload: admin.reload,
         });
     axum::serve(listener, app)
         .await
@@ -213,6 +223,7 @@ async fn metrics(
         &snapshot.shards,
         snapshot.draining,
     ));
+    body.push_str(&crate::metrics::render_reloads(state.shared.reloads()));
     (
         [(
             header::CONTENT_TYPE,
@@ -220,6 +231,29 @@ async fn metrics(
         )],
         body,
     )
+}
+
+/// Reloads the configuration (as SIGHUP does) and says what happened: 200 with what changed,
+/// 422 with why nothing did.
+async fn reload(State(state): State<AppState>) -> (StatusCode, String) {
+    let (reply, outcome) = tokio::sync::oneshot::channel();
+    if state.reload.send(reply).await.is_err() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the relay is stopping\n".to_owned(),
+        );
+    }
+    match tokio::time::timeout(std::time::Duration::from_secs(30), outcome).await {
+        Ok(Ok(Ok(message))) => (StatusCode::OK, message),
+        Ok(Ok(Err(error))) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("reload refused, the running configuration is unchanged: {error}\n"),
+        ),
+        _ => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no answer to the reload\n".to_owned(),
+        ),
+    }
 }
 
 /// Replaces the log filter with the directives in the body, e.g. `turnpike=debug,info`.

@@ -486,6 +486,74 @@ fn parse_cidrs(list: Option<Vec<String>>, setting: &str) -> Result<Vec<Cidr>> {
 }
 
 impl Settings {
+    /// The settings of `new` that differ from these and that the running relay cannot take:
+    /// its sockets, threads and kernel program were set up from them. A reload applies the rest
+    /// and reports these as needing a restart.
+    pub(crate) fn needs_restart(&self, new: &Self) -> Vec<&'static str> {
+        // Debug output stands in for equality: some of these types have no PartialEq, and a
+        // reload runs rarely.
+        let differs =
+            |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
+        let core = (&self.core, &new.core);
+        let streams = (&self.streams, &new.streams);
+        [
+            ("dev", differs(&self.dev, &new.dev)),
+            ("listen", differs(&self.listen, &new.listen)),
+            ("relay-ip", differs(&self.relay_bind, &new.relay_bind)),
+            ("relay-ports", differs(&self.relay_ports, &new.relay_ports)),
+            (
+                "admin-listen",
+                differs(&self.admin_listen, &new.admin_listen),
+            ),
+            (
+                "admin-token-file",
+                self.admin_token.is_some() != new.admin_token.is_some(),
+            ),
+            ("log-format", differs(&self.log_format, &new.log_format)),
+            ("threads", differs(&self.threads, &new.threads)),
+            (
+                "socket-buffer",
+                differs(&self.socket_buffer, &new.socket_buffer),
+            ),
+            ("xdp-interface", differs(&self.xdp, &new.xdp)),
+            (
+                "public-ipv4",
+                differs(&core.0.relay_ipv4, &core.1.relay_ipv4),
+            ),
+            (
+                "public-ipv6",
+                differs(&core.0.relay_ipv6, &core.1.relay_ipv6),
+            ),
+            (
+                "realm",
+                core.0.credentials.realm() != core.1.credentials.realm(),
+            ),
+            (
+                "rfc5766-channel-numbers",
+                core.0.rfc5766_channel_numbers != core.1.rfc5766_channel_numbers,
+            ),
+            (
+                "listen-tcp",
+                differs(&streams.0.listen_tcp, &streams.1.listen_tcp),
+            ),
+            (
+                "listen-tls",
+                differs(&streams.0.listen_tls, &streams.1.listen_tls),
+            ),
+            (
+                "tls-cert/tls-key",
+                differs(&streams.0.tls_files, &streams.1.tls_files),
+            ),
+            (
+                "stream limits",
+                differs(&streams.0.limits, &streams.1.limits),
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(name, changed)| changed.then_some(name))
+        .collect()
+    }
+
     pub(crate) fn from_options(options: Options) -> Result<Self> {
         let dev = options.dev;
         let loopback_v4 = SocketAddr::from((Ipv4Addr::LOCALHOST, 3478));

@@ -59,7 +59,7 @@ fn port_blocks(
         .collect()
 }
 
-async fn run(settings: Settings, log: logging::LogControl) -> Result<()> {
+async fn run(mut settings: Settings, log: logging::LogControl) -> Result<()> {
     // Sockets per relayed port: one per offered family, or one for both (`dual_stack_relays`).
     let families = if shard::dual_stack_relays(&settings.relay_bind, &settings.core) {
         1
@@ -199,8 +199,15 @@ async fn run(settings: Settings, log: logging::LogControl) -> Result<()> {
     }
     let tell_all = |control: shard::Control| {
         for shard in &controls {
-            shard.send(control);
+            shard.send(control.clone());
         }
+    };
+    let reloader = Reloader {
+        shared: Arc::clone(&shared),
+        budget: Arc::clone(&budget),
+        user_budget: Arc::clone(&user_budget),
+        tls: tls.clone(),
+        log: log.clone(),
     };
     tracing::info!(
         listen = ?settings.listen,
@@ -227,6 +234,8 @@ async fn run(settings: Settings, log: logging::LogControl) -> Result<()> {
         allocations_limit: settings.core.quotas.allocations_total,
         kernel_path: kernel.is_some(),
     };
+    // POST /reload asks the main task, which owns the settings, and waits for the outcome.
+    let (reload_sender, mut reload_requests) = tokio::sync::mpsc::channel(4);
     let admin_task = tokio::spawn(admin::serve(
         admin,
         admin::Admin {
@@ -235,6 +244,7 @@ async fn run(settings: Settings, log: logging::LogControl) -> Result<()> {
             kernel: kernel.clone(),
             info,
             token: settings.admin_token.clone(),
+            reload: reload_sender,
         },
     ));
     tokio::spawn(return_freed_memory());
@@ -261,7 +271,15 @@ async fn run(settings: Settings, log: logging::LogControl) -> Result<()> {
                 tracing::info!("SIGINT: draining");
                 break;
             }
-            _ = hangup.recv() => reload_certificates(tls.as_deref()),
+            _ = hangup.recv() => {
+                let outcome = reloader.reload(&mut settings, &tell_all);
+                log_reload("SIGHUP", &outcome);
+            }
+            Some(reply) = reload_requests.recv() => {
+                let outcome = reloader.reload(&mut settings, &tell_all);
+                log_reload("POST /reload", &outcome);
+                let _ = reply.send(outcome.map_err(|error| format!("{error:#}")));
+            }
             result = &mut admin_task => {
                 tell_all(shard::Control::Stop);
                 return result.context("admin endpoint panicked")?;
@@ -355,21 +373,82 @@ async fn return_freed_memory() {
     }
 }
 
-/// SIGHUP: the TLS certificate and key are read again for new connections; a bad pair keeps
-/// the old one serving.
-fn reload_certificates(tls: Option<&tls::TlsCertificates>) {
-    let Some(tls) = tls else {
-        tracing::info!("SIGHUP: no TLS listener, nothing to reload");
-        return;
-    };
-    match tls.reload() {
-        Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
-        Err(error) => {
-            tracing::error!(
-                error = format!("{error:#}"),
-                "SIGHUP: TLS certificate not reloaded, the old one keeps serving"
-            );
-        }
+/// What a reload changes besides the relay threads' cores.
+struct Reloader {
+    shared: Arc<Shared>,
+    budget: Arc<turnpike_relay::AllocationBudget>,
+    user_budget: Arc<turnpike_relay::UserBudget>,
+    tls: Option<Arc<tls::TlsCertificates>>,
+    log: logging::LogControl,
+}
+
+impl Reloader {
+    /// Reads the configuration again (flags and environment as at start, the file, secrets,
+    /// users, certificates as they are now), checks all of it, and only then applies it: the
+    /// relay threads get the new core settings through their control channels, the shared
+    /// quotas and the log filter change, new TLS connections get the new certificate. On any
+    /// error nothing changes. Settings that need a restart are named in the result.
+    fn reload(
+        &self,
+        settings: &mut Settings,
+        tell_all: &impl Fn(shard::Control),
+    ) -> Result<String> {
+        let result = self.prepare(settings).map(|(new, certificate)| {
+            let restart = settings.needs_restart(&new);
+            if let (Some(tls), Some(certificate)) = (&self.tls, certificate) {
+                tls.install(certificate);
+            }
+            self.budget.set_limit(new.core.quotas.allocations_total);
+            self.user_budget
+                .set_limit(new.core.quotas.allocations_per_user);
+            if new.log_level != settings.log_level
+                && let Err(error) = self.log.set(&new.log_level)
+            {
+                tracing::warn!(%error, "log-level: kept the old filter");
+            }
+            tell_all(shard::Control::Reconfigure(Arc::new(new.core.clone())));
+            // The reloadable part is now `new`'s; what needs a restart stays as started.
+            settings.core = new.core;
+            settings.log_level = new.log_level;
+            settings.drain = new.drain;
+            if restart.is_empty() {
+                "reloaded\n".to_owned()
+            } else {
+                format!(
+                    "reloaded; these changed but need a restart to take effect: {}\n",
+                    restart.join(", ")
+                )
+            }
+        });
+        self.shared.count_reload(result.is_ok());
+        result
+    }
+
+    fn prepare(&self, current: &Settings) -> Result<(Settings, Option<Arc<rustls::ServerConfig>>)> {
+        let mut new = Settings::from_options(Options::load()?)?;
+        // The budgets the threads share are attached at start, not read from the file.
+        new.core
+            .shared_budget
+            .clone_from(&current.core.shared_budget);
+        new.core
+            .shared_user_budget
+            .clone_from(&current.core.shared_user_budget);
+        let certificate = match &self.tls {
+            Some(tls) => Some(tls.read()?),
+            None => None,
+        };
+        Ok((new, certificate))
+    }
+}
+
+fn log_reload(trigger: &str, outcome: &Result<String>) {
+    match outcome {
+        Ok(message) => tracing::info!(trigger, "{}", message.trim_end()),
+        Err(error) => tracing::error!(
+            trigger,
+            error = format!("{error:#}"),
+            "reload refused; the running configuration is unchanged"
+        ),
     }
 }
 

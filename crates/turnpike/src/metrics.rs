@@ -83,6 +83,8 @@ impl StreamMetrics {
 pub(crate) struct Shared {
     /// A drain has begun (for `/readyz` and the metrics; the threads learn it by message).
     pub(crate) draining: AtomicBool,
+    /// Reloads applied and refused.
+    reloads: [std::sync::atomic::AtomicU64; 2],
     started: AtomicUsize,
     threads: usize,
     shards: Mutex<Vec<ShardMetrics>>,
@@ -92,10 +94,26 @@ impl Shared {
     pub(crate) fn new(threads: usize) -> Self {
         Self {
             draining: AtomicBool::new(false),
+            reloads: [
+                std::sync::atomic::AtomicU64::new(0),
+                std::sync::atomic::AtomicU64::new(0),
+            ],
             started: AtomicUsize::new(0),
             threads,
             shards: Mutex::new(vec![ShardMetrics::default(); threads]),
         }
+    }
+
+    pub(crate) fn count_reload(&self, applied: bool) {
+        self.reloads[usize::from(!applied)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Reloads (applied, refused) so far.
+    pub(crate) fn reloads(&self) -> (u64, u64) {
+        (
+            self.reloads[0].load(Ordering::Relaxed),
+            self.reloads[1].load(Ordering::Relaxed),
+        )
     }
 
     pub(crate) fn shard_started(&self) {
@@ -531,6 +549,17 @@ pub(crate) struct RelayInfo {
 }
 
 /// Renders the relay's identity and state, and each thread's load.
+/// The reload counter: configuration reloads (SIGHUP, `POST /reload`) by result.
+pub(crate) fn render_reloads((applied, refused): (u64, u64)) -> String {
+    format!(
+        "# HELP turnpike_config_reload_total Configuration reloads (SIGHUP, POST /reload), by \
+         result; a failure leaves the running configuration unchanged.\n\
+         # TYPE turnpike_config_reload_total counter\n\
+         turnpike_config_reload_total{{result=\"success\"}} {applied}\n\
+         turnpike_config_reload_total{{result=\"failure\"}} {refused}\n"
+    )
+}
+
 pub(crate) fn render_relay(info: &RelayInfo, shards: &[ShardMetrics], draining: bool) -> String {
     let mut out = String::new();
     let mut section = |name: &str, kind: &str, help: &str, samples: Vec<(String, String)>| {

@@ -1,5 +1,7 @@
 //! The TLS server configuration of `--listen-tls`: certificate chain and key read from PEM files,
-//! checked at start, and read again on SIGHUP without touching a connection.
+//! checked at start, and read again on every reload (SIGHUP, `POST /reload`) without touching
+//! a connection: `read` checks the new pair, `install` serves it once the whole reload is known
+//! to be good.
 //!
 //! Connections take the configuration that is current when they are accepted, so a reload
 //! reaches new connections only; established ones keep the session they negotiated. A new
@@ -44,14 +46,17 @@ impl TlsCertificates {
         )
     }
 
-    /// Reads the files again; on any error the old configuration stays.
-    pub(crate) fn reload(&self) -> Result<()> {
-        let config = server_config(&self.cert_path, &self.key_path, SystemTime::now())?;
+    /// Reads and checks the files without using them (the first step of a reload).
+    pub(crate) fn read(&self) -> Result<Arc<ServerConfig>> {
+        server_config(&self.cert_path, &self.key_path, SystemTime::now()).map(Arc::new)
+    }
+
+    /// Serves `config` to connections accepted from now on.
+    pub(crate) fn install(&self, config: Arc<ServerConfig>) {
         *self
             .current
             .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(config);
-        Ok(())
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = config;
     }
 }
 

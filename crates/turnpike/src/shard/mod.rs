@@ -124,8 +124,10 @@ fn unix_time() -> Duration {
 }
 
 /// What the main thread tells a relay thread.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub(crate) enum Control {
+    /// A reload: apply what may change while relaying (`Server::reconfigure`).
+    Reconfigure(Arc<Config>),
     /// Take no new allocations; keep relaying for the ones there are.
     Drain,
     /// Close everything and return.
@@ -261,6 +263,11 @@ impl Shard {
             loop {
                 match self.control.try_recv() {
                     Ok(Control::Drain) => self.server.begin_drain(),
+                    Ok(Control::Reconfigure(config)) => {
+                        self.server.reconfigure(Instant::now(), &config);
+                        // Routes to newly denied peers leave the kernel before anything else.
+                        self.run_commands();
+                    }
                     Ok(Control::Stop) | Err(mpsc::TryRecvError::Disconnected) => {
                         self.close_streams();
                         self.server.shutdown();
