@@ -83,13 +83,18 @@ impl Session<'_> {
             }
             let transaction_id = message.transaction_id();
             let mut code = None;
+            let mut alternate = None;
             for raw in message.attributes() {
                 match Attribute::decode(raw, &transaction_id) {
                     Ok(Attribute::ErrorCode { code: value, .. }) => code = Some(value),
+                    Ok(Attribute::AlternateServer(address)) => alternate = Some(address),
                     Ok(Attribute::Realm(realm)) => self.realm = realm.to_owned(),
                     Ok(Attribute::Nonce(nonce)) => self.nonce = Some(nonce.to_owned()),
                     _ => {}
                 }
+            }
+            if let (Some(ErrorCode::TRY_ALTERNATE), Some(alternate)) = (code, alternate) {
+                return Err(TryAlternate(alternate).into());
             }
             match code {
                 Some(ErrorCode::UNAUTHORIZED | ErrorCode::STALE_NONCE) if self.nonce.is_some() => {}
@@ -161,8 +166,43 @@ impl Session<'_> {
     }
 }
 
-/// Allocates on `server` from a new socket bound to `bind`, and binds `channel` to `peer`.
+/// A 300 Try Alternate: the server sends the client to another relay (RFC 8489 §10).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TryAlternate(pub SocketAddr);
+
+impl std::fmt::Display for TryAlternate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "300 Try Alternate: {}", self.0)
+    }
+}
+
+impl std::error::Error for TryAlternate {}
+
+/// Allocates on `server` from a new socket bound to `bind`, and binds `channel` to `peer`;
+/// follows up to three 300 Try Alternate redirects (RFC 8489 §10), so the allocation may be on
+/// another relay ([`Allocation::server`] says which).
 pub fn allocate_and_bind(
+    bind: SocketAddr,
+    server: SocketAddr,
+    username: &str,
+    password: &str,
+    peer: SocketAddr,
+    channel: u16,
+) -> Result<Allocation> {
+    let mut server = server;
+    for _ in 0..3 {
+        match allocate_and_bind_once(bind, server, username, password, peer, channel) {
+            Err(error) => match error.downcast_ref::<TryAlternate>() {
+                Some(TryAlternate(alternate)) => server = *alternate,
+                None => return Err(error),
+            },
+            done => return done,
+        }
+    }
+    allocate_and_bind_once(bind, server, username, password, peer, channel)
+}
+
+fn allocate_and_bind_once(
     bind: SocketAddr,
     server: SocketAddr,
     username: &str,

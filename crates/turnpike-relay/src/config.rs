@@ -43,6 +43,9 @@ pub struct Config {
     /// `quotas.allocations_per_user`, so that the per-user quota holds for the whole relay and
     /// does not multiply with the thread count.
     pub shared_user_budget: Option<Arc<UserBudget>>,
+    /// Other relays to send clients to, in turn, when this one is draining or full (300 with
+    /// ALTERNATE-SERVER instead of 508 or 486); empty for none.
+    pub alternate_servers: Vec<core::net::SocketAddr>,
     /// Accept channel numbers 0x4000-0x7FFF, as RFC 5766 did, instead of RFC 8656's
     /// 0x4000-0x4FFF (coturn's `--rfc5766-channel-numbers`): for older clients, coturn's
     /// `turnutils_uclient` among them, that number channels anywhere in the old range. RFC 8656
@@ -445,6 +448,7 @@ impl Config {
             unauthenticated_rate: RateLimit::per_second(100),
             shared_budget: None,
             shared_user_budget: None,
+            alternate_servers: Vec::new(),
             rfc5766_channel_numbers: false,
         }
     }

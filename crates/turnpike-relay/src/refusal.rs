@@ -63,6 +63,9 @@ pub enum Refusal {
     /// Every relayed port is taken, or, for EVEN-PORT with its reserve bit, every even port
     /// whose successor is free (508).
     NoRelayPort,
+    /// Draining or full, and the operator named other relays: the response carries
+    /// ALTERNATE-SERVER (300, RFC 8489 §10).
+    TryAlternate,
 }
 
 impl Refusal {
@@ -91,6 +94,7 @@ impl Refusal {
             Self::BadReservationToken | Self::Draining | Self::NoRelayPort => {
                 ErrorCode::INSUFFICIENT_CAPACITY
             }
+            Self::TryAlternate => ErrorCode::TRY_ALTERNATE,
         }
     }
 
@@ -127,6 +131,7 @@ impl Refusal {
             Self::BadReservationToken => "bad_reservation_token",
             Self::Draining => "draining",
             Self::NoRelayPort => "no_relay_port",
+            Self::TryAlternate => "try_alternate",
         }
     }
 }

@@ -147,3 +147,58 @@ fn nonces_survive_a_reload() {
     assert_eq!(error_code(&response), None, "no 438 after a reload");
     assert_eq!(client.nonce, nonce);
 }
+
+#[test]
+fn a_full_or_draining_relay_sends_allocations_to_its_alternates_in_turn() {
+    let alternates: Vec<std::net::SocketAddr> = vec![
+        "198.51.100.7:3478".parse().unwrap(),
+        "[2001:db8::7]:3478".parse().unwrap(),
+    ];
+    let mut full = config();
+    full.quotas.allocations_total = 1;
+    full.alternate_servers.clone_from(&alternates);
+    let mut harness = Harness::with_config(full);
+    Client::new("203.0.113.5:40000").allocate(&mut harness);
+    let mut seen = Vec::new();
+    for port in 0..3u16 {
+        let mut client = Client::new(&format!("203.0.113.6:{}", 41000 + port));
+        let (response, _) = client.send(
+            &mut harness,
+            Method::Allocate,
+            &[Attribute::RequestedTransport(17)],
+        );
+        assert_eq!(error_code(&response), Some(ErrorCode::TRY_ALTERNATE));
+        let alternate = attributes(&response)
+            .into_iter()
+            .find_map(|attribute| match attribute {
+                Attribute::AlternateServer(address) => Some(address),
+                _ => None,
+            });
+        seen.push(alternate.unwrap());
+    }
+    assert_eq!(seen, [alternates[0], alternates[1], alternates[0]]);
+
+    // Draining: the same, even with room left; without alternates, 508 as before.
+    let mut draining = config();
+    draining.alternate_servers.clone_from(&alternates);
+    let mut harness = Harness::with_config(draining);
+    harness.server.begin_drain();
+    let mut client = Client::new("203.0.113.5:40000");
+    let (response, _) = client.send(
+        &mut harness,
+        Method::Allocate,
+        &[Attribute::RequestedTransport(17)],
+    );
+    assert_eq!(error_code(&response), Some(ErrorCode::TRY_ALTERNATE));
+    let mut harness = Harness::new();
+    harness.server.begin_drain();
+    let (response, _) = client.send(
+        &mut harness,
+        Method::Allocate,
+        &[Attribute::RequestedTransport(17)],
+    );
+    assert_eq!(
+        error_code(&response),
+        Some(ErrorCode::INSUFFICIENT_CAPACITY)
+    );
+}

@@ -157,6 +157,10 @@ pub(crate) struct Options {
     /// An XDP object to load instead of the one built into the binary.
     #[arg(long, env = "TURNPIKE_XDP_PROGRAM")]
     pub(crate) xdp_program: Option<PathBuf>,
+    /// Other relays (address:port) an Allocate is sent to, in turn, with 300 Try Alternate
+    /// when this relay is draining or full, instead of 508 or 486 [default: none].
+    #[arg(long, env = "TURNPIKE_ALTERNATE_SERVERS", value_delimiter = ',')]
+    pub(crate) alternate_servers: Option<Vec<SocketAddr>>,
     /// SOFTWARE attribute for responses to authenticated requests [default: none].
     #[arg(long, env = "TURNPIKE_SOFTWARE")]
     pub(crate) software: Option<String>,
@@ -271,6 +275,7 @@ impl Options {
             xdp_interface,
             xdp_mode,
             xdp_program,
+            alternate_servers,
             software,
             listen_tcp,
             listen_tls,
@@ -737,6 +742,7 @@ impl Settings {
         core.lifetimes = lifetimes;
         core.quotas = quotas;
         core.software = options.software;
+        core.alternate_servers = options.alternate_servers.clone().unwrap_or_default();
         core.rfc5766_channel_numbers = options.rfc5766_channel_numbers;
         if let Some(rate) = options.unauthenticated_rate {
             core.unauthenticated_rate = if rate == 0 {

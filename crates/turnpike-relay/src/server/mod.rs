@@ -127,6 +127,8 @@ pub struct Server<R> {
     limiter: UnauthenticatedLimiter,
     commands: VecDeque<Command>,
     draining: bool,
+    /// The next of `config.alternate_servers` to send a client to.
+    next_alternate: usize,
     /// Every address of the host, from the driver (see `set_host_addresses`).
     host_addresses: std::collections::BTreeSet<IpAddr>,
     stats: Stats,
@@ -175,6 +177,7 @@ impl<R: RngCore> Server<R> {
             commands: VecDeque::new(),
             draining: false,
             host_addresses: std::collections::BTreeSet::new(),
+            next_alternate: 0,
             stats: Stats::default(),
         }
     }
@@ -765,6 +768,9 @@ impl<R: RngCore> Server<R> {
         self.config.software.clone_from(&config.software);
         self.config.offer_sha256 = config.offer_sha256;
         self.config.unauthenticated_rate = config.unauthenticated_rate;
+        self.config
+            .alternate_servers
+            .clone_from(&config.alternate_servers);
         self.limiter.set_limit(config.unauthenticated_rate);
         self.auth.reconfigure(&self.config);
         // Permissions the new policy refuses, in allocation and peer order (both maps are

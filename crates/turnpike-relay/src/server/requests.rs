@@ -166,7 +166,10 @@ impl<R: RngCore> Server<R> {
         let method = message.method();
         let encoded = if unknown.is_empty() {
             let reply = match method {
-                Method::Allocate => self.allocate(now, from, message, &authenticated),
+                Method::Allocate => {
+                    let reply = self.allocate(now, from, message, &authenticated);
+                    self.redirect_when_full(reply)
+                }
                 Method::Refresh => self.refresh(now, from, message, &authenticated),
                 Method::CreatePermission => {
                     self.create_permission(now, from, message, &authenticated)
@@ -368,6 +371,28 @@ impl<R: RngCore> Server<R> {
         requested
             .min(lifetimes.allocation_max)
             .max(lifetimes.allocation_default)
+    }
+
+    /// An Allocate refused because this relay is draining or has no room (the allocation
+    /// quota, no relayed port) goes to the next of the operator's alternate servers instead:
+    /// clients that follow RFC 8489 §10 try there rather than give up.
+    fn redirect_when_full(&mut self, reply: Reply) -> Reply {
+        let Reply::Refused(refused) = &reply else {
+            return reply;
+        };
+        let full = matches!(
+            refused.refusal,
+            Refusal::Draining | Refusal::AllocationQuota | Refusal::NoRelayPort
+        );
+        let count = self.config.alternate_servers.len();
+        if !full || count == 0 {
+            return reply;
+        }
+        let alternate = self.config.alternate_servers[self.next_alternate % count];
+        self.next_alternate = self.next_alternate.wrapping_add(1);
+        Reply::Refused(
+            Refused::new(Refusal::TryAlternate).with(Attribute::AlternateServer(alternate)),
+        )
     }
 
     fn allocate(
