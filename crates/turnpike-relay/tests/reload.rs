@@ -5,6 +5,7 @@
 
 #![expect(
     clippy::unwrap_used,
+    clippy::expect_used,
     reason = "test code, and the harness it shares: a panic is how a test reports a failure"
 )]
 
