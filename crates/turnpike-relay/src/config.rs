@@ -46,6 +46,10 @@ pub struct Config {
     /// Other relays to send clients to, in turn, when this one is draining or full (300 with
     /// ALTERNATE-SERVER instead of 508 or 486); empty for none.
     pub alternate_servers: Vec<core::net::SocketAddr>,
+    /// Nonce keys shared by a fleet: the first signs new nonces, all of them verify (rotation:
+    /// put the new key first and keep the old one for a nonce lifetime). Empty: each server
+    /// draws its own from its RNG, and a client moved to another relay gets one 438 there.
+    pub nonce_keys: Vec<[u8; 32]>,
     /// Accept channel numbers 0x4000-0x7FFF, as RFC 5766 did, instead of RFC 8656's
     /// 0x4000-0x4FFF (coturn's `--rfc5766-channel-numbers`): for older clients, coturn's
     /// `turnutils_uclient` among them, that number channels anywhere in the old range. RFC 8656
@@ -449,6 +453,7 @@ impl Config {
             shared_budget: None,
             shared_user_budget: None,
             alternate_servers: Vec::new(),
+            nonce_keys: Vec::new(),
             rfc5766_channel_numbers: false,
         }
     }

@@ -203,3 +203,42 @@ fn a_full_or_draining_relay_sends_allocations_to_its_alternates_in_turn() {
         Some(ErrorCode::INSUFFICIENT_CAPACITY)
     );
 }
+
+/// Whether a nonce `first` handed out is accepted by `second` straight away (no 401 or 438).
+fn nonce_travels(first_keys: Vec<[u8; 32]>, second_keys: Vec<[u8; 32]>) -> bool {
+    let with_keys = |keys: Vec<[u8; 32]>| {
+        let mut config = config();
+        config.nonce_keys = keys;
+        config
+    };
+    // Different seeds: without shared keys the two would draw different nonce secrets.
+    let mut first = Harness::with_seed(with_keys(first_keys), 1);
+    let mut second = Harness::with_seed(with_keys(second_keys), 2);
+    let mut client = Client::new("203.0.113.5:40000");
+    client.handshake(&mut first);
+    let request = client.request(Method::Allocate, &[Attribute::RequestedTransport(17)]);
+    let (_, commands) = second.from_client(client.five_tuple, &request);
+    error_code(&only_response(&commands)).is_none()
+}
+
+#[test]
+fn a_fleet_sharing_nonce_keys_accepts_each_others_nonces_through_a_rotation() {
+    let (old, new) = ([1u8; 32], [2u8; 32]);
+    assert!(
+        !nonce_travels(vec![], vec![]),
+        "own random keys do not travel"
+    );
+    assert!(nonce_travels(vec![old], vec![old]));
+    // Rotation in three steps, each rolled out to the whole fleet before the next: add the new
+    // key second (verify only), move it first (sign), drop the old one. During each roll-out,
+    // relays of both steps accept each other's nonces.
+    assert!(nonce_travels(vec![old], vec![old, new]));
+    assert!(nonce_travels(vec![old, new], vec![new, old]));
+    assert!(nonce_travels(vec![new, old], vec![old, new]));
+    assert!(nonce_travels(vec![new, old], vec![new]));
+    // Skipping the first step is what the steps are for.
+    assert!(
+        !nonce_travels(vec![new], vec![old]),
+        "a key left out no longer verifies"
+    );
+}

@@ -13,6 +13,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail, ensure};
 use clap::{Parser, ValueEnum};
 use serde::Deserialize;
+use sha2::Digest as _;
 use turnpike_relay::auth::credentials::{CredentialStore, Password, SharedSecret};
 use turnpike_relay::policy::{BuiltinDenials, Cidr, PeerDenied, PeerPolicy};
 use turnpike_relay::{Config, Lifetimes, Quotas, RateLimit};
@@ -84,6 +85,13 @@ pub(crate) struct Options {
     /// File with static users, one `username:password` per line.
     #[arg(long, env = "TURNPIKE_USERS_FILE")]
     pub(crate) users_file: Option<PathBuf>,
+    /// File with nonce keys shared by a fleet behind one name, one per line (at least 16
+    /// characters each): the first signs nonces, every line verifies them, so a client moved
+    /// between relays keeps its nonce. Rotate in three reloads: add the new key as the second
+    /// line everywhere, then make it the first, then drop the old one [default: a random key
+    /// per relay thread].
+    #[arg(long, env = "TURNPIKE_NONCE_KEY_FILE")]
+    pub(crate) nonce_key_file: Option<PathBuf>,
     /// File with the Firezone-scheme secret. Also TURNPIKE_FIREZONE_SECRET.
     #[arg(long, env = "TURNPIKE_FIREZONE_SECRET_FILE")]
     pub(crate) firezone_secret_file: Option<PathBuf>,
@@ -254,6 +262,7 @@ impl Options {
             secrets_file,
             users_file,
             firezone_secret_file,
+            nonce_key_file,
             allow_peers,
             deny_peers,
             max_allocations,
@@ -742,6 +751,24 @@ impl Settings {
         core.lifetimes = lifetimes;
         core.quotas = quotas;
         core.software = options.software;
+        if let Some(path) = &options.nonce_key_file {
+            let lines = read_lines(path, "nonce-key-file")?;
+            ensure!(
+                !lines.is_empty(),
+                "nonce-key-file: {} holds no key",
+                path.display()
+            );
+            for (number, line) in lines.iter().enumerate() {
+                ensure!(
+                    line.len() >= 16,
+                    "nonce-key-file: line {} is shorter than 16 characters",
+                    number + 1
+                );
+                // Any text of the operator's becomes a 32-byte key.
+                core.nonce_keys
+                    .push(sha2::Sha256::digest(line.as_bytes()).into());
+            }
+        }
         core.alternate_servers = options.alternate_servers.clone().unwrap_or_default();
         core.rfc5766_channel_numbers = options.rfc5766_channel_numbers;
         if let Some(rate) = options.unauthenticated_rate {
@@ -1010,6 +1037,25 @@ mod tests {
                 .to_string();
             assert!(error.contains("relay-ip"), "{bad}: {error}");
         }
+    }
+
+    #[test]
+    fn nonce_keys_come_from_their_file_and_short_ones_are_refused() {
+        let dir = std::env::temp_dir().join(format!("turnpike-nonce-keys-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("keys");
+        std::fs::write(&file, "a shared fleet key\nthe previous fleet key\n").unwrap();
+        let path = file.display().to_string();
+        let loaded = settings(&["--dev", "--nonce-key-file", &path]).unwrap();
+        assert_eq!(loaded.core.nonce_keys.len(), 2);
+        assert_ne!(loaded.core.nonce_keys[0], loaded.core.nonce_keys[1]);
+        std::fs::write(&file, "short\n").unwrap();
+        let error = settings(&["--dev", "--nonce-key-file", &path])
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("nonce-key-file"), "{error}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

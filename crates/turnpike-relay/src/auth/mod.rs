@@ -103,8 +103,7 @@ impl Authenticator {
         if config.credentials.supports_userhash() {
             features = features.union(SecurityFeatures::USERNAME_ANONYMITY);
         }
-        let nonces = StatelessNonces::new(NonceSecret::from_bytes(nonce_secret))
-            .with_lifetime(config.lifetimes.nonce);
+        let nonces = Self::nonces(config, nonce_secret);
         Self {
             credentials: config
                 .credentials
@@ -119,10 +118,27 @@ impl Authenticator {
     /// nonce secret: nonces already handed out stay valid, so no client is sent round a 438 by
     /// a reload.
     pub(crate) fn reconfigure(&mut self, config: &Config) {
-        let nonces = self.nonces.clone().with_lifetime(config.lifetimes.nonce);
+        // Shared keys are the configuration's; a server's own random key stays.
+        let nonces = if config.nonce_keys.is_empty() {
+            self.nonces.clone().with_lifetime(config.lifetimes.nonce)
+        } else {
+            Self::nonces(config, [0; 32])
+        };
         let mut replacement = Self::new(config, [0; 32]);
         replacement.nonces = nonces;
         *self = replacement;
+    }
+
+    /// The nonce issuer: the configured shared keys (the first issues, all verify), else
+    /// `own_secret`.
+    fn nonces(config: &Config, own_secret: [u8; 32]) -> StatelessNonces {
+        let mut keys = config.nonce_keys.iter().copied();
+        let mut nonces =
+            StatelessNonces::new(NonceSecret::from_bytes(keys.next().unwrap_or(own_secret)));
+        for previous in keys {
+            nonces = nonces.with_previous_secret(NonceSecret::from_bytes(previous));
+        }
+        nonces.with_lifetime(config.lifetimes.nonce)
     }
 
     pub(crate) fn realm(&self) -> &str {
