@@ -28,6 +28,8 @@ pub(crate) struct Snapshot {
     pub(crate) kernel: Option<Counters>,
     pub(crate) draining: bool,
     pub(crate) ready: bool,
+    /// Configuration reloads so far: (applied, refused).
+    pub(crate) reloads: (u64, u64),
 }
 
 impl Snapshot {
@@ -46,6 +48,7 @@ impl Snapshot {
             kernel,
             draining: shared.draining.load(std::sync::atomic::Ordering::Relaxed),
             ready: shared.is_ready(),
+            reloads: shared.reloads(),
         }
     }
 
@@ -323,6 +326,13 @@ struct Kernel {
     map_errors: u64,
 }
 
+/// Configuration reloads (SIGHUP, `POST /reload`) by result.
+#[derive(Debug, Serialize)]
+struct Reloads {
+    success: u64,
+    failure: u64,
+}
+
 #[derive(Debug, Serialize)]
 struct HistoryJson {
     interval_seconds: u64,
@@ -352,6 +362,7 @@ pub(crate) struct Status {
     hairpinned_packets: u64,
     retransmissions: u64,
     excluded_ports: usize,
+    reloads: Reloads,
     streams: Streams,
     threads: Vec<Thread>,
     kernel: Option<Kernel>,
@@ -461,6 +472,10 @@ impl Status {
             hairpinned_packets: stats.hairpinned,
             retransmissions: stats.retransmissions,
             excluded_ports: total.excluded_ports,
+            reloads: Reloads {
+                success: snapshot.reloads.0,
+                failure: snapshot.reloads.1,
+            },
             streams: Streams::of(&total.streams),
             threads: snapshot
                 .shards

@@ -130,6 +130,15 @@ fn status_as_series(status: &Value) -> BTreeMap<String, f64> {
             );
         }
     }
+    for result in ["success", "failure"] {
+        out.insert(
+            label_series(
+                "turnpike_config_reload_total",
+                &[("result", result.to_owned())],
+            ),
+            number(&status["reloads"][result]),
+        );
+    }
     let streams = &status["streams"];
     for transport in streams["transports"].as_array().unwrap() {
         let labels = [("transport", text(&transport["transport"]))];
