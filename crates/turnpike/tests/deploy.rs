@@ -608,6 +608,10 @@ fn the_example_configuration_has_every_key_and_the_relay_accepts_it() {
             temporary_file("token", "example-admin-token-0123\n"),
         ),
         (
+            "nonce-key-file",
+            temporary_file("nonce-keys", "example-nonce-key-0123456789\n"),
+        ),
+        (
             "tls-cert",
             temporary_file("cert.pem", &certified.cert.pem()),
         ),
