@@ -169,6 +169,14 @@ pub(crate) struct Options {
     /// when this relay is draining or full, instead of 508 or 486 [default: none].
     #[arg(long, env = "TURNPIKE_ALTERNATE_SERVERS", value_delimiter = ',')]
     pub(crate) alternate_servers: Option<Vec<SocketAddr>>,
+    /// Report panics and errors to Sentry at this DSN (also SENTRY_DSN); nothing is sent
+    /// otherwise. Starting never needs the network: the host is resolved when an event is sent
+    /// [default: off].
+    #[arg(long, env = "SENTRY_DSN")]
+    pub(crate) sentry_dsn: Option<String>,
+    /// The name this relay reports under [default: the host name].
+    #[arg(long, env = "TURNPIKE_RELAY_ID")]
+    pub(crate) relay_id: Option<String>,
     /// SOFTWARE attribute for responses to authenticated requests [default: none].
     #[arg(long, env = "TURNPIKE_SOFTWARE")]
     pub(crate) software: Option<String>,
@@ -285,6 +293,8 @@ impl Options {
             xdp_mode,
             xdp_program,
             alternate_servers,
+            sentry_dsn,
+            relay_id,
             software,
             listen_tcp,
             listen_tls,
@@ -322,6 +332,9 @@ pub(crate) struct Settings {
     pub(crate) xdp: Option<XdpSettings>,
     /// TURN over TCP and TLS.
     pub(crate) streams: StreamSettings,
+    /// Error reporting, when on.
+    pub(crate) sentry_dsn: Option<String>,
+    pub(crate) relay_id: String,
     /// The core's configuration; each relay thread gets a copy with its share of the ports.
     pub(crate) core: Config,
 }
@@ -837,6 +850,14 @@ impl Settings {
                 program: options.xdp_program,
             }),
             streams,
+            sentry_dsn: options
+                .sentry_dsn
+                .clone()
+                .filter(|dsn| !dsn.trim().is_empty()),
+            relay_id: options
+                .relay_id
+                .clone()
+                .unwrap_or_else(crate::telemetry::default_relay_id),
             core,
         })
     }

@@ -39,6 +39,7 @@ pub(crate) fn init(level: &str, format: LogFormat) -> Result<LogControl> {
     };
     tracing_subscriber::registry()
         .with(output.with_filter(filter))
+        .with(crate::telemetry::layer())
         .try_init()
         .context("logging already set up")?;
     Ok(LogControl {

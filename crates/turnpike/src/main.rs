@@ -20,6 +20,7 @@ mod shard;
 mod status;
 mod steer;
 mod stream;
+mod telemetry;
 mod tls;
 mod xdp;
 
@@ -35,6 +36,11 @@ use crate::shard::{ShardPlan, ShardSockets};
 
 fn main() -> Result<()> {
     let settings = Settings::from_options(Options::load()?)?;
+    // Before logging, so the tracing layer finds the client; parsing the DSN is all it does.
+    let _telemetry = match &settings.sentry_dsn {
+        Some(dsn) => Some(telemetry::init(dsn, &settings.relay_id)?),
+        None => None,
+    };
     let log = logging::init(&settings.log_level, settings.log_format)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
