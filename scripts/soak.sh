@@ -9,8 +9,8 @@
 # --allocations SOAK_CHURN_ALLOCATIONS (default 88) --duration 1`: each run allocates, creates a
 # permission and binds a channel per allocation, relays round trips for a second and deletes its
 # allocations, so the relay holds 400-444 allocations most of the time. A steady
-# `turnpike-load run` (4 allocations, 200 round trips/s) relays from before the churn until
-# after it.
+# `turnpike-load run` (4 allocations, 200 round trips/s; consecutive runs of 240 s, as it does
+# not refresh permissions) relays from before the churn until after it.
 #
 # Printed at start (steady load only), ten times during the churn (the fifth is its middle, the
 # last its end), right after it, every 15 s while idle and once settled (SOAK_SETTLE seconds
@@ -22,8 +22,8 @@
 #     max(4 MiB, 15 %): a leak, as opposed to the working set, which is reached in a minute;
 #   - settled, open descriptors exceed their start value by more than 2;
 #   - settled, allocations, permissions or channels are not back to the steady load's own;
-#   - the steady load lost more than its window (16 datagrams) plus 0.1 % of what it sent, got a
-#     malformed datagram or failed;
+#   - the steady load lost more than its window (16 datagrams) per run plus 0.1 % of what it
+#     sent, got a malformed datagram or failed;
 #   - more than 1 % of the churn runs failed, or the relay logged an error.
 #
 # SOAK_PROFILE=debug uses the debug build; scripts/test.sh runs `SOAK_SETTLE=42 soak.sh 10`
@@ -73,6 +73,9 @@ steady_pid=
 cleanup() {
     local pid
     touch "$work/stop" 2>/dev/null || true
+    # The churners and the steady load are subshells: their children (timeout, which passes the
+    # signal on to turnpike-load) first, by parent PID.
+    for pid in "${pids[@]}" $steady_pid; do pkill -TERM -P "$pid" 2>/dev/null || true; done
     for pid in "${pids[@]}" $steady_pid $relay_pid; do kill "$pid" 2>/dev/null || true; done
     wait 2>/dev/null || true
     tp_netns_down
@@ -143,11 +146,25 @@ done
 ip netns exec "$TP_RELAY" curl -s --max-time 1 "$admin/readyz" 2>/dev/null | grep -q ready ||
     { echo "soak: the relay did not start:" >&2; cat "$work/relay.log" >&2; exit 1; }
 
-# The steady load: from before the churn until well after it.
+# The steady load: from before the churn until well after it, in consecutive runs of at most
+# 240 s. turnpike-load never refreshes its permissions, which last 300 s (RFC 8656 §9): a longer
+# run loses all its traffic from then on (the first full soak did: docs/soak.md).
 steady_seconds=$((seconds + settle + 15))
-ip netns exec "$TP_CLIENT" "$bin/turnpike-load" run --server "$TP_RELAY_IP:3478" --peer "$TP_PEER_IP:9000" \
-    --secret "$secret" --allocations "$steady_allocations" --window "$steady_window" --rate "$steady_rate" \
-    --duration "$steady_seconds" --json "$work/steady.json" >/dev/null 2>"$work/steady.log" &
+steady_segment=240
+steady() {
+    local segment=0 left=$steady_seconds length failed=0
+    while [[ $left -gt 0 ]]; do
+        segment=$((segment + 1))
+        length=$((left < steady_segment ? left : steady_segment))
+        timeout $((length + 60)) ip netns exec "$TP_CLIENT" "$bin/turnpike-load" run --server "$TP_RELAY_IP:3478" \
+            --peer "$TP_PEER_IP:9000" --secret "$secret" --allocations "$steady_allocations" --window "$steady_window" \
+            --rate "$steady_rate" --duration "$length" --json "$work/steady$segment.json" \
+            >/dev/null 2>"$work/steady$segment.log" || failed=$((failed + 1))
+        left=$((left - length))
+    done
+    echo "$segment $failed" >"$work/steady.done"
+}
+steady &
 steady_pid=$!
 started=$SECONDS
 for _ in $(seq 1 100); do
@@ -220,19 +237,25 @@ rss_end=$(field end rss_kib)
 max_rss_end=$((rss_middle + (rss_middle * 15 / 100 > 4096 ? rss_middle * 15 / 100 : 4096)))
 
 # The steady load ends by itself; bounded by its duration plus a margin.
-for _ in $(seq 1 $((steady_seconds * 10 + 300))); do
+for _ in $(seq 1 $((steady_seconds * 10 + 1200))); do
     kill -0 "$steady_pid" 2>/dev/null || break
     sleep 0.1
 done
-steady_status=0
-wait "$steady_pid" || steady_status=$?
+wait "$steady_pid" || true
 steady_pid=
-summary=$(cat "$work/steady.json" 2>/dev/null || echo '{}')
-sent=$(sed -n 's/.*"sent":\([0-9]*\).*/\1/p' <<<"$summary")
-received=$(sed -n 's/.*"received":\([0-9]*\).*/\1/p' <<<"$summary")
-malformed=$(sed -n 's/.*"malformed":\([0-9]*\).*/\1/p' <<<"$summary")
-lost=$((${sent:-0} - ${received:-0}))
-max_lost=$((steady_allocations * steady_window + ${sent:-0} / 1000))
+read -r segments steady_failed <"$work/steady.done" || { segments=0; steady_failed=1; }
+steady_status=$steady_failed
+sent=0
+received=0
+malformed=0
+for summary_file in "$work"/steady*.json; do
+    summary=$(cat "$summary_file")
+    sent=$((sent + $(sed -n 's/.*"sent":\([0-9]*\).*/\1/p' <<<"$summary")))
+    received=$((received + $(sed -n 's/.*"received":\([0-9]*\).*/\1/p' <<<"$summary")))
+    malformed=$((malformed + $(sed -n 's/.*"malformed":\([0-9]*\).*/\1/p' <<<"$summary")))
+done
+lost=$((sent - received))
+max_lost=$((segments * steady_allocations * steady_window + sent / 1000))
 
 runs=0
 failures=0
@@ -251,8 +274,8 @@ allocated=$(metric 'turnpike_responses_total{method="allocate",code="0"}')
 echo
 echo "churn: $churn_seconds s, $churners processes x $churn_allocations allocations per run, $runs runs ($failures failed)," \
     "$allocated allocations made, $refused refused"
-echo "steady load: $steady_allocations allocations, $steady_rate round trips/s for $steady_seconds s:" \
-    "sent ${sent:-?}, received ${received:-?}, lost $lost (bound $max_lost), malformed ${malformed:-?}, exit $steady_status"
+echo "steady load: $steady_allocations allocations, $steady_rate round trips/s for $steady_seconds s in $segments runs:" \
+    "sent ${sent:-?}, received ${received:-?}, lost $lost (bound $max_lost), malformed ${malformed:-?}, failed runs $steady_status"
 echo "relay: socket errors $socket_errors, errors logged $errors"
 echo "VmRSS: start $rss_start KiB, middle $rss_middle KiB, end $rss_end KiB (bound $max_rss_end KiB from 300 s of churn)," \
     "settled $rss_after KiB (bound $max_rss KiB); descriptors: start $fds_start, settled $fds_after (bound $((fds_start + 2)))"
@@ -271,7 +294,7 @@ for gauge in allocations permissions channels; do
     [[ $(field settled "$gauge") -le $(field start "$gauge") ]] ||
         fail "$gauge left after the churn: $(field settled "$gauge") > $(field start "$gauge")"
 done
-[[ $steady_status -eq 0 && -n ${sent:-} ]] || fail "the steady load failed: $(tail -n 3 "$work/steady.log")"
+[[ $steady_status -eq 0 && $sent -gt 0 ]] || fail "the steady load failed: $(tail -n 3 "$work"/steady*.log)"
 [[ $lost -le $max_lost ]] || fail "the steady load lost $lost round trips (bound $max_lost)"
 [[ ${malformed:-1} -eq 0 ]] || fail "the steady load got $malformed malformed datagrams"
 [[ $runs -gt 0 && $((failures * 100)) -le $runs ]] ||
