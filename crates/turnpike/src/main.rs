@@ -24,6 +24,7 @@ mod telemetry;
 mod tls;
 mod xdp;
 
+use std::os::fd::AsRawFd as _;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -121,6 +122,7 @@ async fn run(mut settings: Settings, log: logging::LogControl) -> Result<()> {
     };
     let streams = Arc::new(stream::StreamShared {
         limits: settings.streams.limits,
+        channel_range: settings.core.channel_range(),
         limiter: Arc::new(stream::ConnectionLimiter::new(&settings.streams.limits)),
         tls: tls.clone(),
     });
@@ -164,8 +166,17 @@ async fn run(mut settings: Settings, log: logging::LogControl) -> Result<()> {
         bound.push(ShardSockets::bind(plan)?);
     }
     // One source address, one thread: per-source limits then hold for the whole relay.
+    // TCP and TLS too: a connection's allocation, and a reservation it made, live in the thread
+    // that accepted it, so a client's connections should meet the same thread.
     if let Some(first) = bound.first() {
-        for (address, socket) in first.listeners() {
+        let udp = first
+            .listeners()
+            .map(|(address, socket)| (*address, socket.as_raw_fd()));
+        let streams = first
+            .stream_listeners()
+            .map(|listener| listener.address_and_socket())
+            .map(|(address, socket)| (address, socket.as_raw_fd()));
+        for (address, socket) in udp.chain(streams) {
             let family = turnpike_proto::AddressFamily::of(address.ip());
             if let Err(error) = steer::by_source(socket, family, settings.threads) {
                 tracing::warn!(

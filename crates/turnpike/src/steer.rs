@@ -16,8 +16,7 @@
 //! that assemble classic BPF do not offer the negative "network header" offsets it needs.
 
 use std::io;
-use std::net::UdpSocket;
-use std::os::fd::AsRawFd;
+use std::os::fd::RawFd;
 
 use turnpike_proto::AddressFamily;
 
@@ -67,12 +66,9 @@ fn program(family: AddressFamily, threads: u32) -> Vec<libc::sock_filter> {
     program
 }
 
-/// Attaches the steering program to the `SO_REUSEPORT` group `socket` belongs to.
-pub(crate) fn by_source(
-    socket: &UdpSocket,
-    family: AddressFamily,
-    threads: usize,
-) -> io::Result<()> {
+/// Attaches the steering program to the `SO_REUSEPORT` group `socket` (UDP, or a TCP listener,
+/// where the program picks the thread for each connection from its first segment) belongs to.
+pub(crate) fn by_source(socket: RawFd, family: AddressFamily, threads: usize) -> io::Result<()> {
     let threads = u32::try_from(threads).unwrap_or(u32::MAX);
     let mut filter = program(family, threads);
     let fprog = libc::sock_fprog {
@@ -83,7 +79,7 @@ pub(crate) fn by_source(
     // program and keeps no pointer to it. The option length is that of `sock_fprog`.
     let result = unsafe {
         libc::setsockopt(
-            socket.as_raw_fd(),
+            socket,
             libc::SOL_SOCKET,
             libc::SO_ATTACH_REUSEPORT_CBPF,
             std::ptr::from_ref(&fprog).cast(),

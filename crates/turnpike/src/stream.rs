@@ -182,6 +182,9 @@ fn source_key(ip: IpAddr) -> IpAddr {
 #[derive(Debug)]
 pub(crate) struct StreamShared {
     pub(crate) limits: StreamLimits,
+    /// The channel numbers a frame may carry (RFC 5766's wider range with
+    /// `--rfc5766-channel-numbers`).
+    pub(crate) channel_range: turnpike_proto::ChannelRange,
     pub(crate) limiter: Arc<ConnectionLimiter>,
     pub(crate) tls: Option<Arc<TlsCertificates>>,
 }
@@ -189,6 +192,7 @@ pub(crate) struct StreamShared {
 /// A listening socket of one thread, bound before the thread starts.
 #[derive(Debug)]
 pub(crate) struct StreamListener {
+    address: SocketAddr,
     socket: TcpListener,
     /// Whether TLS is spoken here (and plain TCP told apart by its first byte).
     tls: bool,
@@ -214,9 +218,17 @@ impl StreamListener {
             .listen(1024)
             .with_context(|| format!("{setting}: cannot listen on {address}"))?;
         Ok(Self {
+            address,
             socket: TcpListener::from_std(socket.into()),
             tls,
         })
+    }
+}
+
+impl StreamListener {
+    /// The address it listens on and its socket, for steering (`steer.rs`).
+    pub(crate) fn address_and_socket(&self) -> (SocketAddr, &TcpListener) {
+        (self.address, &self.socket)
     }
 }
 
@@ -477,7 +489,8 @@ impl Streams {
             phase: if tls { Phase::Detecting } else { Phase::Plain },
             client,
             local,
-            decoder: StreamDecoder::new(self.shared.limits.max_message),
+            decoder: StreamDecoder::new(self.shared.limits.max_message)
+                .with_channel_range(self.shared.channel_range),
             out: Vec::new(),
             out_start: 0,
             accepted_at: cx.now,

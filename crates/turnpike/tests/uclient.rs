@@ -392,3 +392,23 @@ fn extra_requests_and_padded_channel_data() {
 fn extra_requests_and_padded_channel_data_between_clients_over_ipv6() {
     client_to_client("::1", &["-G", "-D", "-n", "20"]);
 }
+
+// Over TCP and TLS: each connection may land on any thread, which steering by source address
+// (`steer.rs`) keeps on one, so an EVEN-PORT reservation made on one connection is found by the
+// next; and the stream framing takes RFC 5766's channel numbers when the relay does.
+
+#[test]
+fn channels_and_even_port_pairs_over_tcp_with_several_threads() {
+    let (relay, output) = to_peer(
+        &[RFC5766_CHANNELS, "--threads=4"],
+        "127.0.0.1",
+        "127.0.0.1",
+        &["-t", "-n", "30", "-m", "2"],
+    );
+    assert!(assert_even_port_pairs(&output) >= 1, "{output}");
+    relay.metric_until(
+        "turnpike_responses_total{method=\"channel_bind\",code=\"0\"}",
+        |count| count >= 2,
+    );
+    assert_nothing_refused_by_mistake(&relay);
+}

@@ -210,6 +210,11 @@ impl ShardSockets {
         self.excluded.len()
     }
 
+    /// The TCP and TLS listening sockets.
+    pub(crate) fn stream_listeners(&self) -> impl Iterator<Item = &StreamListener> {
+        self.stream_listeners.iter()
+    }
+
     /// The UDP listening sockets, in the order of `--listen`.
     pub(crate) fn listeners(&self) -> impl Iterator<Item = &(SocketAddr, UdpSocket)> {
         self.listeners.iter()
