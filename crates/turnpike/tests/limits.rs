@@ -218,7 +218,7 @@ fn a_flood_of_malformed_datagrams_costs_a_live_allocation_no_round_trip() {
                     let _ = socket.send_to(shape, server);
                     sent += 1;
                 }
-                if sent % 1000 == 0 {
+                if sent.is_multiple_of(1000) {
                     let due = Duration::from_micros(sent * 33);
                     if let Some(ahead) = due.checked_sub(started.elapsed()) {
                         std::thread::sleep(ahead);
