@@ -1,4 +1,5 @@
-//! Steering of UDP clients to relay threads by source address.
+//! Steering of clients to relay threads by source address, for UDP listeners and TCP/TLS
+//! listeners alike (on TCP the program picks the thread for each new connection).
 //!
 //! Every relay thread binds the listening addresses with `SO_REUSEPORT`, and by default the
 //! kernel picks a thread by hashing the whole 4-tuple: two source ports of one host land on

@@ -5,7 +5,7 @@
 //! The core is a single-threaded state machine, so the relay runs one per thread and splits the
 //! work so that no state is shared: every thread binds the listening addresses with
 //! `SO_REUSEPORT`, and the kernel steers each client's source address to one of those sockets
-//! (`steer.rs`; TCP and TLS connections by the kernel's hash, `stream.rs`), so a client always
+//! (`steer.rs`; TCP and TLS connections too, `stream.rs`), so a client always
 //! reaches the same thread; the relayed port range is split into one contiguous block per
 //! thread, so a peer's datagram reaches the thread that owns the allocation. Nothing is locked
 //! on the data path (the allocation quotas are budgets the threads share, taken only when an
