@@ -297,9 +297,9 @@ impl Drop for Reaper {
     }
 }
 
-// coturn's client numbers channels anywhere in 0x4000-0x7FFF (RFC 5766); RFC 8656 keeps
-// 0x5000-0x7FFF for other protocols and this relay refuses them, so these runs use Send and
-// Data indications (-s) and no RTCP port reservation (-c).
+// These runs exercise Send and Data indications (-s) without the RTCP port reservation (-c);
+// every other mode of coturn's client, RFC 5766 channel numbers and EVEN-PORT pairs included, is
+// in tests/uclient.rs.
 
 #[test]
 fn coturn_client_relays_with_send_and_data_indications_over_ipv4() {
@@ -363,10 +363,9 @@ fn coturn_client_gets_an_ipv6_relayed_address_over_ipv6() {
 
 #[test]
 fn coturn_client_gets_a_dual_stack_allocation() {
-    // In dual mode uclient draws, per run, ADDITIONAL-ADDRESS-FAMILY IPv6, IPv4 or nothing, and
-    // then refreshes the IPv6 family whatever it got; the relay rightly answers 400 to the
-    // second (RFC 8656 §7.2) and 443 to the refresh of a family it never allocated (§7.3). So:
-    // run until a draw asks for a dual allocation, which then must relay without loss.
+    // In dual mode uclient asks with the draft's ADDITIONAL-ADDRESS-FAMILY code point (0x8032),
+    // which the relay takes as RFC 8656's; a run must get its dual allocation and relay without
+    // loss (the loop only guards against a rare draw of no family at all).
     let relay = Relay::start(&[]);
     let peer_port = relay.peer_port;
     let _peer = Reaper(coturn_peer("127.0.0.1", peer_port));
