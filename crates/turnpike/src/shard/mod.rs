@@ -20,8 +20,8 @@
 //! therefore gets at most one batch per round while every other ready socket also gets one: no
 //! allocation starves, whatever the load on its neighbours.
 
-use std::collections::{HashMap, VecDeque};
-use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::collections::VecDeque;
+use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::os::fd::AsRawFd;
 use std::sync::{Arc, mpsc};
@@ -45,7 +45,7 @@ mod sockets;
 
 pub(crate) use commands::execute_commands;
 use commands::queue_forward;
-use sockets::RelaySlots;
+use sockets::OwnedSockets;
 pub(crate) use sockets::{ShardSockets, Sockets, dual_stack_relays};
 
 /// How often a thread reads the host's addresses again (they come and go: DHCP, SLAAC, an
@@ -96,13 +96,9 @@ pub(crate) struct ShardPlan {
 /// Tokens: listeners first, then relay slots.
 struct Shard {
     index: usize,
-    kernel: Option<Arc<XdpRelay>>,
     server: Server<StdRng>,
     poll: Poll,
-    listeners: Vec<(SocketAddr, UdpSocket)>,
-    listener_by_address: HashMap<SocketAddr, usize>,
-    relays: Vec<Option<UdpSocket>>,
-    slots: RelaySlots,
+    sockets: OwnedSockets,
     ready: VecDeque<usize>,
     queued: Vec<bool>,
     recv: RecvBatch,
@@ -225,13 +221,15 @@ fn run(
     let tokens = listeners.len() + relays.len();
     let mut shard = Shard {
         index: plan.index,
-        kernel: plan.kernel.clone(),
         server,
         poll,
-        listeners,
-        listener_by_address,
-        relays,
-        slots,
+        sockets: OwnedSockets {
+            kernel: plan.kernel.clone(),
+            listeners,
+            by_address: listener_by_address,
+            relays,
+            slots,
+        },
         ready: VecDeque::new(),
         queued: vec![false; tokens],
         recv: RecvBatch::with_capacity(RECEIVE_POOL),
@@ -359,13 +357,7 @@ impl Shard {
     /// Serves the stream events of the last poll and what was left from earlier rounds, closes
     /// connections whose timers ran out, and writes what is queued for stream clients.
     fn serve_streams(&mut self, now: Instant) {
-        let sockets = Sockets {
-            kernel: self.kernel.as_deref(),
-            listeners: &self.listeners,
-            by_address: &self.listener_by_address,
-            relays: &self.relays,
-            slots: self.slots,
-        };
+        let sockets = self.sockets.view();
         let registry = self.poll.registry();
         let mut cx = stream::StreamContext {
             now,
@@ -382,13 +374,7 @@ impl Shard {
     }
 
     fn close_streams(&mut self) {
-        let sockets = Sockets {
-            kernel: self.kernel.as_deref(),
-            listeners: &self.listeners,
-            by_address: &self.listener_by_address,
-            relays: &self.relays,
-            slots: self.slots,
-        };
+        let sockets = self.sockets.view();
         let mut cx = stream::StreamContext {
             now: Instant::now(),
             server: &mut self.server,
@@ -410,15 +396,15 @@ impl Shard {
     /// Receives one batch from the socket behind `token` and relays it. Returns whether the
     /// batch was full, i.e. more may be waiting.
     fn serve(&mut self, token: usize, now: Instant) -> bool {
-        let listener_count = self.listeners.len();
+        let listener_count = self.sockets.listeners.len();
         let (fd, relay) = if token < listener_count {
-            (self.listeners[token].1.as_raw_fd(), None)
+            (self.sockets.listeners[token].1.as_raw_fd(), None)
         } else {
             let slot = token - listener_count;
-            let Some(socket) = self.relays.get(slot).and_then(Option::as_ref) else {
+            let Some(socket) = self.sockets.relays.get(slot).and_then(Option::as_ref) else {
                 return false;
             };
-            (socket.as_raw_fd(), Some(self.slots.socket(slot)))
+            (socket.as_raw_fd(), Some(self.sockets.slots.socket(slot)))
         };
         if self.recv.free() < udp::BATCH {
             self.flush();
@@ -432,13 +418,7 @@ impl Shard {
                 return false;
             }
         };
-        let sockets = Sockets {
-            kernel: self.kernel.as_deref(),
-            listeners: &self.listeners,
-            by_address: &self.listener_by_address,
-            relays: &self.relays,
-            slots: self.slots,
-        };
+        let sockets = self.sockets.view();
         let count = received.len();
         for index in received {
             let Some(received) = self.recv.get(index) else {
@@ -452,7 +432,7 @@ impl Shard {
             let forward = match relay {
                 // A dual-stack relayed socket: the family is the peer's, which arrives
                 // IPv4-mapped when it is IPv4.
-                Some(relay) if self.slots.dual_stack() => {
+                Some(relay) if self.sockets.slots.dual_stack() => {
                     let from = SocketAddr::new(from.ip().to_canonical(), from.port());
                     let relay = RelaySocket {
                         port: relay.port,
@@ -502,13 +482,7 @@ impl Shard {
     }
 
     fn run_commands(&mut self) {
-        let sockets = Sockets {
-            kernel: self.kernel.as_deref(),
-            listeners: &self.listeners,
-            by_address: &self.listener_by_address,
-            relays: &self.relays,
-            slots: self.slots,
-        };
+        let sockets = self.sockets.view();
         execute_commands(
             &sockets,
             &mut self.streams,

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use turnpike_io as udp;
@@ -218,6 +219,30 @@ impl ShardSockets {
     /// The UDP listening sockets, in the order of `--listen`.
     pub(crate) fn listeners(&self) -> impl Iterator<Item = &(SocketAddr, UdpSocket)> {
         self.listeners.iter()
+    }
+}
+
+/// The sockets a relay thread owns for its whole life, and the kernel program it keeps in step.
+pub(super) struct OwnedSockets {
+    pub(super) kernel: Option<Arc<XdpRelay>>,
+    pub(super) listeners: Vec<(SocketAddr, UdpSocket)>,
+    pub(super) by_address: HashMap<SocketAddr, usize>,
+    /// Indexed by [`RelaySlots`].
+    pub(super) relays: Vec<Option<UdpSocket>>,
+    pub(super) slots: RelaySlots,
+}
+
+impl OwnedSockets {
+    /// The view the loop and the command execution send through; it borrows only these
+    /// sockets, so the core and the counters stay free to change beside it.
+    pub(super) fn view(&self) -> Sockets<'_> {
+        Sockets {
+            kernel: self.kernel.as_deref(),
+            listeners: &self.listeners,
+            by_address: &self.by_address,
+            relays: &self.relays,
+            slots: self.slots,
+        }
     }
 }
 
