@@ -16,8 +16,8 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, ClientConnection, StreamOwned};
 use turnpike_proto::{
-    Attribute, AttributeType, Class, ErrorCode, Message, MessageEncoder, MessageType, Method,
-    StreamDecoder, TransactionId, channel_data_padding,
+    Attribute, AttributeType, Class, Message, MessageEncoder, MessageType, Method, StreamDecoder,
+    TransactionId, channel_data_padding,
 };
 use turnpike_relay::auth::credentials::{LongTermKey, PasswordAlgorithm};
 
@@ -357,28 +357,13 @@ impl StreamAllocation {
     pub fn transact(&mut self, method: Method, attributes: &[Attribute<'_>]) -> Result<Vec<u8>> {
         for _ in 0..3 {
             let response = self.exchange(method, attributes)?;
-            let message = Message::parse(&response).context("server sent a malformed response")?;
-            if message.class() == Class::SuccessResponse {
-                return Ok(response);
-            }
-            let transaction_id = message.transaction_id();
-            let mut code = None;
-            for raw in message.attributes() {
-                match Attribute::decode(raw, &transaction_id) {
-                    Ok(Attribute::ErrorCode { code: value, .. }) => code = Some(value),
-                    Ok(Attribute::Realm(realm)) => self.realm = realm.to_owned(),
-                    Ok(Attribute::Nonce(nonce)) => self.nonce = Some(nonce.to_owned()),
-                    _ => {}
-                }
-            }
-            match code {
-                Some(ErrorCode::UNAUTHORIZED | ErrorCode::STALE_NONCE) if self.nonce.is_some() => {}
-                Some(code) => bail!(
-                    "{method:?} failed with {} {}",
-                    code.0,
-                    code.default_reason()
-                ),
-                None => bail!("{method:?} failed without an error code"),
+            if let Some(success) = crate::turn_client::interpret_response(
+                method,
+                response,
+                &mut self.realm,
+                &mut self.nonce,
+            )? {
+                return Ok(success);
             }
         }
         bail!("{method:?}: the server keeps refusing the credentials")

@@ -77,33 +77,10 @@ impl Session<'_> {
     fn transact(&mut self, method: Method, attributes: &[Attribute<'_>]) -> Result<Vec<u8>> {
         for _ in 0..3 {
             let response = self.exchange(method, attributes)?;
-            let message = Message::parse(&response).context("server sent a malformed response")?;
-            if message.class() == Class::SuccessResponse {
-                return Ok(response);
-            }
-            let transaction_id = message.transaction_id();
-            let mut code = None;
-            let mut alternate = None;
-            for raw in message.attributes() {
-                match Attribute::decode(raw, &transaction_id) {
-                    Ok(Attribute::ErrorCode { code: value, .. }) => code = Some(value),
-                    Ok(Attribute::AlternateServer(address)) => alternate = Some(address),
-                    Ok(Attribute::Realm(realm)) => self.realm = realm.to_owned(),
-                    Ok(Attribute::Nonce(nonce)) => self.nonce = Some(nonce.to_owned()),
-                    _ => {}
-                }
-            }
-            if let (Some(ErrorCode::TRY_ALTERNATE), Some(alternate)) = (code, alternate) {
-                return Err(TryAlternate(alternate).into());
-            }
-            match code {
-                Some(ErrorCode::UNAUTHORIZED | ErrorCode::STALE_NONCE) if self.nonce.is_some() => {}
-                Some(code) => bail!(
-                    "{method:?} failed with {} {}",
-                    code.0,
-                    code.default_reason()
-                ),
-                None => bail!("{method:?} failed without an error code"),
+            if let Some(success) =
+                interpret_response(method, response, &mut self.realm, &mut self.nonce)?
+            {
+                return Ok(success);
             }
         }
         bail!("{method:?}: the server keeps refusing the credentials")
@@ -163,6 +140,48 @@ impl Session<'_> {
             timeout = (timeout * 2).min(Duration::from_secs(2));
         }
         bail!("no response from {} to {method:?}", self.server)
+    }
+}
+
+/// What a long-term-credential client makes of a response (for UDP and stream clients alike):
+/// the response on success; `None` to send the request again after a 401 or 438, having learnt
+/// realm and nonce; an error otherwise ([`TryAlternate`] for a 300 that names another relay).
+///
+/// # Errors
+/// When the response is malformed or names an error the client cannot recover from.
+pub(crate) fn interpret_response(
+    method: Method,
+    response: Vec<u8>,
+    realm: &mut String,
+    nonce: &mut Option<String>,
+) -> Result<Option<Vec<u8>>> {
+    let message = Message::parse(&response).context("server sent a malformed response")?;
+    if message.class() == Class::SuccessResponse {
+        return Ok(Some(response));
+    }
+    let transaction_id = message.transaction_id();
+    let mut code = None;
+    let mut alternate = None;
+    for raw in message.attributes() {
+        match Attribute::decode(raw, &transaction_id) {
+            Ok(Attribute::ErrorCode { code: value, .. }) => code = Some(value),
+            Ok(Attribute::AlternateServer(address)) => alternate = Some(address),
+            Ok(Attribute::Realm(value)) => *realm = value.to_owned(),
+            Ok(Attribute::Nonce(value)) => *nonce = Some(value.to_owned()),
+            _ => {}
+        }
+    }
+    if let (Some(ErrorCode::TRY_ALTERNATE), Some(alternate)) = (code, alternate) {
+        return Err(TryAlternate(alternate).into());
+    }
+    match code {
+        Some(ErrorCode::UNAUTHORIZED | ErrorCode::STALE_NONCE) if nonce.is_some() => Ok(None),
+        Some(code) => bail!(
+            "{method:?} failed with {} {}",
+            code.0,
+            code.default_reason()
+        ),
+        None => bail!("{method:?} failed without an error code"),
     }
 }
 
