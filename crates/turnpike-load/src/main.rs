@@ -1,6 +1,8 @@
 //! `turnpike-load`: measures any TURN server (Turnpike, coturn, ...) by relaying ChannelData
 //! round trips through real allocations to UDP echo peers it runs itself.
 
+mod churn;
+
 use turnpike_load::stream_client::{self, StreamAllocation, StreamTransport};
 use turnpike_load::{echo, run, turn_client};
 
@@ -26,6 +28,8 @@ struct Cli {
 enum Command {
     /// Open allocations, bind channels to echo peers and relay round trips through them.
     Run(RunArgs),
+    /// Bind many channels per allocation (to fill a relay's channel tables), hold, delete.
+    Channels(churn::ChannelsArgs),
     /// Run UDP echo peers only (for a peer host of its own).
     Echo {
         /// Address to echo on.
@@ -112,6 +116,7 @@ fn main() -> Result<()> {
             }
         }
         Command::Run(args) => run_load(&args),
+        Command::Channels(args) => churn::run(&args),
     }
 }
 
