@@ -2,7 +2,9 @@
 # End-to-end test of the kernel data plane (as root): real traffic through `turnpike` with XDP on,
 # in network namespaces joined by a router (scripts/lib/netns.sh), for all four address-family
 # pairs; TURN over TCP (never relayed in the kernel); then expiry (the kernel stops relaying a channel whose allocation expired) and detach
-# (no program stays attached after the relay exits, by SIGTERM or SIGKILL).
+# (no program stays attached after the relay exits, by SIGTERM or SIGKILL under load), and a start
+# after SIGKILL attaches and relays in the kernel again; last, a full kernel channel map, whose
+# overflow is counted and relayed in user space.
 #
 #   bash scripts/test-xdp-netns.sh [target-dir profile: debug|release]    default: debug
 #
@@ -169,10 +171,96 @@ wait "$relay_pid" 2>/dev/null || true
 check "detached after SIGTERM" bash -c "! ip -n $TP_RELAY -d link show tp2-h | grep -q prog/xdp"
 start_relay
 check "attached again after a restart" xdp_attached
+# SIGKILL under load: the kernel relays the load's channels when the process dies.
+timeout 30 ip netns exec "$TP_CLIENT" "$bin/turnpike-load" run --server "$TP_RELAY_IP:3478" --peer "$TP_PEER_IP:9000" \
+    --secret "$secret" --allocations 2 --duration 3 --window 8 >/dev/null 2>&1 &
+load_pid=$!
+for _ in $(seq 1 50); do
+    [[ $(metric 'turnpike_relayed_packets_total{direction="client_to_peer",path="kernel"}') -gt 0 ]] && break
+    sleep 0.1
+done
+check "relaying in the kernel when killed" \
+    test "$(metric 'turnpike_relayed_packets_total{direction="client_to_peer",path="kernel"}')" -gt 0
 kill -KILL "$relay_pid"
 wait "$relay_pid" 2>/dev/null || true
 sleep 0.5
 check "detached after SIGKILL" bash -c "! ip -n $TP_RELAY -d link show tp2-h | grep -q prog/xdp"
+wait "$load_pid" 2>/dev/null || true
+
+# The next start after SIGKILL attaches and relays in the kernel again: nothing the killed
+# process left (a link, a map, a bound port) stands in its way.
+start_relay
+check "attached again after SIGKILL" xdp_attached
+kernel0=$(metric 'turnpike_relayed_packets_total{direction="client_to_peer",path="kernel"}')
+summary=$(timeout 30 ip netns exec "$TP_CLIENT" "$bin/turnpike-load" run --server "$TP_RELAY_IP:3478" --peer "$TP_PEER_IP:9000" \
+    --secret "$secret" --allocations 2 --duration 2 --window 8 2>/dev/null | tail -n 1) || summary='{}'
+received=$(sed -n 's/.*"received":\([0-9]*\).*/\1/p' <<<"$summary")
+sent=$(sed -n 's/.*"sent":\([0-9]*\).*/\1/p' <<<"$summary")
+for _ in $(seq 1 30); do
+    [[ $(($(metric 'turnpike_relayed_packets_total{direction="client_to_peer",path="kernel"}') - kernel0)) -ge ${received:-1} ]] && break
+    sleep 0.1
+done
+kernel1=$(metric 'turnpike_relayed_packets_total{direction="client_to_peer",path="kernel"}')
+check "after SIGKILL and a new start: round trips completed (${received:-0} of ${sent:-0})" \
+    test "${received:-0}" -gt 1000 -a "$((${sent:-0} - ${received:-0}))" -le "$((${sent:-1} / 100))"
+check "after SIGKILL and a new start: relayed in the kernel ($((kernel1 - kernel0)) frames)" \
+    test "$((kernel1 - kernel0))" -ge "${received:-1}"
+kill -TERM "$relay_pid"
+wait "$relay_pid" 2>/dev/null || true
+
+# A full kernel channel map. The daemon's route maps hold 65,536 bindings: 64 allocations bind
+# 1,024 channels each (to peer ports nobody answers on: a binding is state, traffic or not), then
+# the load's two bindings do not fit. Each is counted in turnpike_xdp_map_errors_total, and the
+# load's round trips all complete through user space. Lifetimes long enough for the filling.
+TURNPIKE_SECRETS=$secret ip netns exec "$TP_RELAY" "$bin/turnpike" \
+    --listen "$TP_RELAY_IP:3478" --allow-peers "10.100.3.0/24" --relay-ports 49152-53151 \
+    --max-channels 1024 --unauthenticated-rate 0 --drain-seconds 0 --log-level warn --xdp-interface tp2-h >"$work/relay.log" 2>&1 &
+relay_pid=$!
+for _ in $(seq 1 100); do
+    ip netns exec "$TP_RELAY" curl -s --max-time 1 127.0.0.1:9478/readyz 2>/dev/null | grep -q ready && break
+    sleep 0.1
+done
+timeout 600 ip netns exec "$TP_CLIENT" "$bin/turnpike-load" channels --server "$TP_RELAY_IP:3478" --secret "$secret" \
+    --allocations 64 --channels 1024 --peer-ip "$TP_PEER_IP" --peer-port 10000 --hold 300 \
+    >"$work/fill.json" 2>"$work/fill.log" &
+fill_pid=$!
+for _ in $(seq 1 3000); do
+    [[ -s $work/fill.json ]] && break
+    kill -0 "$fill_pid" 2>/dev/null || break
+    sleep 0.1
+done
+# The relay threads publish four times a second.
+for _ in $(seq 1 30); do
+    [[ $(metric 'turnpike_channels ') -ge 65536 ]] && break
+    sleep 0.1
+done
+channels=$(metric 'turnpike_channels ')
+check "full map: 65,536 channels bound ($channels; $(cat "$work/fill.json") $(grep -m1 Error "$work/fill.log"))" \
+    test "$channels" -ge 65536
+check "full map: every one of them fits the kernel's maps (map errors: $(metric turnpike_xdp_map_errors_total))" \
+    test "$(metric turnpike_xdp_map_errors_total)" -eq 0
+user0=$(metric 'turnpike_relayed_packets_total{direction="client_to_peer",path="userspace"}')
+kernel0=$(metric 'turnpike_relayed_packets_total{direction="client_to_peer",path="kernel"}')
+summary=$(timeout 30 ip netns exec "$TP_CLIENT" "$bin/turnpike-load" run --server "$TP_RELAY_IP:3478" --peer "$TP_PEER_IP:9000" \
+    --secret "$secret" --allocations 2 --duration 2 --window 8 2>/dev/null | tail -n 1) || summary='{}'
+received=$(sed -n 's/.*"received":\([0-9]*\).*/\1/p' <<<"$summary")
+sent=$(sed -n 's/.*"sent":\([0-9]*\).*/\1/p' <<<"$summary")
+for _ in $(seq 1 30); do
+    [[ $(($(metric 'turnpike_relayed_packets_total{direction="client_to_peer",path="userspace"}') - user0)) -ge ${received:-1} ]] && break
+    sleep 0.1
+done
+user1=$(metric 'turnpike_relayed_packets_total{direction="client_to_peer",path="userspace"}')
+kernel1=$(metric 'turnpike_relayed_packets_total{direction="client_to_peer",path="kernel"}')
+errors=$(metric turnpike_xdp_map_errors_total)
+check "full map: the bindings that did not fit are counted ($errors map errors)" test "$errors" -ge 2
+check "full map: their round trips all completed (${received:-0} of ${sent:-0})" \
+    test "${received:-0}" -gt 1000 -a "${sent:-0}" -eq "${received:-1}"
+check "full map: relayed in user space ($((user1 - user0)) datagrams), not in the kernel ($((kernel1 - kernel0)))" \
+    test "$((user1 - user0))" -ge "${received:-1}" -a "$kernel1" -eq "$kernel0"
+kill "$fill_pid" 2>/dev/null || true
+wait "$fill_pid" 2>/dev/null || true
+kill -TERM "$relay_pid"
+wait "$relay_pid" 2>/dev/null || true
 
 echo "xdp netns: $passed passed, $failed failed"
 [[ $failed -eq 0 ]]
