@@ -264,7 +264,7 @@ impl Session {
         attributes: &[Attribute<'_>],
     ) -> Result<(TransactionId, Vec<u8>)> {
         let mut id = [0; 12];
-        rand::thread_rng().fill_bytes(&mut id);
+        rand::rng().fill_bytes(&mut id);
         let transaction_id = TransactionId(id);
         let mut buf = vec![0; 1500];
         let mut encoder = MessageEncoder::new(

@@ -371,7 +371,7 @@ impl StreamAllocation {
 
     fn exchange(&mut self, method: Method, attributes: &[Attribute<'_>]) -> Result<Vec<u8>> {
         let mut id = [0; 12];
-        rand::thread_rng().fill_bytes(&mut id);
+        rand::rng().fill_bytes(&mut id);
         let transaction_id = TransactionId(id);
         let mut buf = vec![0; 1500];
         let mut encoder = MessageEncoder::new(

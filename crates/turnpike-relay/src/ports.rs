@@ -88,7 +88,7 @@ impl PortPool {
         let usable = |pool: &Self, index: usize| eligible(pool, index) && !pool.is_taken(index);
         let mut index = None;
         for _ in 0..RANDOM_DRAWS {
-            let candidate = rng.gen_range(0..size);
+            let candidate = rng.random_range(0..size);
             if usable(self, candidate) {
                 index = Some(candidate);
                 break;
@@ -97,7 +97,7 @@ impl PortPool {
         let index = match index {
             Some(index) => index,
             None => {
-                let start = rng.gen_range(0..size);
+                let start = rng.random_range(0..size);
                 (0..size)
                     .map(|step| (start + step) % size)
                     .find(|&i| usable(self, i))?

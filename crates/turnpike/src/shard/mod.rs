@@ -189,7 +189,7 @@ fn run(
     // hands out only this thread's block.
     core.shard_ports = Some(plan.relay_ports.clone());
     let now = Instant::now();
-    let mut server = Server::new(core, StdRng::from_entropy(), now, unix_time());
+    let mut server = Server::new(core, StdRng::from_os_rng(), now, unix_time());
     let host_addresses = scan_host_addresses(&mut server, Vec::new());
     for port in &excluded {
         server.exclude_relay_port(*port);
