@@ -149,7 +149,7 @@ ip netns exec "$TP_RELAY" curl -s --max-time 1 "$admin/readyz" 2>/dev/null | gre
 # The steady load: from before the churn until well after it, in consecutive runs of at most
 # 240 s. turnpike-load never refreshes its permissions, which last 300 s (RFC 8656 §9): a longer
 # run loses all its traffic from then on (the first full soak did: docs/soak.md).
-steady_seconds=$((seconds + settle + 15))
+steady_seconds=$((seconds + settle + 8))
 steady_segment=240
 steady() {
     local segment=0 left=$steady_seconds length failed=0
@@ -197,11 +197,16 @@ for index in $(seq 1 "$churners"); do
     pids+=($!)
 done
 # Ten samples over the churn, the fifth one its middle; the last one just before it stops.
+# sleep_until T: sleeps until T seconds after the churn started (at once if that has passed).
+sleep_until() {
+    local left=$(($1 - (SECONDS - churn_start)))
+    [[ $left -le 0 ]] || sleep "$left"
+}
 for tick in $(seq 1 9); do
-    sleep $((seconds / 10))
+    sleep_until $((tick * seconds / 10))
     if [[ $tick -eq 5 ]]; then sample middle; else sample "t$tick"; fi
 done
-sleep $((seconds - 9 * (seconds / 10) - 2))
+sleep_until $((seconds - 1))
 sample end
 touch "$work/stop"
 for pid in "${pids[@]:${#pids[@]}-$churners}"; do wait "$pid" || true; done

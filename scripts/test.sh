@@ -20,6 +20,8 @@ run_extra_suites() {
     bash scripts/fuzz.sh 300000 >/dev/null
     step "kernel data plane in network namespaces"
     bash scripts/test-xdp-netns.sh debug
+    step "soak, short: 10 s of allocation churn near the limit (the full 10 minutes: docs/soak.md)"
+    SOAK_PROFILE=debug SOAK_SETTLE=42 bash scripts/soak.sh 10
     step "wildcard listeners: the host's other addresses, the defaults under 20,000 descriptors"
     bash scripts/test-wildcard-host.sh debug
 }
