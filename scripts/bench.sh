@@ -10,13 +10,29 @@
 # Turnpike/coturn ratios; the caller copies it into docs/benchmarks.md.
 #
 # Three relays per case: Turnpike's user-space path, Turnpike with its XDP data plane on the relay's
-# interface, and coturn. The router-side veth ends run the XDP_PASS program for all three (XDP_TX
-# on a veth needs it; it costs the others nothing measurable). Softirq time is read system-wide
-# from /proc/stat: XDP work is accounted there, not to the relay process.
+# interface, and coturn. The router-side veth ends run the XDP_PASS program during the XDP runs only
+# (XDP_TX on a veth needs it). It is not free for the others: an XDP program puts a veth into NAPI
+# mode, which cost both user-space relays about 10 % of their packets per second (3-30 % over
+# A/B runs here) and about 10 % more CPU per packet, and its polls run in whichever task next
+# re-enables softirqs on that CPU, so the router's forwarding of one sender's datagrams can be
+# charged to another process. Without it, each veth transmit is handled in the sender's own
+# context (the sender pays for the router and the delivery to the receiving socket, for every
+# relay alike). Softirq time is read system-wide from /proc/stat: XDP work is accounted there,
+# not to the relay process.
+#
+# CPU per packet: utime + stime of the relay process (all its threads) from /proc/PID/stat, for
+# every relay alike. Its absolute level depends on the machine more than on the relays: the
+# relays spend most of their time in the kernel, and on 2026-11-24 this VM's kernel ran with the
+# SRSO mitigation "Safe RET" (every return from a kernel function mispredicted); both relays then
+# measured about three times their CPU per packet of 2026-12-05, when the VM reported "Vulnerable:
+# Microcode, no safe RET" (coturn 8 µs against 2.4-2.8 µs). The run prints that mitigation state
+# and the load average it started with; compare only runs made alike.
 #
 # Environment: BENCH_PAYLOADS (default "100 1200"), BENCH_ALLOCATIONS (default "1 16 64"),
-# BENCH_SERVERS (default "turnpike turnpike-xdp coturn"), BENCH_TRANSPORT (udp, tcp or tls;
-# default udp): how clients reach the relay, the relayed leg being UDP in every case. Over TCP and
+# TP_PREFIX (default tp: the namespaces' names, see scripts/lib/netns.sh; another prefix keeps a
+# run clear of other users of the machine), BENCH_SERVERS (default "turnpike turnpike-xdp
+# coturn"), BENCH_TRANSPORT (udp, tcp or tls; default udp): how clients reach the relay, the
+# relayed leg being UDP in every case. Over TCP and
 # TLS both relays get the same throwaway certificate, coturn its TCP and TLS listeners on (and
 # nothing else changed from its fastest setup), and the kernel data plane is left out (it relays
 # UDP clients only). There the client side is a byte stream, so relayed packets are counted as the
@@ -55,8 +71,6 @@ cleanup() {
 trap cleanup EXIT
 
 tp_netns_up
-ip netns exec "$TP_ROUTER" "$root/target/release/examples/xdp_pass" "$elf" tp1-r tp2-r tp3-r >/dev/null &
-pids+=($!)
 ip netns exec "$TP_PEER" "$load" echo --listen "$TP_PEER_IP:9000" --threads 1 2>/dev/null &
 pids+=($!)
 
@@ -85,9 +99,16 @@ start_turnpike() {
 }
 
 start_coturn() {
-    # coturn's fastest setup: one relay thread per CPU (its default), no DTLS, no CLI, no
-    # database, TCP and TLS only when the run is about them; REST API credentials like
-    # Turnpike's.
+    # coturn's fastest setup (its manual, turnserver(1), and its performance notes): one relay
+    # thread per CPU (its default, stated here so that it matches Turnpike's one thread per CPU
+    # even where coturn would count configured rather than online CPUs), no DTLS, no CLI, no
+    # database (REST API credentials from static-auth-secret, like Turnpike's; until 2026-12-05 an
+    # SQLite userdb was configured as well, which changed nothing measurable), TCP and TLS only
+    # when the run is about them, log lines (start-up and one per session, about 2 KB a run) to a
+    # file and not to stdout. The Debian build, 4.6.1, has no batched I/O to turn on: it imports
+    # recvmsg, recvfrom and sendto but no recvmmsg or sendmmsg (recvmmsg arrived in coturn 4.10),
+    # so it reads up to 16 datagrams per readiness event one system call each and sends each with
+    # its own sendto.
     cat >"$work/turnserver.conf" <<EOF
 listening-ip=$TP_RELAY_IP
 relay-ip=$TP_RELAY_IP
@@ -98,6 +119,7 @@ realm=bench
 use-auth-secret
 static-auth-secret=$secret
 allowed-peer-ip=10.100.3.0-10.100.3.255
+relay-threads=$(nproc)
 $coturn_streams
 no-dtls
 no-tcp-relay
@@ -107,7 +129,6 @@ no-stdout-log
 log-file=$work/coturn.log
 simple-log
 pidfile=$work/coturn.pid
-userdb=$work/coturn.db
 EOF
     ip netns exec "$TP_RELAY" turnserver -c "$work/turnserver.conf" >/dev/null 2>&1 &
     echo $!
@@ -158,11 +179,20 @@ measure() {
 
 results="$work/results"
 : >"$results"
+started_load=$(cut -d' ' -f1-3 /proc/loadavg)
+srso=$(cat /sys/devices/system/cpu/vulnerabilities/spec_rstack_overflow 2>/dev/null || echo unknown)
 for payload in ${BENCH_PAYLOADS:-100 1200}; do
     for allocations in ${BENCH_ALLOCATIONS:-1 16 64}; do
         default_servers="turnpike turnpike-xdp coturn"
         [[ $transport == udp ]] || default_servers="turnpike coturn"
         for server in ${BENCH_SERVERS:-$default_servers}; do
+            pass_pid=
+            if [[ $server == turnpike-xdp ]]; then
+                ip netns exec "$TP_ROUTER" "$root/target/release/examples/xdp_pass" "$elf" tp1-r tp2-r tp3-r >/dev/null &
+                pass_pid=$!
+                pids+=("$pass_pid")
+                sleep 0.5
+            fi
             case $server in
                 turnpike) pid=$(start_turnpike) ;;
                 turnpike-xdp) pid=$(start_turnpike --xdp-interface tp2-h) ;;
@@ -173,13 +203,14 @@ for payload in ${BENCH_PAYLOADS:-100 1200}; do
             sleep 0.5
             measure "$server" "$pid" "$allocations" "$payload" | tee -a "$results" >&2
             kill "$pid"; wait "$pid" 2>/dev/null || true
+            if [[ -n $pass_pid ]]; then kill "$pass_pid"; wait "$pass_pid" 2>/dev/null || true; fi
             sleep 0.5
         done
     done
 done
 
 echo
-echo "Transport: $transport"
+echo "Transport: $transport. Load average at the start: $started_load. SRSO: $srso."
 echo "| payload (B) | allocations | relay | relayed pkt/s | × coturn | × Turnpike user space | relay CPU µs/pkt | × coturn | softirq µs/pkt (system) | rtt p99 µs |"
 echo "| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
 awk '
