@@ -100,3 +100,17 @@ fn sigterm_refuses_new_allocations_keeps_relaying_then_exits_cleanly() {
     assert!(status.success(), "{status:?}");
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
 }
+
+#[test]
+#[should_panic(expected = "no series turnpike_allocations{no_such_label=\"x\"} on /metrics")]
+fn a_series_that_does_not_exist_fails_the_test_instead_of_reading_0() {
+    let relay = Relay::start(&[]);
+    let _ = relay.metric("turnpike_allocations{no_such_label=\"x\"}");
+}
+
+#[test]
+#[should_panic(expected = "stayed at 0")]
+fn a_value_that_never_comes_fails_the_test_after_the_deadline() {
+    let relay = Relay::start(&[]);
+    let _ = relay.metric_until("turnpike_allocations", |count| count > 0);
+}
