@@ -43,13 +43,29 @@ impl Relay {
         Self::start_with_ports(100, extra)
     }
 
-    /// A relay with `relay_ports` relayed ports.
+    /// A relay with `relay_ports` relayed ports. A relay that exits at start (another process
+    /// holding one of its ports, on a busy machine) is started again on the next set of ports,
+    /// twice at most.
     pub fn start_with_ports(relay_ports: u16, extra: &[&str]) -> Self {
+        for _ in 0..2 {
+            match Self::try_start_on(ports(), relay_ports, extra) {
+                Ok(relay) => return relay,
+                Err(error) => eprintln!("{error}; trying other ports"),
+            }
+        }
         Self::start_on(ports(), relay_ports, extra)
     }
 
     /// A relay on the given ports (as [`ports`] returns them), e.g. those of one that died.
     pub fn start_on(ports: (u16, u16, u16, u16), relay_ports: u16, extra: &[&str]) -> Self {
+        Self::try_start_on(ports, relay_ports, extra).unwrap_or_else(|error| panic!("{error}"))
+    }
+
+    fn try_start_on(
+        ports: (u16, u16, u16, u16),
+        relay_ports: u16,
+        extra: &[&str],
+    ) -> Result<Self, String> {
         let (listen_port, admin_port, peer_port, relay_low) = ports;
         let admin = SocketAddr::from(([127, 0, 0, 1], admin_port));
         let mut args = vec![
@@ -82,21 +98,21 @@ impl Relay {
             ports,
             relay_ports,
         };
-        relay.wait_ready();
-        relay
+        relay.wait_ready()?;
+        Ok(relay)
     }
 
-    fn wait_ready(&mut self) {
+    fn wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(15);
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("turnpike exited at start: {status}");
+                return Err(format!("turnpike exited at start: {status}"));
             }
             if self
                 .get("/readyz")
                 .is_some_and(|body| body.starts_with("HTTP/1.1 200"))
             {
-                return;
+                return Ok(());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
