@@ -368,11 +368,13 @@ impl Run {
         );
         let allocations = self.server.allocation_count();
         let footprint = self.server.footprint();
+        // A deadline per allocation family, permission, channel and EVEN-PORT reservation.
         assert!(
             footprint.timers
                 <= 2 * allocations
                     + self.server.permission_count()
-                    + CHANNELS_PER_ALLOCATION * allocations,
+                    + CHANNELS_PER_ALLOCATION * allocations
+                    + self.server.reservation_count(),
             "{footprint:?}"
         );
     }
