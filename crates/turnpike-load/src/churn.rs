@@ -12,11 +12,7 @@ use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail, ensure};
-use rand::RngCore;
-use turnpike_proto::{
-    Attribute, Class, ErrorCode, Message, MessageEncoder, MessageType, Method, TransactionId,
-};
-use turnpike_relay::auth::credentials::{LongTermKey, PasswordAlgorithm};
+use turnpike_proto::{Attribute, Class, Message, Method, TransactionId};
 
 use turnpike_load::turn_client;
 
@@ -155,24 +151,15 @@ impl Session {
     fn transact(&mut self, method: Method, attributes: &[Attribute<'_>]) -> Result<()> {
         for _ in 0..3 {
             let response = self.exchange(method, attributes)?;
-            let message = Message::parse(&response).context("malformed response")?;
-            if message.class() == Class::SuccessResponse {
+            if turnpike_load::turn_client::interpret_response(
+                method,
+                response,
+                &mut self.realm,
+                &mut self.nonce,
+            )?
+            .is_some()
+            {
                 return Ok(());
-            }
-            let transaction_id = message.transaction_id();
-            let mut code = None;
-            for raw in message.attributes() {
-                match Attribute::decode(raw, &transaction_id) {
-                    Ok(Attribute::ErrorCode { code: value, .. }) => code = Some(value),
-                    Ok(Attribute::Realm(realm)) => self.realm = realm.to_owned(),
-                    Ok(Attribute::Nonce(nonce)) => self.nonce = Some(nonce.to_owned()),
-                    _ => {}
-                }
-            }
-            match code {
-                Some(ErrorCode::UNAUTHORIZED | ErrorCode::STALE_NONCE) if self.nonce.is_some() => {}
-                Some(code) => bail!("{method:?} failed with {}", code.0),
-                None => bail!("{method:?} failed without an error code"),
             }
         }
         bail!("{method:?}: the server keeps refusing the credentials")
@@ -263,69 +250,24 @@ impl Session {
         method: Method,
         attributes: &[Attribute<'_>],
     ) -> Result<(TransactionId, Vec<u8>)> {
-        let mut id = [0; 12];
-        rand::rng().fill_bytes(&mut id);
-        let transaction_id = TransactionId(id);
-        let mut buf = vec![0; 1500];
-        let mut encoder = MessageEncoder::new(
-            &mut buf,
-            MessageType::new(method, Class::Request),
-            transaction_id,
-        )?;
-        for attribute in attributes {
-            encoder.push(attribute)?;
-        }
-        if let Some(nonce) = &self.nonce {
-            let key = LongTermKey::derive(
-                PasswordAlgorithm::Md5,
-                &self.username,
-                &self.realm,
-                self.password.as_bytes(),
-            );
-            encoder.push(&Attribute::Username(&self.username))?;
-            encoder.push(&Attribute::Realm(&self.realm))?;
-            encoder.push(&Attribute::Nonce(nonce))?;
-            encoder.push_message_integrity(key.as_bytes())?;
-        }
-        encoder.push_fingerprint()?;
-        let len = encoder.finish();
-        buf.truncate(len);
-        Ok((transaction_id, buf))
+        turnpike_load::turn_client::encode_request(
+            method,
+            attributes,
+            &self.username,
+            &self.password,
+            &self.realm,
+            self.nonce.as_deref(),
+        )
     }
 
     fn exchange(&self, method: Method, attributes: &[Attribute<'_>]) -> Result<Vec<u8>> {
         let (transaction_id, request) = self.encode(method, attributes)?;
-        let mut response = vec![0; 2048];
-        let mut timeout = Duration::from_millis(250);
-        for _ in 0..7 {
-            self.socket
-                .send_to(&request, self.server)
-                .context("cannot send to the server")?;
-            self.socket.set_read_timeout(Some(timeout))?;
-            let deadline = Instant::now() + timeout;
-            while Instant::now() < deadline {
-                match self.socket.recv_from(&mut response) {
-                    Ok((len, from)) if from == self.server => {
-                        if let Ok(message) = Message::parse(&response[..len])
-                            && message.transaction_id() == transaction_id
-                        {
-                            return Ok(response[..len].to_vec());
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(error)
-                        if matches!(
-                            error.kind(),
-                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                        ) =>
-                    {
-                        break;
-                    }
-                    Err(error) => return Err(error).context("cannot receive from the server"),
-                }
-            }
-            timeout = (timeout * 2).min(Duration::from_secs(2));
-        }
-        bail!("no response from {} to {method:?}", self.server)
+        turnpike_load::turn_client::udp_exchange(
+            &self.socket,
+            self.server,
+            method,
+            transaction_id,
+            &request,
+        )
     }
 }

@@ -11,15 +11,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use rand::RngCore;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, ClientConnection, StreamOwned};
 use turnpike_proto::{
-    Attribute, AttributeType, Class, Message, MessageEncoder, MessageType, Method, StreamDecoder,
-    TransactionId, channel_data_padding,
+    Attribute, AttributeType, Message, Method, StreamDecoder, channel_data_padding,
 };
-use turnpike_relay::auth::credentials::{LongTermKey, PasswordAlgorithm};
 
 /// How the client reaches the server.
 #[derive(Debug, Clone)]
@@ -370,33 +367,15 @@ impl StreamAllocation {
     }
 
     fn exchange(&mut self, method: Method, attributes: &[Attribute<'_>]) -> Result<Vec<u8>> {
-        let mut id = [0; 12];
-        rand::rng().fill_bytes(&mut id);
-        let transaction_id = TransactionId(id);
-        let mut buf = vec![0; 1500];
-        let mut encoder = MessageEncoder::new(
-            &mut buf,
-            MessageType::new(method, Class::Request),
-            transaction_id,
+        let (transaction_id, request) = crate::turn_client::encode_request(
+            method,
+            attributes,
+            &self.username,
+            &self.password,
+            &self.realm,
+            self.nonce.as_deref(),
         )?;
-        for attribute in attributes {
-            encoder.push(attribute)?;
-        }
-        if let Some(nonce) = &self.nonce {
-            let key = LongTermKey::derive(
-                PasswordAlgorithm::Md5,
-                &self.username,
-                &self.realm,
-                self.password.as_bytes(),
-            );
-            encoder.push(&Attribute::Username(&self.username))?;
-            encoder.push(&Attribute::Realm(&self.realm))?;
-            encoder.push(&Attribute::Nonce(nonce))?;
-            encoder.push_message_integrity(key.as_bytes())?;
-        }
-        encoder.push_fingerprint()?;
-        let len = encoder.finish();
-        self.send_raw(&buf[..len])?;
+        self.send_raw(&request)?;
         // A stream is reliable: no retransmissions, one wait; ChannelData that arrives first
         // (from an earlier binding) is skipped.
         let deadline = Instant::now() + Duration::from_secs(5);

@@ -63,15 +63,6 @@ struct Session<'a> {
 }
 
 impl Session<'_> {
-    fn key(&self) -> LongTermKey {
-        LongTermKey::derive(
-            PasswordAlgorithm::Md5,
-            self.username,
-            &self.realm,
-            self.password.as_bytes(),
-        )
-    }
-
     /// Sends a request until a response with its transaction ID arrives (up to 7 tries, RFC 8489
     /// style doubling from 250 ms), re-authenticating once on 401 or 438.
     fn transact(&mut self, method: Method, attributes: &[Attribute<'_>]) -> Result<Vec<u8>> {
@@ -87,60 +78,100 @@ impl Session<'_> {
     }
 
     fn exchange(&self, method: Method, attributes: &[Attribute<'_>]) -> Result<Vec<u8>> {
-        let mut id = [0; 12];
-        rand::rng().fill_bytes(&mut id);
-        let transaction_id = TransactionId(id);
-        let mut buf = vec![0; 1500];
-        let mut encoder = MessageEncoder::new(
-            &mut buf,
-            MessageType::new(method, Class::Request),
-            transaction_id,
+        let (transaction_id, request) = encode_request(
+            method,
+            attributes,
+            self.username,
+            self.password,
+            &self.realm,
+            self.nonce.as_deref(),
         )?;
-        for attribute in attributes {
-            encoder.push(attribute)?;
-        }
-        if let Some(nonce) = &self.nonce {
-            encoder.push(&Attribute::Username(self.username))?;
-            encoder.push(&Attribute::Realm(&self.realm))?;
-            encoder.push(&Attribute::Nonce(nonce))?;
-            encoder.push_message_integrity(self.key().as_bytes())?;
-        }
-        encoder.push_fingerprint()?;
-        let len = encoder.finish();
-        let request = &buf[..len];
-        let mut timeout = Duration::from_millis(250);
-        let mut response = vec![0; 2048];
-        for _ in 0..7 {
-            self.socket
-                .send_to(request, self.server)
-                .context("cannot send to the server")?;
-            self.socket.set_read_timeout(Some(timeout))?;
-            let deadline = std::time::Instant::now() + timeout;
-            while std::time::Instant::now() < deadline {
-                match self.socket.recv_from(&mut response) {
-                    Ok((len, from)) if from == self.server => {
-                        if let Ok(message) = Message::parse(&response[..len])
-                            && message.transaction_id() == transaction_id
-                        {
-                            return Ok(response[..len].to_vec());
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(error)
-                        if matches!(
-                            error.kind(),
-                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                        ) =>
-                    {
-                        break;
-                    }
-                    Err(error) => return Err(error).context("cannot receive from the server"),
-                }
-            }
-            timeout = (timeout * 2).min(Duration::from_secs(2));
-        }
-        bail!("no response from {} to {method:?}", self.server)
+        udp_exchange(self.socket, self.server, method, transaction_id, &request)
     }
+}
+
+/// A request with a fresh transaction ID, signed with the MD5 long-term key once the server's
+/// nonce is known (before that, unsigned, to be challenged), with a FINGERPRINT.
+///
+/// # Errors
+/// When the attributes do not fit a message.
+pub fn encode_request(
+    method: Method,
+    attributes: &[Attribute<'_>],
+    username: &str,
+    password: &str,
+    realm: &str,
+    nonce: Option<&str>,
+) -> Result<(TransactionId, Vec<u8>)> {
+    let mut id = [0; 12];
+    rand::rng().fill_bytes(&mut id);
+    let transaction_id = TransactionId(id);
+    let mut buf = vec![0; 1500];
+    let mut encoder = MessageEncoder::new(
+        &mut buf,
+        MessageType::new(method, Class::Request),
+        transaction_id,
+    )?;
+    for attribute in attributes {
+        encoder.push(attribute)?;
+    }
+    if let Some(nonce) = nonce {
+        let key = LongTermKey::derive(PasswordAlgorithm::Md5, username, realm, password.as_bytes());
+        encoder.push(&Attribute::Username(username))?;
+        encoder.push(&Attribute::Realm(realm))?;
+        encoder.push(&Attribute::Nonce(nonce))?;
+        encoder.push_message_integrity(key.as_bytes())?;
+    }
+    encoder.push_fingerprint()?;
+    let len = encoder.finish();
+    buf.truncate(len);
+    Ok((transaction_id, buf))
+}
+
+/// Sends `request` over UDP until a response with its transaction ID arrives: up to 7 tries,
+/// RFC 8489 style doubling from 250 ms.
+///
+/// # Errors
+/// When sending fails or nothing answers.
+pub fn udp_exchange(
+    socket: &UdpSocket,
+    server: SocketAddr,
+    method: Method,
+    transaction_id: TransactionId,
+    request: &[u8],
+) -> Result<Vec<u8>> {
+    let mut timeout = Duration::from_millis(250);
+    let mut response = vec![0; 2048];
+    for _ in 0..7 {
+        socket
+            .send_to(request, server)
+            .context("cannot send to the server")?;
+        socket.set_read_timeout(Some(timeout))?;
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            match socket.recv_from(&mut response) {
+                Ok((len, from)) if from == server => {
+                    if let Ok(message) = Message::parse(&response[..len])
+                        && message.transaction_id() == transaction_id
+                    {
+                        return Ok(response[..len].to_vec());
+                    }
+                }
+                Ok(_) => {}
+                Err(error)
+                    if matches!(
+                        error.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    break;
+                }
+                Err(error) => return Err(error).context("cannot receive from the server"),
+            }
+        }
+        timeout = (timeout * 2).min(Duration::from_secs(2));
+    }
+    bail!("no response from {server} to {method:?}")
 }
 
 /// What a long-term-credential client makes of a response (for UDP and stream clients alike):
@@ -149,7 +180,7 @@ impl Session<'_> {
 ///
 /// # Errors
 /// When the response is malformed or names an error the client cannot recover from.
-pub(crate) fn interpret_response(
+pub fn interpret_response(
     method: Method,
     response: Vec<u8>,
     realm: &mut String,
