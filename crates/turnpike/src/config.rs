@@ -202,7 +202,8 @@ pub(crate) struct Options {
     /// PEM private key for --tls-cert; read again on SIGHUP.
     #[arg(long, env = "TURNPIKE_TLS_KEY")]
     pub(crate) tls_key: Option<PathBuf>,
-    /// TCP and TLS connections open at once, over all listeners [default: 10000].
+    /// TCP and TLS connections open at once, over all listeners [default: 10000, or what the
+    /// open-file limit leaves if that is less].
     #[arg(long, env = "TURNPIKE_MAX_CONNECTIONS")]
     pub(crate) max_connections: Option<usize>,
     /// TCP and TLS connections open at once from one source (an IPv4 address or IPv6 /64)
@@ -347,6 +348,9 @@ pub(crate) struct StreamSettings {
     /// Certificate and key files, when `listen_tls` is not empty.
     pub(crate) tls_files: Option<(PathBuf, PathBuf)>,
     pub(crate) limits: StreamLimits,
+    /// Whether `--max-connections` was given; if not, the relay may lower the default to what
+    /// the open-file limit leaves.
+    pub(crate) max_connections_given: bool,
 }
 
 /// What a stranger's connection may hold, and for how long.
@@ -452,6 +456,7 @@ impl StreamSettings {
                 max_message,
                 write_buffer,
             },
+            max_connections_given: options.max_connections.is_some(),
         })
     }
 }

@@ -91,16 +91,28 @@ async fn run(mut settings: Settings, log: logging::LogControl) -> Result<()> {
                 "relay-ports: {needed} file descriptors needed, the hard limit allows {limit}; raise it or shrink the range"
             )
         }
-        Ok(limit) => {
-            if limit < needed + connections {
+        Ok(limit) if limit < needed + connections => {
+            let left = usize::try_from(limit - needed).unwrap_or(usize::MAX).max(1);
+            if settings.streams.max_connections_given {
                 tracing::warn!(
                     max_connections = connections,
-                    descriptors_left = limit - needed,
+                    descriptors_left = left,
                     "max-connections: the open-file limit leaves room for fewer connections; \
                      accepts beyond it fail and are counted"
                 );
+            } else {
+                // The default is a ceiling, not a promise: take what the limit leaves.
+                let limits = &mut settings.streams.limits;
+                limits.max_connections = left;
+                limits.max_connections_per_source = limits.max_connections_per_source.min(left);
+                tracing::info!(
+                    max_connections = left,
+                    "max-connections: lowered to what the open-file limit leaves (raise the \
+                     limit or set --max-connections to change it)"
+                );
             }
         }
+        Ok(_) => {}
         Err(error) => tracing::warn!(%error, "cannot read or raise the open-file limit"),
     }
 
@@ -443,6 +455,12 @@ impl Reloader {
 
     fn prepare(&self, current: &Settings) -> Result<(Settings, Option<Arc<rustls::ServerConfig>>)> {
         let mut new = Settings::from_options(Options::load()?)?;
+        // A default lowered at start to fit the open-file limit is not a change.
+        if !new.streams.max_connections_given {
+            new.streams.limits.max_connections = current.streams.limits.max_connections;
+            new.streams.limits.max_connections_per_source =
+                current.streams.limits.max_connections_per_source;
+        }
         // The budgets the threads share are attached at start, not read from the file.
         new.core
             .shared_budget
