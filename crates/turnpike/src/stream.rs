@@ -20,7 +20,7 @@
 //! first byte has arrived (slowloris); the size of a message; and the bytes queued for a client
 //! that reads slower than its peers send (what does not fit is dropped and counted, so neither
 //! the relay's memory nor any other client waits on it). A malformed or oversized frame closes
-//! that connection with a counted reason. Timers are checked by a sweep about once a second.
+//! that connection with a counted reason. Timers are checked by a sweep every half second ([`SWEEP_INTERVAL`]), so a timeout fires up to that much late.
 //!
 //! # Fairness
 //!
@@ -793,7 +793,7 @@ impl Streams {
         }
     }
 
-    /// Closes the connections whose timers ran out; cheap enough to run about once a second.
+    /// Closes the connections whose timers ran out; cheap enough to run every [`SWEEP_INTERVAL`].
     pub(crate) fn sweep(&mut self, registry: &Registry, cx: &mut StreamContext<'_, '_>) {
         if cx.now.saturating_duration_since(self.last_sweep) < SWEEP_INTERVAL {
             return;
