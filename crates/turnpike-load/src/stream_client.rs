@@ -14,9 +14,7 @@ use anyhow::{Context, Result, bail};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, ClientConnection, StreamOwned};
-use turnpike_proto::{
-    Attribute, AttributeType, Message, Method, StreamDecoder, channel_data_padding,
-};
+use turnpike_proto::{Attribute, Message, Method, StreamDecoder, channel_data_padding};
 
 /// How the client reaches the server.
 #[derive(Debug, Clone)]
@@ -202,17 +200,7 @@ impl StreamAllocation {
             ));
         }
         let response = allocation.transact(Method::Allocate, &allocate)?;
-        let message = Message::parse(&response)?;
-        allocation.relayed = message
-            .attributes()
-            .filter(|raw| raw.kind() == AttributeType::XOR_RELAYED_ADDRESS)
-            .find_map(
-                |raw| match Attribute::decode(raw, &message.transaction_id()) {
-                    Ok(Attribute::XorRelayedAddress(address)) => Some(address),
-                    _ => None,
-                },
-            )
-            .context("Allocate succeeded without XOR-RELAYED-ADDRESS")?;
+        allocation.relayed = crate::turn_client::relayed_address(&response)?;
         allocation.transact(
             Method::ChannelBind,
             &[

@@ -90,6 +90,24 @@ impl Session<'_> {
     }
 }
 
+/// The (first) relayed address of an Allocate success response.
+///
+/// # Errors
+/// When the response does not parse or carries no XOR-RELAYED-ADDRESS.
+pub fn relayed_address(response: &[u8]) -> Result<SocketAddr> {
+    let message = Message::parse(response)?;
+    message
+        .attributes()
+        .filter(|raw| raw.kind() == AttributeType::XOR_RELAYED_ADDRESS)
+        .find_map(
+            |raw| match Attribute::decode(raw, &message.transaction_id()) {
+                Ok(Attribute::XorRelayedAddress(address)) => Some(address),
+                _ => None,
+            },
+        )
+        .context("Allocate succeeded without XOR-RELAYED-ADDRESS")
+}
+
 /// A request with a fresh transaction ID, signed with the MD5 long-term key once the server's
 /// nonce is known (before that, unsigned, to be challenged), with a FINGERPRINT.
 ///
@@ -279,18 +297,7 @@ fn allocate_and_bind_once(
     if family == turnpike_proto::AddressFamily::V6 {
         allocate.push(Attribute::RequestedAddressFamily(family));
     }
-    let response = session.transact(Method::Allocate, &allocate)?;
-    let message = Message::parse(&response)?;
-    let relayed = message
-        .attributes()
-        .filter(|raw| raw.kind() == AttributeType::XOR_RELAYED_ADDRESS)
-        .find_map(
-            |raw| match Attribute::decode(raw, &message.transaction_id()) {
-                Ok(Attribute::XorRelayedAddress(address)) => Some(address),
-                _ => None,
-            },
-        )
-        .context("Allocate succeeded without XOR-RELAYED-ADDRESS")?;
+    let relayed = relayed_address(&session.transact(Method::Allocate, &allocate)?)?;
     session.transact(
         Method::ChannelBind,
         &[
