@@ -11,8 +11,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -20,47 +19,8 @@ use common::Relay;
 
 /// An HTTP server on loopback that answers every request with 200 and hands over its path and
 /// body.
-fn collector() -> (SocketAddr, mpsc::Receiver<(String, Vec<u8>)>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let address = listener.local_addr().unwrap();
-    let (sender, receiver) = mpsc::channel();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut request_line = String::new();
-            if reader.read_line(&mut request_line).is_err() {
-                continue;
-            }
-            let mut length = 0;
-            loop {
-                let mut header = String::new();
-                if reader.read_line(&mut header).is_err() || header.trim().is_empty() {
-                    break;
-                }
-                if let Some((name, value)) = header.split_once(':')
-                    && name.eq_ignore_ascii_case("content-length")
-                {
-                    length = value.trim().parse().unwrap_or(0);
-                }
-            }
-            let mut body = vec![0; length.min(1 << 20)];
-            let _ = reader.read_exact(&mut body);
-            let path = request_line
-                .split_whitespace()
-                .nth(1)
-                .unwrap_or("")
-                .to_owned();
-            let _ = stream.write_all(
-                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
-            );
-            if sender.send((path, body)).is_err() {
-                return;
-            }
-        }
-    });
-    (address, receiver)
+fn collector() -> (SocketAddr, mpsc::Receiver<common::HttpRequest>) {
+    common::http_server(|_| ("application/json", "{}".to_owned()))
 }
 
 /// A configuration file that does not parse, so a reload logs an ERROR event.
@@ -129,7 +89,7 @@ fn errors_arrive_at_the_collector_as_envelopes_with_version_and_relay_id() {
     let deadline = Instant::now() + Duration::from_secs(10);
     let (path, body) = loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        let (path, body) = envelopes
+        let common::HttpRequest { path, body, .. } = envelopes
             .recv_timeout(left)
             .expect("an envelope reached the collector");
         if String::from_utf8_lossy(&body).contains("reload refused") {

@@ -19,8 +19,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -33,48 +32,26 @@ use sha2::Digest as _;
 
 const PAGE: &str = include_str!("webrtc/relay.html");
 
-/// Serves the page and hands every POSTed result to the returned receiver; runs until the
-/// process ends (one thread, a few requests per test).
+/// Serves the page and hands every POSTed result to the returned receiver.
 fn page_server() -> (SocketAddr, mpsc::Receiver<String>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let address = listener.local_addr().unwrap();
+    let (address, requests) = common::http_server(|request| {
+        if request.method == "GET" && (request.path == "/" || request.path.starts_with("/?")) {
+            ("text/html", PAGE.to_owned())
+        } else {
+            ("text/plain", String::new())
+        }
+    });
     let (results, receiver) = mpsc::channel();
     std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut request_line = String::new();
-            if reader.read_line(&mut request_line).is_err() {
-                continue;
+        for request in requests {
+            if request.method == "POST"
+                && request.path == "/result"
+                && results
+                    .send(String::from_utf8_lossy(&request.body).into_owned())
+                    .is_err()
+            {
+                return;
             }
-            let mut length = 0;
-            loop {
-                let mut header = String::new();
-                if reader.read_line(&mut header).is_err() || header.trim().is_empty() {
-                    break;
-                }
-                if let Some((name, value)) = header.split_once(':')
-                    && name.eq_ignore_ascii_case("content-length")
-                {
-                    length = value.trim().parse().unwrap_or(0);
-                }
-            }
-            let body = if request_line.starts_with("POST /result") {
-                let mut body = vec![0; length.min(1 << 20)];
-                let _ = reader.read_exact(&mut body);
-                let _ = results.send(String::from_utf8_lossy(&body).into_owned());
-                String::new()
-            } else if request_line.starts_with("GET / ") || request_line.starts_with("GET /?") {
-                PAGE.to_owned()
-            } else {
-                String::new()
-            };
-            let _ = write!(
-                stream,
-                "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
         }
     });
     (address, receiver)

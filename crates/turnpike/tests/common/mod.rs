@@ -402,3 +402,65 @@ pub fn allocate(
         turnpike_load::run::CHANNEL,
     )
 }
+
+/// A request an [`http_server`] received: its method, its path and its body.
+#[derive(Debug)]
+pub struct HttpRequest {
+    pub method: String,
+    pub path: String,
+    pub body: Vec<u8>,
+}
+
+/// A minimal HTTP/1.1 server on loopback, for the test's own side of a conversation (a page a
+/// browser loads, a collector a relay reports to): `respond` gives each request's content type
+/// and body (status 200), and every request is handed to the returned receiver. Runs on its own
+/// thread until the receiver is dropped.
+pub fn http_server(
+    respond: impl Fn(&HttpRequest) -> (&'static str, String) + Send + 'static,
+) -> (SocketAddr, std::sync::mpsc::Receiver<HttpRequest>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut request_line = String::new();
+            if reader.read_line(&mut request_line).is_err() {
+                continue;
+            }
+            let mut length = 0;
+            loop {
+                let mut header = String::new();
+                if reader.read_line(&mut header).is_err() || header.trim().is_empty() {
+                    break;
+                }
+                if let Some((name, value)) = header.split_once(':')
+                    && name.eq_ignore_ascii_case("content-length")
+                {
+                    length = value.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0; length.min(1 << 20)];
+            let _ = reader.read_exact(&mut body);
+            let mut words = request_line.split_whitespace();
+            let request = HttpRequest {
+                method: words.next().unwrap_or("").to_owned(),
+                path: words.next().unwrap_or("").to_owned(),
+                body,
+            };
+            let (content_type, answer) = respond(&request);
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
+                answer.len()
+            );
+            if sender.send(request).is_err() {
+                return;
+            }
+        }
+    });
+    (address, receiver)
+}
