@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # End-to-end test of the kernel data plane (as root): real traffic through `turnpike` with XDP on,
 # in network namespaces joined by a router (scripts/lib/netns.sh), for all four address-family
-# pairs; TURN over TCP (never relayed in the kernel); then expiry (the kernel stops relaying a channel whose allocation expired) and detach
+# pairs; TURN over TCP (never relayed in the kernel); expiry (the kernel stops relaying a channel
+# whose allocation expired); a multi-homed relay (two addresses, two listening ports, --relay-ip on
+# the second address) resizing frames at the tail (--xdp-adjust tail); then detach
 # (no program stays attached after the relay exits, by SIGTERM or SIGKILL under load), and a start
 # after SIGKILL attaches and relays in the kernel again; last, a full kernel channel map, whose
 # overflow is counted and relayed in user space.
@@ -56,7 +58,7 @@ metric() {
 
 start_relay() {
     TURNPIKE_SECRETS=$secret ip netns exec "$TP_RELAY" "$bin/turnpike" \
-        --listen "$TP_RELAY_IP:3478,[$TP_RELAY_IP6]:3478" \
+        --listen "${RELAY_LISTEN:-$TP_RELAY_IP:3478,[$TP_RELAY_IP6]:3478}" \
         --allow-peers "10.100.3.0/24,fd00:100:3::/64" --relay-ports 49152-53151 \
         --default-lifetime 4 --max-lifetime 4 --drain-seconds 0 --log-level warn \
         --xdp-interface tp2-h "$@" >"$work/relay.log" 2>&1 &
@@ -95,18 +97,23 @@ for pair in "${pairs[@]}"; do
     read -r name server peer <<<"$pair"
     csum0=$(($(tp_udp_csum_errors "$TP_CLIENT") + $(tp_udp_csum_errors "$TP_PEER")))
     up0=$(metric "turnpike_xdp_packets_total{outcome=\"client_to_peer_$name\"}")
+    down0=$(metric "turnpike_xdp_packets_total{outcome=\"peer_to_client_${name:3:1}to${name:0:1}\"}")
     summary=$(timeout 30 ip netns exec "$TP_CLIENT" "$bin/turnpike-load" run --server "$server" --peer "$peer" \
         --secret "$secret" --allocations 4 --duration 2 --window 8 2>/dev/null | tail -n 1) || summary='{}'
     up1=$(metric "turnpike_xdp_packets_total{outcome=\"client_to_peer_$name\"}")
+    down1=$(metric "turnpike_xdp_packets_total{outcome=\"peer_to_client_${name:3:1}to${name:0:1}\"}")
     csum1=$(($(tp_udp_csum_errors "$TP_CLIENT") + $(tp_udp_csum_errors "$TP_PEER")))
     received=$(sed -n 's/.*"received":\([0-9]*\).*/\1/p' <<<"$summary")
     sent=$(sed -n 's/.*"sent":\([0-9]*\).*/\1/p' <<<"$summary")
     malformed=$(sed -n 's/.*"malformed":\([0-9]*\).*/\1/p' <<<"$summary")
     check "$name: round trips completed ($received of $sent)" test "${received:-0}" -gt 1000
     check "$name: no datagram lost or mangled" test "$((${sent:-0} - ${received:-0}))" -le "$((${sent:-1} / 100))" -a "${malformed:-1}" -eq 0
-    check "$name: relayed in the kernel ($((up1 - up0)) client-to-peer frames)" test "$((up1 - up0))" -ge "${received:-1}"
+    check "$name: relayed in the kernel ($((up1 - up0)) client-to-peer, $((down1 - down0)) peer-to-client frames)" \
+        test "$((up1 - up0))" -ge "${received:-1}" -a "$((down1 - down0))" -ge "${received:-1}"
     check "$name: receivers saw no checksum errors" test "$csum1" -eq "$csum0"
 done
+check "auto resizing stays at the head on a driver with headroom" \
+    test "$(metric 'turnpike_xdp_adjust_mode{mode="auto"}')" -eq 1 -a "$(metric 'turnpike_xdp_head_refused_total ')" -eq 0
 userspace=$(metric 'turnpike_relayed_packets_total{direction="client_to_peer",path="userspace"}')
 check "bound channels never reached user space ($userspace datagrams did)" test "$userspace" -eq 0
 
@@ -163,6 +170,37 @@ check "expiry: the kernel passed later ChannelData up as unbound ($((missing1 - 
 check "expiry: no allocation is left" test "$(metric 'turnpike_allocations ')" -eq 0
 check "expiry: the kernel's caches hold no binding" test \
     "$(($(metric 'turnpike_xdp_cached_channels{direction="client_to_peer"}') + $(metric 'turnpike_xdp_cached_channels{direction="peer_to_client"}')))" -eq 0
+
+# A multi-homed relay: a second address of each family on the relay's interface, a listening
+# port on each address (3478 on the first, 3479 on the second), datagrams to peers relayed from
+# the second address (--relay-ip), and frames resized at the tail as on drivers without
+# headroom. Each pair runs against both listening addresses; every round trip must be relayed in
+# the kernel, which keys each binding by the listening address and port the client wrote to and
+# sends from the address the peer knows (an echo to any other address would be lost).
+kill -TERM "$relay_pid"
+wait "$relay_pid" 2>/dev/null || true
+ip -n "$TP_RELAY" addr add 10.100.2.3/24 dev tp2-h
+ip -n "$TP_RELAY" -6 addr add fd00:100:2::3/64 dev tp2-h nodad
+RELAY_LISTEN="$TP_RELAY_IP:3478,10.100.2.3:3479,[$TP_RELAY_IP6]:3478,[fd00:100:2::3]:3479" \
+    start_relay --relay-ip 10.100.2.3,fd00:100:2::3 --xdp-adjust tail
+check "multi-homed: the kernel path resizes at the tail" test "$(metric 'turnpike_xdp_adjust_mode{mode="tail"}')" -eq 1
+for pair in "4to4 $TP_RELAY_IP:3478 $TP_PEER_IP:9000" "4to4 10.100.2.3:3479 $TP_PEER_IP:9000" \
+    "6to6 [$TP_RELAY_IP6]:3478 [$TP_PEER_IP6]:9000" "6to6 [fd00:100:2::3]:3479 [$TP_PEER_IP6]:9000" \
+    "4to6 10.100.2.3:3479 [$TP_PEER_IP6]:9000" "6to4 [$TP_RELAY_IP6]:3478 $TP_PEER_IP:9000"; do
+    read -r name server peer <<<"$pair"
+    up0=$(metric "turnpike_xdp_packets_total{outcome=\"client_to_peer_$name\"}")
+    down0=$(metric "turnpike_xdp_packets_total{outcome=\"peer_to_client_${name:3:1}to${name:0:1}\"}")
+    summary=$(timeout 30 ip netns exec "$TP_CLIENT" "$bin/turnpike-load" run --server "$server" --peer "$peer" \
+        --secret "$secret" --allocations 2 --duration 2 --window 8 2>/dev/null | tail -n 1) || summary='{}'
+    up1=$(metric "turnpike_xdp_packets_total{outcome=\"client_to_peer_$name\"}")
+    down1=$(metric "turnpike_xdp_packets_total{outcome=\"peer_to_client_${name:3:1}to${name:0:1}\"}")
+    received=$(sed -n 's/.*"received":\([0-9]*\).*/\1/p' <<<"$summary")
+    sent=$(sed -n 's/.*"sent":\([0-9]*\).*/\1/p' <<<"$summary")
+    check "multi-homed $name via $server: round trips completed ($received of $sent)" test "${received:-0}" -gt 500
+    check "multi-homed $name via $server: no datagram lost" test "$((${sent:-0} - ${received:-0}))" -le "$((${sent:-1} / 100))"
+    check "multi-homed $name via $server: both directions in the kernel ($((up1 - up0)) up, $((down1 - down0)) down)" \
+        test "$((up1 - up0))" -ge "${received:-1}" -a "$((down1 - down0))" -ge "${received:-1}"
+done
 
 # Detach: the program goes with the process, whether it exits or is killed.
 check "attached while the relay runs" xdp_attached

@@ -2,7 +2,7 @@
 //!
 //! # Why a cache in front of a hash map
 //!
-//! A BPF hash-map lookup is a call into the kernel that hashes the key (jhash over 21 bytes),
+//! A BPF hash-map lookup is a call into the kernel that hashes the key (jhash over 40 bytes),
 //! walks a bucket and compares keys: measured at about 31 ns per packet on the machines this
 //! project runs on, more than the whole rest of the program. A lookup in a BPF *array* at an
 //! index the program computes is inlined by the verifier into a bounds check and an addition.
@@ -13,8 +13,10 @@
 //!
 //! - [`ChannelCacheSlot`] (`CHANNEL_CACHE`, client to peer) is indexed by a hash of (client
 //!   address, client port, channel) computed here, identically on both sides
-//!   ([`channel_cache_index`]). Two bindings can hash to the same slot; the first one keeps it
-//!   and the other is served by the hash map alone.
+//!   ([`channel_cache_index`]). Two bindings can hash to the same slot (one client's channels on
+//!   two listening addresses always do); the first one keeps it and the other is served by the
+//!   hash map alone. The slot holds the whole key, listening address and port included, and
+//!   the program compares all of it.
 //! - [`PeerCacheSlot`] (`PEER_CACHE`, peer to client) is indexed by the relayed port and family
 //!   ([`peer_cache_index`]), which identify one allocation, so allocations never compete for a
 //!   slot; the first channel of an allocation (usually its only one) is cached, further channels
@@ -58,8 +60,8 @@
 //! # Layout
 //!
 //! Sequence (native `u32`, like [`crate::Counter`]: only ever compared with itself) at 0, key at
-//! 4, value at 28: both 21-byte entries start on a 4-byte boundary, so their addresses read as
-//! aligned words. 52 bytes per slot.
+//! 4, value at 44: both 40-byte entries start on a 4-byte boundary, so their addresses read as
+//! aligned words. 84 bytes per slot.
 
 use crate::route::{ClientChannel, FAMILY_V6, PeerBinding};
 
@@ -69,9 +71,7 @@ use crate::route::{ClientChannel, FAMILY_V6, PeerBinding};
 pub struct CacheSlot<K, V> {
     sequence: u32,
     key: K,
-    _gap: [u8; 3],
     value: V,
-    _tail: [u8; 3],
 }
 
 /// A slot of `CHANNEL_CACHE`: client to peer.
@@ -85,7 +85,7 @@ impl<K: Copy, V: Copy> CacheSlot<K, V> {
     /// Offset of the key in a slot.
     pub const KEY_OFFSET: usize = 4;
     /// Offset of the value in a slot.
-    pub const VALUE_OFFSET: usize = 28;
+    pub const VALUE_OFFSET: usize = 44;
 
     /// A slot holding `key` → `value` under `sequence`.
     #[inline(always)]
@@ -93,9 +93,7 @@ impl<K: Copy, V: Copy> CacheSlot<K, V> {
         Self {
             sequence,
             key,
-            _gap: [0; 3],
             value,
-            _tail: [0; 3],
         }
     }
 
@@ -184,9 +182,9 @@ impl PeerBinding {
     }
 }
 
-// SAFETY: `#[repr(C)]`, `Copy`, a `u32` at offset 0 followed by `Pod` types of alignment 1 and
-// explicit padding arrays up to the size (a multiple of 4), so there are no implicit padding
-// bytes and every bit pattern is valid; no pointers.
+// SAFETY: `#[repr(C)]`, `Copy`, a `u32` at offset 0 followed by two `Pod` types of alignment 1
+// and 40 bytes each, which end at 84, a multiple of 4, so there are no implicit padding bytes
+// and every bit pattern is valid; no pointers.
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for ChannelCacheSlot {}
 #[cfg(feature = "user")]
@@ -203,6 +201,28 @@ mod tests {
 
     fn ip(text: &str) -> IpAddr {
         IpAddr::from_str(text).unwrap()
+    }
+
+    /// A client's channel on a listening address of its family.
+    fn client_channel(client: &str, port: u16, channel: u16) -> ClientChannel {
+        let client = ip(client);
+        let server = if client.is_ipv4() {
+            ip("192.0.2.1")
+        } else {
+            ip("2001:db8::1")
+        };
+        ClientChannel::new(client, port, server, 3478, channel).unwrap()
+    }
+
+    /// A peer on a relayed address of its family.
+    fn peer_binding(peer: &str, relay_port: u16) -> PeerBinding {
+        let peer = ip(peer);
+        let relayed = if peer.is_ipv4() {
+            ip("192.0.2.1")
+        } else {
+            ip("2001:db8::1")
+        };
+        PeerBinding::new(peer, 5000, relayed, relay_port).unwrap()
     }
 
     #[test]
@@ -223,7 +243,7 @@ mod tests {
                 offset_of!(PeerCacheSlot, value),
             ),
         ] {
-            assert_eq!((size, align), (52, 4));
+            assert_eq!((size, align), (84, 4));
             assert_eq!(sequence, ChannelCacheSlot::SEQUENCE_OFFSET);
             assert_eq!(key, ChannelCacheSlot::KEY_OFFSET);
             assert_eq!(value, ChannelCacheSlot::VALUE_OFFSET);
@@ -232,15 +252,13 @@ mod tests {
 
     #[test]
     fn slot_round_trips_through_its_bytes() {
-        let key = ClientChannel::new(ip("198.51.100.7"), 40000, 0x4001);
-        let value = PeerBinding::new(ip("2001:db8::9"), 5000, 49152);
+        let key = client_channel("198.51.100.7", 40000, 0x4001);
+        let value = peer_binding("2001:db8::9", 49152);
         let slot = ChannelCacheSlot::new(6, key, value);
         let bytes = bytes_of(&slot);
         assert_eq!(&bytes[0..4], 6u32.to_ne_bytes());
-        assert_eq!(&bytes[4..25], bytes_of(&key));
-        assert_eq!(&bytes[25..28], [0; 3]);
-        assert_eq!(&bytes[28..49], bytes_of(&value));
-        assert_eq!(&bytes[49..52], [0; 3]);
+        assert_eq!(&bytes[4..44], bytes_of(&key));
+        assert_eq!(&bytes[44..84], bytes_of(&value));
         let back: ChannelCacheSlot = from_bytes(bytes);
         assert_eq!(back, slot);
         assert_eq!(
@@ -251,7 +269,7 @@ mod tests {
 
     #[test]
     fn never_written_slot_is_empty() {
-        let zero: PeerCacheSlot = from_bytes(&[0; 52]);
+        let zero: PeerCacheSlot = from_bytes(&[0; 84]);
         assert_eq!(zero.sequence(), 0);
         assert_eq!(zero.key().family(), 0);
         assert_eq!(zero, PeerCacheSlot::default());
@@ -259,7 +277,7 @@ mod tests {
 
     #[test]
     fn channel_index_is_the_packet_field_hash() {
-        let key = ClientChannel::new(ip("198.51.100.7"), 40000, 0x4001);
+        let key = client_channel("198.51.100.7", 40000, 0x4001);
         // What the kernel program loads from the packet: the address word and the raw fields.
         let address = [u32::from_ne_bytes([198, 51, 100, 7]), 0, 0, 0];
         let port = u16::from_ne_bytes(40000u16.to_be_bytes());
@@ -278,18 +296,14 @@ mod tests {
         let mut slots = HashSet::new();
         for host in 0..16u8 {
             for port in 0..256u16 {
-                let key = ClientChannel::new(
-                    ip(&std::format!("198.51.100.{host}")),
-                    40000 + port,
-                    0x4000,
-                );
+                let key = client_channel(&std::format!("198.51.100.{host}"), 40000 + port, 0x4000);
                 slots.insert(key.cache_index());
             }
         }
         // A uniform hash would leave about 3.1 % of 4,096 keys sharing a slot in 65,536.
         assert!(slots.len() > 3_900, "{} slots", slots.len());
-        let v6 = ClientChannel::new(ip("2001:db8::1"), 40000, 0x4000);
-        let other = ClientChannel::new(ip("2001:db8::2"), 40000, 0x4000);
+        let v6 = client_channel("2001:db8::1", 40000, 0x4000);
+        let other = client_channel("2001:db8::2", 40000, 0x4000);
         assert_ne!(v6.cache_index(), other.cache_index());
     }
 
@@ -299,19 +313,19 @@ mod tests {
         // constant permutes it: a NAT's 65,536 ports on one address never share a slot.
         let mut slots = HashSet::new();
         for port in 0..=u16::MAX {
-            slots.insert(ClientChannel::new(ip("198.51.100.7"), port, 0x4000).cache_index());
+            slots.insert(client_channel("198.51.100.7", port, 0x4000).cache_index());
         }
         assert_eq!(slots.len(), 65_536);
     }
 
     #[test]
     fn peer_index_is_port_and_family() {
-        let v4 = PeerBinding::new(ip("203.0.113.5"), 5000, 49152);
-        let v6 = PeerBinding::new(ip("2001:db8::5"), 5000, 49152);
+        let v4 = peer_binding("203.0.113.5", 49152);
+        let v6 = peer_binding("2001:db8::5", 49152);
         assert_eq!(v4.cache_index(), 98_304);
         assert_eq!(v6.cache_index(), 98_305);
         assert_eq!(
-            PeerBinding::new(ip("2001:db8::5"), 1, 65535).cache_index(),
+            peer_binding("2001:db8::5", 65535).cache_index(),
             PEER_CACHE_SLOTS - 1
         );
     }

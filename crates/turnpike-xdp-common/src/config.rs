@@ -24,8 +24,9 @@ use core::fmt;
 #[repr(C)]
 #[derive(Clone, Copy, PartialEq, Eq, Default)]
 pub struct XdpConfig {
-    /// UDP port the relay listens on for TURN traffic from clients, big-endian.
-    listen_port: [u8; 2],
+    /// UDP ports the relay listens on for TURN traffic from clients, big-endian; unused slots
+    /// are zero, the first is never (see [`XdpConfig::is_set`]).
+    listen_ports: [[u8; 2]; XdpConfig::MAX_LISTEN_PORTS],
     /// Lowest port of the relayed-address range (inclusive), big-endian.
     relay_port_low: [u8; 2],
     /// Highest port of the relayed-address range (inclusive), big-endian.
@@ -36,17 +37,73 @@ pub struct XdpConfig {
     hop_limit: u8,
     /// Option bits: [`XdpConfig::RFC5766_CHANNEL_NUMBERS`].
     flags: u8,
+    /// How the frame is resized: an [`AdjustMode`] as its byte.
+    adjust: u8,
+}
+
+/// How the kernel program makes room for headers that grow, or closes the gap after headers that
+/// shrink.
+///
+/// - `Head` moves the frame start with `bpf_xdp_adjust_head`: the payload stays where it is and
+///   only the headers are rewritten. The fastest, but a driver must leave headroom in front of
+///   the frame, which some do not in native mode (Google Cloud's gVNIC, `gve`).
+/// - `Tail` keeps the frame start and grows or shrinks the frame at its end with
+///   `bpf_xdp_adjust_tail`, moving the payload by the difference: a copy of the payload per
+///   datagram, so it costs more the larger the datagram (docs/benchmarks.md), but it needs only
+///   tailroom, which every driver with XDP support provides.
+/// - `Auto` tries the head first and, where the driver refuses to move it, resizes at the tail
+///   instead; each refusal is counted ([`crate::Counter`] at
+///   [`crate::Outcome::HEAD_REFUSED_INDEX`]), and user space switches the configuration to
+///   `Tail` when it sees one, so a refusing driver costs one failed helper call per datagram only
+///   until then.
+#[repr(u8)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub enum AdjustMode {
+    /// `bpf_xdp_adjust_head` only.
+    #[default]
+    Head = 0,
+    /// `bpf_xdp_adjust_tail` and a payload move only.
+    Tail = 1,
+    /// The head where the driver allows it, else the tail.
+    Auto = 2,
+}
+
+impl AdjustMode {
+    /// The mode a configuration byte holds; an unknown byte reads as `Head`, which every driver
+    /// the program attaches to in generic mode supports.
+    #[inline(always)]
+    pub const fn from_byte(byte: u8) -> Self {
+        match byte {
+            1 => Self::Tail,
+            2 => Self::Auto,
+            _ => Self::Head,
+        }
+    }
+
+    /// The name used by `--xdp-adjust` and in logs.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Head => "head",
+            Self::Tail => "tail",
+            Self::Auto => "auto",
+        }
+    }
 }
 
 impl XdpConfig {
+    /// How many listening ports the program relays for; datagrams to any further port a relay
+    /// listens on take the user-space path.
+    pub const MAX_LISTEN_PORTS: usize = 8;
+
     /// The configuration the kernel sees before user space writes one: all zeros.
     pub const UNSET: Self = Self {
-        listen_port: [0; 2],
+        listen_ports: [[0; 2]; Self::MAX_LISTEN_PORTS],
         relay_port_low: [0; 2],
         relay_port_high: [0; 2],
         ttl: 0,
         hop_limit: 0,
         flags: 0,
+        adjust: 0,
     };
 
     /// Channel numbers 0x4000–0x7FFF (RFC 5766) are ChannelData, not only 0x4000–0x4FFF (RFC
@@ -65,14 +122,75 @@ impl XdpConfig {
         if listen_port == 0 {
             return Self::UNSET;
         }
+        let mut listen_ports = [[0; 2]; Self::MAX_LISTEN_PORTS];
+        listen_ports[0] = listen_port.to_be_bytes();
         Self {
-            listen_port: listen_port.to_be_bytes(),
+            listen_ports,
             relay_port_low: relay_port_low.to_be_bytes(),
             relay_port_high: relay_port_high.to_be_bytes(),
             ttl: Self::DEFAULT_HOP_LIMIT,
             hop_limit: Self::DEFAULT_HOP_LIMIT,
             flags: 0,
+            adjust: AdjustMode::Head as u8,
         }
+    }
+
+    /// The same configuration relaying for one more listening port (host order); unchanged if
+    /// the port is there already, `None` if it is 0, the configuration is unset, or all
+    /// [`XdpConfig::MAX_LISTEN_PORTS`] slots are taken.
+    #[must_use]
+    pub fn with_listen_port(mut self, port: u16) -> Option<Self> {
+        if port == 0 || !self.is_set() {
+            return None;
+        }
+        if self.listen_ports().any(|held| held == port) {
+            return Some(self);
+        }
+        let free = self.listen_ports.iter_mut().find(|slot| **slot == [0; 2])?;
+        *free = port.to_be_bytes();
+        Some(self)
+    }
+
+    /// The listening ports, in host order.
+    pub fn listen_ports(&self) -> impl Iterator<Item = u16> + '_ {
+        self.listen_ports
+            .iter()
+            .map(|port| u16::from_be_bytes(*port))
+            .filter(|port| *port != 0)
+    }
+
+    /// Whether `raw`, a destination port as loaded from a packet (big-endian bytes in a native
+    /// `u16`), is one of the listening ports. Unrolled over the fixed slots: a few compares, no
+    /// loop for the verifier to walk.
+    #[inline(always)]
+    pub const fn is_listen_port_wire(&self, raw: u16) -> bool {
+        if raw == 0 {
+            return false;
+        }
+        let mut i = 0;
+        while i < Self::MAX_LISTEN_PORTS {
+            if u16::from_ne_bytes(self.listen_ports[i]) == raw {
+                return true;
+            }
+            i += 1;
+        }
+        false
+    }
+
+    /// The same configuration resizing frames as `mode` says.
+    #[inline(always)]
+    #[must_use]
+    pub const fn with_adjust_mode(mut self, mode: AdjustMode) -> Self {
+        if self.is_set() {
+            self.adjust = mode as u8;
+        }
+        self
+    }
+
+    /// How frames are resized.
+    #[inline(always)]
+    pub const fn adjust_mode(&self) -> AdjustMode {
+        AdjustMode::from_byte(self.adjust)
     }
 
     /// The same configuration taking channel numbers up to 0x7FFF (RFC 5766) when `on`, up to
@@ -130,16 +248,10 @@ impl XdpConfig {
         self
     }
 
-    /// UDP port the relay listens on, in host order.
+    /// The first UDP port the relay listens on, in host order (0 when unset).
     #[inline(always)]
     pub const fn listen_port(&self) -> u16 {
-        u16::from_be_bytes(self.listen_port)
-    }
-
-    /// UDP port the relay listens on, as it appears in a packet.
-    #[inline(always)]
-    pub const fn listen_port_wire(&self) -> [u8; 2] {
-        self.listen_port
+        u16::from_be_bytes(self.listen_ports[0])
     }
 
     /// Lowest relayed port (inclusive), in host order.
@@ -184,12 +296,32 @@ impl XdpConfig {
 impl fmt::Debug for XdpConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("XdpConfig")
-            .field("listen_port", &self.listen_port())
+            .field(
+                "listen_ports",
+                &format_args!("{:?}", ListenPorts(&self.listen_ports)),
+            )
             .field("relay_port_low", &self.relay_port_low())
             .field("relay_port_high", &self.relay_port_high())
             .field("ttl", &self.ttl)
             .field("hop_limit", &self.hop_limit)
             .field("rfc5766_channel_numbers", &self.rfc5766_channel_numbers())
+            .field("adjust", &self.adjust_mode())
+            .finish()
+    }
+}
+
+/// The used listening-port slots, in host order.
+struct ListenPorts<'a>(&'a [[u8; 2]; XdpConfig::MAX_LISTEN_PORTS]);
+
+impl fmt::Debug for ListenPorts<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(
+                self.0
+                    .iter()
+                    .map(|port| u16::from_be_bytes(*port))
+                    .filter(|port| *port != 0),
+            )
             .finish()
     }
 }
@@ -208,14 +340,15 @@ mod tests {
 
     #[test]
     fn xdp_config_layout_is_pinned() {
-        assert_eq!(size_of::<XdpConfig>(), 9);
+        assert_eq!(size_of::<XdpConfig>(), 24);
         assert_eq!(align_of::<XdpConfig>(), 1);
-        assert_eq!(offset_of!(XdpConfig, listen_port), 0);
-        assert_eq!(offset_of!(XdpConfig, relay_port_low), 2);
-        assert_eq!(offset_of!(XdpConfig, relay_port_high), 4);
-        assert_eq!(offset_of!(XdpConfig, ttl), 6);
-        assert_eq!(offset_of!(XdpConfig, hop_limit), 7);
-        assert_eq!(offset_of!(XdpConfig, flags), 8);
+        assert_eq!(offset_of!(XdpConfig, listen_ports), 0);
+        assert_eq!(offset_of!(XdpConfig, relay_port_low), 16);
+        assert_eq!(offset_of!(XdpConfig, relay_port_high), 18);
+        assert_eq!(offset_of!(XdpConfig, ttl), 20);
+        assert_eq!(offset_of!(XdpConfig, hop_limit), 21);
+        assert_eq!(offset_of!(XdpConfig, flags), 22);
+        assert_eq!(offset_of!(XdpConfig, adjust), 23);
     }
 
     #[test]
@@ -223,7 +356,14 @@ mod tests {
         let config = XdpConfig::new(3478, 49152, 65535).with_hop_limits(63, 255);
         let bytes = bytes_of(&config);
         // Big-endian on the wire and in the map, whatever the host byte order.
-        assert_eq!(bytes, [0x0d, 0x96, 0xc0, 0x00, 0xff, 0xff, 63, 255, 0]);
+        assert_eq!(
+            bytes,
+            [
+                0x0d, 0x96, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, // listening ports
+                0xc0, 0x00, 0xff, 0xff, // relayed range
+                63, 255, 0, 0, // hop limits, flags, adjust mode
+            ]
+        );
 
         let back: XdpConfig = from_bytes(bytes);
         assert_eq!(back, config);
@@ -236,7 +376,7 @@ mod tests {
 
     #[test]
     fn all_zero_config_is_unset() {
-        let never_written: XdpConfig = from_bytes(&[0; 9]);
+        let never_written: XdpConfig = from_bytes(&[0; 24]);
         assert!(!never_written.is_set());
         assert_eq!(never_written, XdpConfig::UNSET);
         assert_eq!(XdpConfig::default(), XdpConfig::UNSET);
@@ -269,8 +409,8 @@ mod tests {
     fn debug_shows_host_order_ports() {
         assert_eq!(
             format!("{:?}", XdpConfig::new(3478, 49152, 65535)),
-            "XdpConfig { listen_port: 3478, relay_port_low: 49152, relay_port_high: 65535, \
-             ttl: 64, hop_limit: 64, rfc5766_channel_numbers: false }"
+            "XdpConfig { listen_ports: [3478], relay_port_low: 49152, relay_port_high: 65535, \
+             ttl: 64, hop_limit: 64, rfc5766_channel_numbers: false, adjust: Head }"
         );
     }
 
@@ -278,7 +418,7 @@ mod tests {
     fn the_channel_range_follows_the_flag() {
         let rfc8656 = XdpConfig::new(3478, 49152, 65535);
         let rfc5766 = rfc8656.with_rfc5766_channel_numbers(true);
-        assert_eq!(bytes_of(&rfc5766)[8], XdpConfig::RFC5766_CHANNEL_NUMBERS);
+        assert_eq!(bytes_of(&rfc5766)[22], XdpConfig::RFC5766_CHANNEL_NUMBERS);
         assert_eq!(rfc5766.with_rfc5766_channel_numbers(false), rfc8656);
         assert!(!XdpConfig::UNSET.with_rfc5766_channel_numbers(true).is_set());
         for first in 0..=u8::MAX {
@@ -293,5 +433,57 @@ mod tests {
                 "{first:#04x}"
             );
         }
+    }
+
+    #[test]
+    fn up_to_eight_listening_ports_are_relayed() {
+        let mut config = XdpConfig::new(3478, 49152, 65535);
+        for port in [3479, 3478, 443, 80, 5000, 5001, 5002] {
+            config = config.with_listen_port(port).unwrap();
+        }
+        assert_eq!(
+            config.listen_ports().collect::<std::vec::Vec<_>>(),
+            [3478, 3479, 443, 80, 5000, 5001, 5002]
+        );
+        let full = config.with_listen_port(5003).unwrap();
+        assert_eq!(full.with_listen_port(5004), None);
+        assert_eq!(
+            full.with_listen_port(443),
+            Some(full),
+            "a port already held"
+        );
+        assert_eq!(config.with_listen_port(0), None);
+        assert_eq!(XdpConfig::UNSET.with_listen_port(3478), None);
+        for port in [3478u16, 3479, 443, 80, 5000, 5001, 5002, 5003] {
+            assert!(
+                full.is_listen_port_wire(u16::from_ne_bytes(port.to_be_bytes())),
+                "{port}"
+            );
+        }
+        for port in [0u16, 1, 3477, 5004, 49152] {
+            assert!(
+                !full.is_listen_port_wire(u16::from_ne_bytes(port.to_be_bytes())),
+                "{port}"
+            );
+        }
+        // An unused slot (zero) never matches a datagram to port 0.
+        assert!(!XdpConfig::new(3478, 1, 2).is_listen_port_wire(0));
+    }
+
+    #[test]
+    fn the_adjust_mode_is_one_byte() {
+        let config = XdpConfig::new(3478, 49152, 65535);
+        assert_eq!(config.adjust_mode(), AdjustMode::Head);
+        for mode in [AdjustMode::Tail, AdjustMode::Auto, AdjustMode::Head] {
+            let with = config.with_adjust_mode(mode);
+            assert_eq!(with.adjust_mode(), mode);
+            assert_eq!(bytes_of(&with)[23], mode as u8);
+        }
+        assert_eq!(AdjustMode::from_byte(200), AdjustMode::Head);
+        assert!(!XdpConfig::UNSET.with_adjust_mode(AdjustMode::Tail).is_set());
+        assert_eq!(
+            [AdjustMode::Head, AdjustMode::Tail, AdjustMode::Auto].map(AdjustMode::as_str),
+            ["head", "tail", "auto"]
+        );
     }
 }

@@ -76,20 +76,27 @@ pub enum Outcome {
     Hairpin = 20,
     /// The rewritten datagram would have the same source and destination address.
     PacketLoop = 21,
-    /// A translated path whose outgoing family has no own address set.
-    OwnAddressUnset = 22,
     /// A UDP checksum of zero that cannot be kept: the datagram would leave as IPv6, where zero
     /// is not allowed, or arrived as IPv6, where it is invalid.
-    ZeroChecksum = 23,
+    ZeroChecksum = 22,
     /// The rewritten frame would exceed the interface's MTU.
-    TooBig = 24,
-    /// `bpf_xdp_adjust_head`/`_tail` failed (no headroom); the frame was left unchanged.
-    AdjustFailed = 25,
+    TooBig = 23,
+    /// `bpf_xdp_adjust_head`/`_tail` failed (no headroom or tailroom); the frame was left
+    /// unchanged.
+    AdjustFailed = 24,
 }
 
 impl Outcome {
-    /// Number of outcomes: the size of the counters array.
-    pub const COUNT: u32 = 26;
+    /// Number of outcomes.
+    pub const COUNT: u32 = 25;
+
+    /// Index of the one counter that is not an outcome: datagrams the program relayed by
+    /// resizing at the tail because the driver refused to move the frame start
+    /// ([`crate::config::AdjustMode::Auto`]). Each is counted here *and* under its outcome.
+    pub const HEAD_REFUSED_INDEX: u32 = Self::COUNT;
+
+    /// Size of the counters array: the outcomes and [`Outcome::HEAD_REFUSED_INDEX`].
+    pub const COUNTER_SLOTS: u32 = Self::COUNT + 1;
 
     /// Every outcome, in index order.
     pub const ALL: [Self; Self::COUNT as usize] = [
@@ -115,7 +122,6 @@ impl Outcome {
         Self::NoPeerBinding,
         Self::Hairpin,
         Self::PacketLoop,
-        Self::OwnAddressUnset,
         Self::ZeroChecksum,
         Self::TooBig,
         Self::AdjustFailed,
@@ -180,7 +186,6 @@ impl Outcome {
             Self::NoPeerBinding => "no_peer_binding",
             Self::Hairpin => "hairpin",
             Self::PacketLoop => "packet_loop",
-            Self::OwnAddressUnset => "own_address_unset",
             Self::ZeroChecksum => "zero_checksum",
             Self::TooBig => "too_big",
             Self::AdjustFailed => "adjust_failed",

@@ -31,7 +31,7 @@
 //! | `PEER_TO_CHANNEL` | hash | [`PeerBinding`] | [`ClientChannel`] | user space |
 //! | `CHANNEL_CACHE` | array | `u32` [`ClientChannel::cache_index`] | [`ChannelCacheSlot`] | user space |
 //! | `PEER_CACHE` | array | `u32` [`PeerBinding::cache_index`] | [`PeerCacheSlot`] | user space |
-//! | `COUNTERS` | per-CPU array | `u32` [`Outcome`] | [`Counter`] | kernel |
+//! | `COUNTERS` | per-CPU array | `u32` [`Outcome`], then [`Outcome::HEAD_REFUSED_INDEX`] | [`Counter`] | kernel |
 //!
 //! The two route maps are each other's inverse: the value of one direction is the key of the
 //! other, which is why there are only two route types (see [`route`]). The two caches hold a
@@ -41,16 +41,16 @@
 
 pub mod cache;
 pub mod checksum;
-mod config;
+pub mod config;
 mod counters;
 mod own;
 pub mod route;
 
 pub use cache::{CHANNEL_CACHE_SLOTS, ChannelCacheSlot, PEER_CACHE_SLOTS, PeerCacheSlot};
-pub use config::XdpConfig;
+pub use config::{AdjustMode, XdpConfig};
 pub use counters::{Counter, Outcome};
 pub use own::OwnAddresses;
-pub use route::{ClientChannel, FAMILY_V4, FAMILY_V6, PeerBinding};
+pub use route::{ClientChannel, FAMILY_V4, FAMILY_V6, PeerBinding, ROUTE_ENTRY_LEN};
 
 /// The smallest MTU of an interface the relay program may be attached to: IPv6's minimum link
 /// MTU (RFC 8200 §5), which every link that carries IPv6 has and IPv4 links in practice exceed.
@@ -73,7 +73,8 @@ pub mod maps {
     pub const CHANNEL_CACHE: &str = "CHANNEL_CACHE";
     /// [`crate::PeerCacheSlot`]s: part of `PEER_TO_CHANNEL`, found without hashing.
     pub const PEER_CACHE: &str = "PEER_CACHE";
-    /// Per-CPU [`crate::Counter`]s indexed by [`crate::Outcome`].
+    /// Per-CPU [`crate::Counter`]s indexed by [`crate::Outcome`], and one more
+    /// ([`crate::Outcome::HEAD_REFUSED_INDEX`]).
     pub const COUNTERS: &str = "COUNTERS";
     /// Default capacity of each route map (entries, i.e. bound channels). User space may change
     /// it at load time.

@@ -1,10 +1,12 @@
-//! The relay's own address per family, for translated paths and hairpin detection.
+//! The relay's own address per family: the relayed address of its family, and what the program
+//! tests for hairpins.
 //!
-//! When a datagram changes family on its way through the relay (an IPv4 client bound to an IPv6
-//! peer, or the reverse), the outgoing source address cannot be the incoming destination: it is
-//! of the wrong family. It must be the relay's own address of the outgoing family, the one the
-//! far side knows the relay by. The kernel program reads it from this one-entry array, which user
-//! space fills from the interface's addresses (discovered, not configured).
+//! Every datagram the kernel program sends to a peer leaves from the relayed address in the
+//! binding it found (`route`), and user space writes there the relay's own address of the peer's
+//! family: the `--relay-ip` of that family, else a specific listening address, else the
+//! interface's (discovered, not configured). The same addresses go into this one-entry array,
+//! where the program looks for bindings whose peer is the relay itself (hairpins, which user
+//! space relays).
 //!
 //! Why user space and not the kernel learns it: learning it in the kernel from the destination of
 //! incoming packets (a) happens per CPU if the map is per-CPU, leaving CPUs that have seen no
@@ -14,9 +16,9 @@
 //! holds only addresses the relay can be reached at.
 //!
 //! A family whose field is all zeros is unset (neither `0.0.0.0` nor `::` is ever an address
-//! the relay sends from). An unset family makes translated paths towards that family go to user
-//! space; it never causes a drop, and it does not affect same-family paths, so a single-stack
-//! relay relays at full speed.
+//! the relay sends from). User space installs no binding whose peer is of an unset family, so
+//! such channels stay in user space; it never causes a drop, and a single-stack relay relays its
+//! own family at full speed.
 
 use core::fmt;
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -70,6 +72,15 @@ impl OwnAddresses {
     pub fn ipv6(&self) -> Option<Ipv6Addr> {
         let ip = Ipv6Addr::from(self.ipv6);
         (!ip.is_unspecified()).then_some(ip)
+    }
+
+    /// The own address of a family (`true`: IPv6), if set.
+    pub fn of_family(&self, v6: bool) -> Option<IpAddr> {
+        if v6 {
+            self.ipv6().map(IpAddr::V6)
+        } else {
+            self.ipv4().map(IpAddr::V4)
+        }
     }
 
     /// Whether `peer`'s address is the relay's own address of its family, the case the program
@@ -141,19 +152,25 @@ mod tests {
         let v4 = Ipv4Addr::new(192, 0, 2, 10);
         let v6 = Ipv6Addr::from_str("2001:db8::10").unwrap();
         let own = OwnAddresses::new(Some(v4), Some(v6));
-        assert!(own.includes_peer(&PeerBinding::new(v4.into(), 9, 50000)));
-        assert!(own.includes_peer(&PeerBinding::new(v6.into(), 9, 50000)));
+        let binding = |peer: IpAddr| {
+            let relayed = if peer.is_ipv4() {
+                IpAddr::V4(v4)
+            } else {
+                IpAddr::V6(v6)
+            };
+            PeerBinding::new(peer, 9, relayed, 50000).unwrap()
+        };
+        assert!(own.includes_peer(&binding(v4.into())));
+        assert!(own.includes_peer(&binding(v6.into())));
         // Another address, and the IPv4 address in its IPv4-mapped IPv6 form (another key).
-        assert!(!own.includes_peer(&PeerBinding::new(Ipv4Addr::new(192, 0, 2, 11).into(), 9, 1)));
-        assert!(!own.includes_peer(&PeerBinding::new(v4.to_ipv6_mapped().into(), 9, 1)));
+        assert!(!own.includes_peer(&binding(Ipv4Addr::new(192, 0, 2, 11).into())));
+        assert!(!own.includes_peer(&binding(v4.to_ipv6_mapped().into())));
         // Unset families match nothing, not even the unspecified address.
         let v4_only = OwnAddresses::new(Some(v4), None);
-        assert!(!v4_only.includes_peer(&PeerBinding::new(Ipv6Addr::UNSPECIFIED.into(), 9, 1)));
-        assert!(!OwnAddresses::UNSET.includes_peer(&PeerBinding::new(
-            Ipv4Addr::UNSPECIFIED.into(),
-            9,
-            1
-        )));
+        assert!(!v4_only.includes_peer(&binding(Ipv6Addr::UNSPECIFIED.into())));
+        assert!(!OwnAddresses::UNSET.includes_peer(&binding(Ipv4Addr::UNSPECIFIED.into())));
+        assert_eq!(own.of_family(false), Some(IpAddr::V4(v4)));
+        assert_eq!(v4_only.of_family(true), None);
         // A never-written entry (family 0) has no address.
         assert!(!own.includes_peer(&PeerBinding::default()));
     }

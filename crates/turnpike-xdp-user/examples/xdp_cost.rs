@@ -3,8 +3,12 @@
 //!
 //! ```text
 //! sudo TURNPIKE_XDP_ELF=$(bash scripts/build-xdp.sh) \
-//!     cargo run --release -p turnpike-xdp-user --example xdp_cost [-- RUNS] [--loop-only]
+//!     cargo run --release -p turnpike-xdp-user --example xdp_cost \
+//!     [-- RUNS] [--loop-only] [--adjust head|tail]
 //! ```
+//!
+//! `--adjust` chooses how the relay resizes frames (`AdjustMode`; head by default); the swap
+//! baseline never resizes.
 //!
 //! Two measurements, because `BPF_PROG_TEST_RUN` with `repeat = N` runs the program N times on
 //! the *same* buffer without restoring it, so run 2 sees run 1's output:
@@ -16,8 +20,9 @@
 //! - **kernel loop**: one call with `repeat = RUNS`. Valid only where the output, fed back, takes
 //!   the same path: the swap program (swapping twice restores the frame) and a same-family
 //!   relay frame whose two bindings lead back to itself (client to peer, then peer to client,
-//!   alternating; the time is the mean of the two directions). Translated paths cannot loop like
-//!   that: the second leg would come from the relay's own address, which is a hairpin.
+//!   alternating; the time is the mean of the two directions). Such bindings relay from
+//!   addresses that are not the relay's own, which only the benchmark-support call
+//!   `install_channel_relayed_from` installs. Translated paths cannot loop like that.
 //!
 //! `--loop-only` skips the single runs. The kernel loop also reports whether the bindings it uses
 //! sit in the program's caches (they should: the figure is for the cached path). Payloads are
@@ -32,7 +37,9 @@ use std::time::Duration;
 use common::{CLIENT_MAC, IpFields, RELAY_MAC, channel_data, load_relay, payload, udp_frame};
 use turnpike_proto::{AddressFamily, ChannelNumber};
 use turnpike_relay::{ChannelRoute, FiveTuple, RelaySocket};
-use turnpike_xdp_user::{Outcome, OwnAddresses, Program, XdpAction, XdpConfig, XdpError, XdpRelay};
+use turnpike_xdp_user::{
+    AdjustMode, Outcome, OwnAddresses, Program, XdpAction, XdpConfig, XdpError, XdpRelay,
+};
 
 const CHANNEL: u16 = 0x4001;
 const PAYLOAD: usize = 100;
@@ -45,9 +52,14 @@ fn addr(text: &str) -> SocketAddr {
         .unwrap_or_else(|_| panic!("bad address {text}"))
 }
 
-fn route(client: SocketAddr, relay_port: u16, peer: SocketAddr) -> ChannelRoute {
+fn route(
+    client: SocketAddr,
+    listen: SocketAddr,
+    relay_port: u16,
+    peer: SocketAddr,
+) -> ChannelRoute {
     ChannelRoute {
-        client: FiveTuple::udp(client, addr("0.0.0.0:3478")),
+        client: FiveTuple::udp(client, listen),
         channel: ChannelNumber::new(CHANNEL).unwrap_or(ChannelNumber::MIN),
         relay: RelaySocket {
             port: relay_port,
@@ -72,10 +84,10 @@ fn endpoints(client_v6: bool, peer_v6: bool) -> [SocketAddr; 4] {
     [client, listen, relayed, peer]
 }
 
-fn fresh_relay() -> Option<XdpRelay> {
+fn fresh_relay(mode: AdjustMode) -> Option<XdpRelay> {
     let mut relay = load_relay()?;
     let setup = relay
-        .configure(XdpConfig::new(3478, 49152, 65535))
+        .configure(XdpConfig::new(3478, 49152, 65535).with_adjust_mode(mode))
         .and_then(|()| {
             relay.set_own_addresses(OwnAddresses::new(
                 Some(Ipv4Addr::new(192, 0, 2, 1)),
@@ -122,7 +134,19 @@ fn main() {
         .iter()
         .find_map(|arg| arg.parse().ok())
         .unwrap_or(1_000_000);
-    let Some(relay) = fresh_relay() else {
+    let mode = match args
+        .iter()
+        .position(|arg| arg == "--adjust")
+        .map(|at| args.get(at + 1).map(String::as_str))
+    {
+        None | Some(Some("head")) => AdjustMode::Head,
+        Some(Some("tail")) => AdjustMode::Tail,
+        other => {
+            eprintln!("--adjust takes head or tail, not {other:?}");
+            std::process::exit(2);
+        }
+    };
+    let Some(relay) = fresh_relay(mode) else {
         std::process::exit(2);
     };
     let fields = IpFields::default();
@@ -132,7 +156,10 @@ fn main() {
     let swap_v4 = udp_frame(RELAY_MAC, CLIENT_MAC, v4[3], v4[2], fields, &data, true);
     let swap_v6 = udp_frame(RELAY_MAC, CLIENT_MAC, v6[3], v6[2], fields, &data, true);
 
-    println!("runs per measurement: {runs}; payload {PAYLOAD} bytes\n");
+    println!(
+        "runs per measurement: {runs}; payload {PAYLOAD} bytes; frames resized at the {}\n",
+        mode.as_str()
+    );
     if !loop_only {
         println!(
             "single runs (repeat = 1, fresh frame each time), ns per packet, fastest of \
@@ -165,7 +192,7 @@ fn main() {
 
         for (client_v6, peer_v6) in [(false, false), (false, true), (true, false), (true, true)] {
             let [client, listen, relayed, peer] = endpoints(client_v6, peer_v6);
-            exit_on(relay.install_channel(&route(client, relayed.port(), peer)));
+            exit_on(relay.install_channel(&route(client, listen, relayed.port(), peer)));
             let message = channel_data(CHANNEL, &data, 0);
             let from_client = udp_frame(
                 RELAY_MAC, CLIENT_MAC, client, listen, fields, &message, true,
@@ -243,12 +270,19 @@ fn main() {
         // the original frame from C:3478 to A:3478.
         let (rp, pp) = (50010, 50020);
         let cached_before = relay.cached_channels();
-        exit_on(relay.install_channel(&route(client, rp, SocketAddr::new(client.ip(), pp))));
-        exit_on(relay.install_channel(&route(
-            relay_address,
-            pp,
-            SocketAddr::new(relay_address.ip(), rp),
-        )));
+        exit_on(relay.install_channel_relayed_from(
+            &route(client, relay_address, rp, SocketAddr::new(client.ip(), pp)),
+            relay_address.ip(),
+        ));
+        exit_on(relay.install_channel_relayed_from(
+            &route(
+                relay_address,
+                client,
+                pp,
+                SocketAddr::new(relay_address.ip(), rp),
+            ),
+            client.ip(),
+        ));
         let cached_after = relay.cached_channels();
         let message = channel_data(CHANNEL, &data, 0);
         let frame = udp_frame(

@@ -20,12 +20,14 @@
 //!    (`max_channels` sized to the relay's quotas). This runs the verifier; the error carries
 //!    its log.
 //! 2. [`XdpRelay::configure`] with
-//!    `XdpConfig::new(listen_port, relay_low, relay_high).with_hop_limits(ttl, hop_limit)`,
-//!    the hop limits from [`discover::default_hop_limits`]`(interface)`. Only one listening
-//!    port is relayed in the kernel; datagrams to others take the user-space path.
-//! 3. [`XdpRelay::set_own_addresses`] with [`discover::own_addresses`]`(interface, &specific
-//!    listening IPs)`. A family without an address only sends its translated (IPv4 ↔ IPv6)
-//!    traffic through user space.
+//!    `XdpConfig::new(first_listen_port, relay_low, relay_high)`, further UDP listening ports
+//!    added with `with_listen_port` (up to [`XdpConfig::MAX_LISTEN_PORTS`]), then
+//!    `.with_hop_limits(ttl, hop_limit)` (from [`discover::default_hop_limits`]`(interface)`)
+//!    and `.with_adjust_mode(mode)` ([`AdjustMode`]: head, tail, or auto).
+//! 3. [`XdpRelay::set_own_addresses`] with [`discover::own_addresses`]`(interface, &preferred)`,
+//!    `preferred` being the `--relay-ip` addresses, then the specific listening addresses: each
+//!    binding's datagrams to its peer leave from the own address of the peer's family. A
+//!    family without an address keeps its peers' channels in user space.
 //! 4. [`XdpRelay::attach`]`(interface, AttachMode::Driver)` (or `Generic` for drivers without
 //!    native XDP; an interface whose MTU is below 1280 is refused). From here on the program
 //!    relays bound channels.
@@ -47,10 +49,11 @@
 //!
 //! Periodically (the admin tick, once a second): [`XdpRelay::counters`] for metrics (relayed and
 //! passed frames per outcome, [`turnpike_xdp_common::Outcome::as_str`] giving label values, and
-//! how many bindings sit in the program's caches), and
+//! how many bindings sit in the program's caches) and, with the same counters,
+//! [`XdpRelay::settle_adjust_mode`] (auto becomes tail once the driver refused the head); and
 //! now and then (say every 30 s) re-run [`discover::own_addresses`] and write it if it changed
-//! ([`XdpRelay::set_own_addresses`] first evicts from the caches any binding whose peer the new
-//! addresses include).
+//! ([`XdpRelay::set_own_addresses`] first removes the bindings relayed from an address that is
+//! gone and evicts from the caches any binding whose peer the new addresses include).
 //!
 //! At shutdown, drop the `XdpRelay`: the program is detached and the maps freed (the kernel does
 //! the same if the process dies). Datagrams in flight then take the user-space path, which
@@ -72,4 +75,4 @@ pub mod discover;
 
 pub use error::XdpError;
 pub use loader::{AttachMode, Counters, LoadOptions, Program, TestOutput, XdpAction, XdpRelay};
-pub use turnpike_xdp_common::{Counter, Outcome, OwnAddresses, XdpConfig};
+pub use turnpike_xdp_common::{AdjustMode, Counter, Outcome, OwnAddresses, XdpConfig};

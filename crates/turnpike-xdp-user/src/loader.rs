@@ -13,6 +13,7 @@
 //! shard: the route maps sit behind one mutex, taken only on the control path (a channel bind,
 //! refresh or expiry), never per packet.
 
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
@@ -22,13 +23,13 @@ use aya::programs::{TestRun, TestRunOptions, Xdp, XdpMode};
 use aya::{Ebpf, EbpfLoader};
 use turnpike_relay::ChannelRoute;
 use turnpike_xdp_common::{
-    ChannelCacheSlot, ClientChannel, Counter, MIN_LINK_MTU, Outcome, OwnAddresses, PeerBinding,
-    XdpConfig, maps, programs,
+    AdjustMode, ChannelCacheSlot, ClientChannel, Counter, MIN_LINK_MTU, Outcome, OwnAddresses,
+    PeerBinding, XdpConfig, maps, programs,
 };
 
 use crate::XdpError;
 use crate::cache::Cache;
-use crate::routes::{Entries, entries};
+use crate::routes::{Entries, entries, entries_relayed_from};
 
 /// How to attach the relay program to an interface.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -133,6 +134,8 @@ impl Default for LoadOptions {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Counters {
     values: [Counter; Outcome::COUNT as usize],
+    head_refused: u64,
+    adjust: AdjustMode,
     cached: (usize, usize),
 }
 
@@ -147,6 +150,17 @@ impl Counters {
         Outcome::ALL
             .iter()
             .map(|outcome| (*outcome, self.get(*outcome)))
+    }
+
+    /// Datagrams the driver refused to grow at the head, which the program then relayed by
+    /// resizing at the tail ([`AdjustMode::Auto`]; also counted under their outcome).
+    pub fn head_refused(&self) -> u64 {
+        self.head_refused
+    }
+
+    /// How the program resized frames when the counters were read.
+    pub fn adjust_mode(&self) -> AdjustMode {
+        self.adjust
     }
 
     /// Bindings the program finds in its caches when the counters were read, client to peer
@@ -387,16 +401,80 @@ impl XdpRelay {
             .map_err(|e| XdpError::map(maps::CONFIG, e))
     }
 
-    /// Writes the relay's own addresses (see [`crate::discover::own_addresses`]). Cached
-    /// bindings whose peer the new addresses include are evicted first (they stay in the route
-    /// maps, where the program tests for hairpins).
+    /// The configuration the program reads.
     ///
     /// # Errors
     ///
-    /// [`XdpError::Map`]. If an eviction fails the addresses are not written; the bindings
-    /// evicted so far stay out of the caches until their next refresh.
+    /// [`XdpError::Map`].
+    pub fn configuration(&self) -> Result<XdpConfig, XdpError> {
+        self.lock()
+            .config
+            .get(&0, 0)
+            .map_err(|e| XdpError::map(maps::CONFIG, e))
+    }
+
+    /// Settles [`AdjustMode::Auto`]: once the program has counted a datagram the driver would not
+    /// grow at the head, every later one would cost the same failed helper call before the
+    /// tail, so the configuration switches to [`AdjustMode::Tail`]. Returns whether it switched
+    /// (at most once; never in another mode). Call it with fresh counters, as the daemon does
+    /// when it publishes them.
+    ///
+    /// # Errors
+    ///
+    /// [`XdpError::Map`].
+    pub fn settle_adjust_mode(&self, counters: &Counters) -> Result<bool, XdpError> {
+        if counters.head_refused() == 0 {
+            return Ok(false);
+        }
+        let maps = self.lock();
+        let mut config = maps
+            .config
+            .get(&0, 0)
+            .map_err(|e| XdpError::map(maps::CONFIG, e))?;
+        if config.adjust_mode() != AdjustMode::Auto {
+            return Ok(false);
+        }
+        config = config.with_adjust_mode(AdjustMode::Tail);
+        let mut maps = maps;
+        maps.config
+            .set(0, config, 0)
+            .map_err(|e| XdpError::map(maps::CONFIG, e))?;
+        Ok(true)
+    }
+
+    /// Writes the relay's own addresses (see [`crate::discover::own_addresses`]): the
+    /// relayed address of each family for bindings installed from now on, and what the program
+    /// tests peers against for hairpins. Bindings relayed from an address that is no longer one
+    /// of them leave the maps (their channels go on in user space, and come back to the kernel
+    /// from the new address at their next refresh); cached bindings whose peer the new
+    /// addresses include are evicted from the caches (they stay in the route maps, where the
+    /// program tests for hairpins).
+    ///
+    /// # Errors
+    ///
+    /// [`XdpError::Map`]. If a removal or eviction fails the addresses are not written; the
+    /// bindings removed so far stay out until their next refresh.
     pub fn set_own_addresses(&self, own: OwnAddresses) -> Result<(), XdpError> {
         let mut maps = self.lock();
+        if own != maps.own_now {
+            let mut stale = Vec::new();
+            for entry in maps.to_client.iter() {
+                let (peer, client) = entry.map_err(|e| XdpError::map(maps::PEER_TO_CHANNEL, e))?;
+                let relayed_elsewhere = peer
+                    .relayed()
+                    .is_some_and(|ip| own.of_family(ip.is_ipv6()) != Some(ip));
+                if relayed_elsewhere {
+                    stale.push((peer, client));
+                }
+            }
+            for (peer, client) in stale {
+                // Caches first: they must never hold a binding the route maps no longer have.
+                maps.channel_cache.remove(&client, &peer)?;
+                maps.peer_cache.remove(&peer, &client)?;
+                remove_if(&mut maps.to_peer, maps::CHANNEL_TO_PEER, &client, &peer)?;
+                remove_if(&mut maps.to_client, maps::PEER_TO_CHANNEL, &peer, &client)?;
+            }
+        }
         // The program skips the hairpin check for cached bindings, so any whose peer the new
         // addresses include leaves the caches before the addresses change; the hash maps keep
         // them, and there the program checks.
@@ -431,8 +509,31 @@ impl XdpRelay {
     /// [`XdpError::Route`] for a route the maps cannot hold, [`XdpError::Map`] if a map is full
     /// (the binding is then absent in both directions and user space relays the channel).
     pub fn install_channel(&self, route: &ChannelRoute) -> Result<(), XdpError> {
-        let Entries { client, peer } = entries(route)?;
         let mut maps = self.lock();
+        let entries = entries(route, &maps.own_now)?;
+        Self::install_entries(&mut maps, entries)
+    }
+
+    /// Benchmark support: [`XdpRelay::install_channel`] with the peer side relayed from
+    /// `relayed` instead of the own address of its family, so that two bindings can lead a
+    /// frame back to itself under `BPF_PROG_TEST_RUN` (`examples/xdp_cost.rs`). The daemon
+    /// never calls it.
+    ///
+    /// # Errors
+    ///
+    /// As [`XdpRelay::install_channel`].
+    #[doc(hidden)]
+    pub fn install_channel_relayed_from(
+        &self,
+        route: &ChannelRoute,
+        relayed: IpAddr,
+    ) -> Result<(), XdpError> {
+        let mut maps = self.lock();
+        let entries = entries_relayed_from(route, relayed)?;
+        Self::install_entries(&mut maps, entries)
+    }
+
+    fn install_entries(maps: &mut Maps, Entries { client, peer }: Entries) -> Result<(), XdpError> {
         // A cache slot must never hold a value its map no longer has, not even between the map
         // update and the slot update below.
         maps.channel_cache.forget_other(&client, &peer)?;
@@ -471,8 +572,8 @@ impl XdpRelay {
     ///
     /// [`XdpError::Route`], [`XdpError::Map`].
     pub fn remove_channel(&self, route: &ChannelRoute) -> Result<(), XdpError> {
-        let Entries { client, peer } = entries(route)?;
         let mut maps = self.lock();
+        let Entries { client, peer } = entries(route, &maps.own_now)?;
         // Caches first: they must never hold a binding the route maps no longer have.
         maps.channel_cache.remove(&client, &peer)?;
         maps.peer_cache.remove(&peer, &client)?;
@@ -495,9 +596,10 @@ impl XdpRelay {
         value: &ChannelRoute,
         sequence: u32,
     ) -> Result<(), XdpError> {
-        let client = entries(key)?.client;
-        let peer = entries(value)?.peer;
-        self.lock().channel_cache.set(
+        let mut maps = self.lock();
+        let client = entries(key, &maps.own_now)?.client;
+        let peer = entries(value, &maps.own_now)?.peer;
+        maps.channel_cache.set(
             client.cache_index(),
             ChannelCacheSlot::new(sequence, client, peer),
         )
@@ -543,8 +645,17 @@ impl XdpRelay {
                 total.bytes += counter.bytes;
             }
         }
+        let head_refused = self
+            .counters
+            .get(&Outcome::HEAD_REFUSED_INDEX, 0)
+            .map_err(|e| XdpError::map(maps::COUNTERS, e))?
+            .iter()
+            .map(|counter| counter.packets)
+            .sum();
         Ok(Counters {
             values,
+            head_refused,
+            adjust: self.configuration()?.adjust_mode(),
             cached: self.cached_channels(),
         })
     }
@@ -743,6 +854,8 @@ mod tests {
         };
         let counters = Counters {
             values,
+            head_refused: 2,
+            adjust: AdjustMode::Tail,
             cached: (0, 0),
         };
         assert_eq!(
@@ -753,6 +866,8 @@ mod tests {
             }
         );
         assert_eq!(counters.passed().packets, 5);
+        // Not an outcome: in neither sum.
+        assert_eq!(counters.head_refused(), 2);
         assert_eq!(counters.get(Outcome::NoChannel).bytes, 500);
         assert_eq!(counters.iter().count(), Outcome::COUNT as usize);
     }

@@ -1,6 +1,7 @@
 //! The relay program under `BPF_PROG_TEST_RUN`: every direction and family pair relayed byte for
-//! byte as the user-space relay would send it, and every reason to pass a frame up, with the
-//! frame unchanged and its counter counted.
+//! byte as the user-space relay would send it, in each way of resizing the frame (`AdjustMode`:
+//! at the head, at the tail, auto), and every reason to pass a frame up, with the frame
+//! unchanged and its counter counted.
 //!
 //! Needs root and `TURNPIKE_XDP_ELF` (see `common::load_relay`).
 
@@ -26,11 +27,12 @@ use turnpike_proto::{AddressFamily, ChannelNumber, ChannelRange};
 use turnpike_relay::{ChannelRoute, FiveTuple, RelaySocket};
 use turnpike_xdp_common::ClientChannel;
 use turnpike_xdp_user::{
-    Outcome, OwnAddresses, Program, TestOutput, XdpAction, XdpConfig, XdpRelay,
+    AdjustMode, Outcome, OwnAddresses, Program, TestOutput, XdpAction, XdpConfig, XdpRelay,
 };
 
 const LISTEN_PORT: u16 = 3478;
-const RELAY_PORT: u16 = 50000;
+/// Every way of resizing a frame; each relayed path is checked in all of them.
+const MODES: [AdjustMode; 3] = [AdjustMode::Head, AdjustMode::Tail, AdjustMode::Auto];
 const CHANNEL: u16 = 0x4001;
 const TTL: u8 = 61;
 const HOP_LIMIT: u8 = 62;
@@ -80,10 +82,10 @@ impl Scenario {
 
     fn route(&self) -> ChannelRoute {
         ChannelRoute {
-            client: FiveTuple::udp(self.client, SocketAddr::new(self.listen.ip(), 3478)),
+            client: FiveTuple::udp(self.client, self.listen),
             channel: ChannelNumber::new_in(self.channel, ChannelRange::Rfc5766).unwrap(),
             relay: RelaySocket {
-                port: RELAY_PORT,
+                port: self.relayed.port(),
                 family: AddressFamily::of(self.peer.ip()),
             },
             peer: self.peer,
@@ -156,12 +158,22 @@ fn expected_fields(in_v6: bool, out_v6: bool, input: IpFields) -> IpFields {
     }
 }
 
+/// The test configuration, resizing frames as `mode` says.
+fn config(mode: AdjustMode) -> XdpConfig {
+    XdpConfig::new(LISTEN_PORT, 49152, 65535)
+        .with_hop_limits(TTL, HOP_LIMIT)
+        .with_adjust_mode(mode)
+}
+
 /// A relay with the test configuration, both own addresses, and the scenario's binding.
 fn relay_with(scenario: &Scenario) -> Option<XdpRelay> {
+    relay_in(scenario, AdjustMode::Head)
+}
+
+/// [`relay_with`], resizing frames as `mode` says.
+fn relay_in(scenario: &Scenario, mode: AdjustMode) -> Option<XdpRelay> {
     let relay = load_relay()?;
-    relay
-        .configure(XdpConfig::new(LISTEN_PORT, 49152, 65535).with_hop_limits(TTL, HOP_LIMIT))
-        .unwrap();
+    relay.configure(config(mode)).unwrap();
     relay
         .set_own_addresses(OwnAddresses::new(
             Some("192.0.2.1".parse().unwrap()),
@@ -232,24 +244,31 @@ fn hex(frame: &[u8]) -> String {
 
 fn client_to_peer(client_v6: bool, peer_v6: bool, outcome: Outcome) {
     let scenario = Scenario::new(client_v6, peer_v6);
-    let Some(relay) = relay_with(&scenario) else {
-        return;
-    };
-    let data = payload(101);
-    let input = scenario.from_client(&data, 0, IpFields::default());
-    let expected = scenario.to_peer(&data, IpFields::default());
-    assert_relayed(&relay, &input, &expected, outcome);
+    for mode in MODES {
+        let Some(relay) = relay_in(&scenario, mode) else {
+            return;
+        };
+        let data = payload(101);
+        let input = scenario.from_client(&data, 0, IpFields::default());
+        let expected = scenario.to_peer(&data, IpFields::default());
+        assert_relayed(&relay, &input, &expected, outcome);
+        // The head never refuses under BPF_PROG_TEST_RUN, so auto takes it.
+        assert_eq!(relay.counters().unwrap().head_refused(), 0, "{mode:?}");
+    }
 }
 
 fn peer_to_client(client_v6: bool, peer_v6: bool, outcome: Outcome) {
     let scenario = Scenario::new(client_v6, peer_v6);
-    let Some(relay) = relay_with(&scenario) else {
-        return;
-    };
-    let data = payload(101);
-    let input = scenario.from_peer(&data, IpFields::default());
-    let expected = scenario.to_client(&data, IpFields::default());
-    assert_relayed(&relay, &input, &expected, outcome);
+    for mode in MODES {
+        let Some(relay) = relay_in(&scenario, mode) else {
+            return;
+        };
+        let data = payload(101);
+        let input = scenario.from_peer(&data, IpFields::default());
+        let expected = scenario.to_client(&data, IpFields::default());
+        assert_relayed(&relay, &input, &expected, outcome);
+        assert_eq!(relay.counters().unwrap().head_refused(), 0, "{mode:?}");
+    }
 }
 
 #[test]
@@ -296,11 +315,14 @@ fn data_from_an_ipv6_peer_goes_to_an_ipv6_client() {
 fn padded_channel_data_is_relayed_without_its_padding() {
     // Every padding length, payload lengths of every parity, both output families, so that the
     // padding bytes land in both halves of a checksum word.
-    for peer_v6 in [false, true] {
+    for (peer_v6, mode) in [false, true]
+        .into_iter()
+        .flat_map(|v6| MODES.map(|mode| (v6, mode)))
+    {
         for len in [1usize, 2, 3, 5, 6, 7, 100] {
             let padding = (4 - len % 4) % 4;
             let scenario = Scenario::new(false, peer_v6);
-            let Some(relay) = relay_with(&scenario) else {
+            let Some(relay) = relay_in(&scenario, mode) else {
                 return;
             };
             let data = payload(len);
@@ -321,29 +343,88 @@ fn short_frames_lose_their_ethernet_padding() {
     // A 2-byte payload makes frames under the 60-byte Ethernet minimum; the sender pads them
     // with zeros after the IP packet, and the relayed frame must end where its IP packet ends.
     let scenario = Scenario::new(false, false);
-    let Some(relay) = relay_with(&scenario) else {
-        return;
-    };
-    let data = payload(2);
-    let mut input = scenario.from_peer(&data, IpFields::default());
-    input.resize(60, 0);
-    let expected = scenario.to_client(&data, IpFields::default());
-    assert_relayed(&relay, &input, &expected, Outcome::PeerToClient4To4);
+    for mode in MODES {
+        let Some(relay) = relay_in(&scenario, mode) else {
+            return;
+        };
+        let data = payload(2);
+        let mut input = scenario.from_peer(&data, IpFields::default());
+        input.resize(60, 0);
+        let expected = scenario.to_client(&data, IpFields::default());
+        assert_relayed(&relay, &input, &expected, Outcome::PeerToClient4To4);
 
-    let Some(relay) = relay_with(&scenario) else {
+        let Some(relay) = relay_in(&scenario, mode) else {
+            return;
+        };
+        let mut input = scenario.from_client(&data, 2, IpFields::default());
+        input.resize(60, 0);
+        let expected = scenario.to_peer(&data, IpFields::default());
+        assert_relayed(&relay, &input, &expected, Outcome::ClientToPeer4To4);
+    }
+}
+
+#[test]
+fn payloads_across_every_chunk_boundary_move_intact_at_the_tail() {
+    // At the tail the payload is copied in 256-byte chunks: lengths around one and two chunks
+    // and up to a full-size datagram, both directions, all four family pairs.
+    for (client_v6, peer_v6) in [(false, false), (false, true), (true, false), (true, true)] {
+        let scenario = Scenario::new(client_v6, peer_v6);
+        for len in [1usize, 255, 256, 257, 511, 512, 513, 1000, 1200, 1400] {
+            let data = payload(len);
+            let padding = (4 - len % 4) % 4;
+            let Some(relay) = relay_in(&scenario, AdjustMode::Tail) else {
+                return;
+            };
+            assert_relayed(
+                &relay,
+                &scenario.from_client(&data, padding, IpFields::default()),
+                &scenario.to_peer(&data, IpFields::default()),
+                Outcome::client_to_peer(client_v6, peer_v6),
+            );
+            let Some(relay) = relay_in(&scenario, AdjustMode::Tail) else {
+                return;
+            };
+            assert_relayed(
+                &relay,
+                &scenario.from_peer(&data, IpFields::default()),
+                &scenario.to_client(&data, IpFields::default()),
+                Outcome::peer_to_client(peer_v6, client_v6),
+            );
+        }
+    }
+}
+
+#[test]
+fn auto_stays_on_the_head_while_the_driver_allows_it() {
+    let scenario = Scenario::new(false, true);
+    let Some(relay) = relay_in(&scenario, AdjustMode::Auto) else {
         return;
     };
-    let mut input = scenario.from_client(&data, 2, IpFields::default());
-    input.resize(60, 0);
-    let expected = scenario.to_peer(&data, IpFields::default());
-    assert_relayed(&relay, &input, &expected, Outcome::ClientToPeer4To4);
+    let data = payload(64);
+    assert_relayed(
+        &relay,
+        &scenario.from_peer(&data, IpFields::default()),
+        &scenario.to_client(&data, IpFields::default()),
+        Outcome::PeerToClient6To4,
+    );
+    let counters = relay.counters().unwrap();
+    assert_eq!(counters.head_refused(), 0);
+    assert!(!relay.settle_adjust_mode(&counters).unwrap());
+    assert_eq!(
+        relay.configuration().unwrap().adjust_mode(),
+        AdjustMode::Auto
+    );
 }
 
 #[test]
 fn empty_payloads_are_relayed_both_ways() {
-    for (client_v6, peer_v6) in [(false, false), (false, true), (true, false), (true, true)] {
+    let pairs = [(false, false), (false, true), (true, false), (true, true)];
+    for (client_v6, peer_v6, mode) in pairs
+        .into_iter()
+        .flat_map(|(c, p)| MODES.map(|mode| (c, p, mode)))
+    {
         let scenario = Scenario::new(client_v6, peer_v6);
-        let Some(relay) = relay_with(&scenario) else {
+        let Some(relay) = relay_in(&scenario, mode) else {
             return;
         };
         let input = scenario.from_client(&[], 0, IpFields::default());
@@ -355,7 +436,7 @@ fn empty_payloads_are_relayed_both_ways() {
             Outcome::client_to_peer(client_v6, peer_v6),
         );
 
-        let Some(relay) = relay_with(&scenario) else {
+        let Some(relay) = relay_in(&scenario, mode) else {
             return;
         };
         let input = scenario.from_peer(&[], IpFields::default());
@@ -518,8 +599,17 @@ fn reinstalling_the_same_channel_is_idempotent() {
 /// The client's address differs in its last two bytes: for one address and channel, no two
 /// ports share a slot (the hash multiplies them into the top bits, which is a bijection).
 fn colliding(scenario: &Scenario) -> Scenario {
-    let slot =
-        |s: &Scenario| ClientChannel::new(s.client.ip(), s.client.port(), CHANNEL).cache_index();
+    let slot = |s: &Scenario| {
+        ClientChannel::new(
+            s.client.ip(),
+            s.client.port(),
+            s.listen.ip(),
+            s.listen.port(),
+            CHANNEL,
+        )
+        .unwrap()
+        .cache_index()
+    };
     let mut other = *scenario;
     other.peer.set_port(scenario.peer.port() + 1);
     for (low, port) in (0..=u16::MAX).flat_map(|low| (0..4).map(move |step| (low, 40000 + step))) {
@@ -801,33 +891,35 @@ fn a_cached_peer_that_becomes_an_own_address_leaves_the_caches() {
             IpAddr::V4(peer) => (peer, "2001:db8:1::1".parse().unwrap()),
             IpAddr::V6(peer) => ("192.0.2.1".parse().unwrap(), peer),
         };
+        // The binding was relayed from the old address of the peer's family, which is no longer
+        // the relay's: it leaves the maps and its caches, and its channel goes on in user space.
         relay
             .set_own_addresses(OwnAddresses::new(Some(v4), Some(v6)))
             .unwrap();
         assert_eq!(relay.cached_channels(), (0, 0), "{scenario:?}");
-        let hairpins = || relay.counters().unwrap().get(Outcome::Hairpin).packets;
-        for input in [
-            scenario.from_client(&payload(10), 2, IpFields::default()),
-            scenario.from_peer(&payload(10), IpFields::default()),
-        ] {
-            let before = hairpins();
-            let output = run(&relay, &input);
-            assert_eq!(output.action, XdpAction::Pass, "{scenario:?}");
-            assert_eq!(hex(&output.frame), hex(&input), "{scenario:?}");
-            assert_eq!(hairpins(), before + 1, "{scenario:?}");
-        }
-        // Refreshing the binding does not cache it again while it is a hairpin.
+        assert_eq!(relay.channel_count().unwrap(), 0, "{scenario:?}");
+        // Refreshed now, it is relayed from the new address, which is its own peer: a hairpin,
+        // kept out of the caches and passed to user space.
         relay.install_channel(&scenario.route()).unwrap();
         assert_eq!(relay.cached_channels(), (0, 0), "{scenario:?}");
+        assert_eq!(relay.channel_count().unwrap(), 1, "{scenario:?}");
+        let hairpins = || relay.counters().unwrap().get(Outcome::Hairpin).packets;
+        let input = scenario.from_client(&payload(10), 2, IpFields::default());
+        let before = hairpins();
+        let output = run(&relay, &input);
+        assert_eq!(output.action, XdpAction::Pass, "{scenario:?}");
+        assert_eq!(hex(&output.frame), hex(&input), "{scenario:?}");
+        assert_eq!(hairpins(), before + 1, "{scenario:?}");
 
-        // Back to the old addresses: the route maps relay it again, and a refresh caches it.
+        // Back to the old addresses: that binding goes too, and a refresh caches it and relays
+        // it from the old relayed address again.
         relay
             .set_own_addresses(OwnAddresses::new(
                 Some("192.0.2.1".parse().unwrap()),
                 Some("2001:db8:1::1".parse().unwrap()),
             ))
             .unwrap();
-        assert_relays_both_ways(&relay, &scenario);
+        assert_eq!(relay.channel_count().unwrap(), 0, "{scenario:?}");
         relay.install_channel(&scenario.route()).unwrap();
         assert_eq!(relay.cached_channels(), (1, 1), "{scenario:?}");
         assert_relays_both_ways(&relay, &scenario);
@@ -836,23 +928,28 @@ fn a_cached_peer_that_becomes_an_own_address_leaves_the_caches() {
 
 #[test]
 fn a_datagram_that_would_be_sent_to_its_own_source_is_passed() {
-    // Without own addresses the hairpin check cannot see it, but the rewritten datagram would go
-    // from the relay's address to the same address: a loop.
-    let mut scenario = Scenario::new(false, false);
-    scenario.peer = addr("192.0.2.1:50001");
+    // Client to peer: a cached binding whose peer is its relayed address (user space never
+    // caches one; the slot is written past its screening), which the hairpin check skips: the
+    // rewritten datagram would go from that address to itself.
+    let scenario = Scenario::new(false, false);
     let Some(relay) = relay_with(&scenario) else {
         return;
     };
-    relay.set_own_addresses(OwnAddresses::UNSET).unwrap();
+    let mut looped = scenario;
+    looped.peer = addr("192.0.2.1:50001");
+    relay
+        .write_channel_cache_slot_for_test(&scenario.route(), &looped.route(), 8)
+        .unwrap();
     let input = scenario.from_client(&payload(10), 2, IpFields::default());
     assert_passed(&relay, &input, Outcome::PacketLoop);
 
+    // Peer to client: a client at the listening address it writes to (the hairpin check looks
+    // at the peer only).
     let mut scenario = Scenario::new(true, true);
     scenario.client = addr("[2001:db8:1::1]:40000");
     let Some(relay) = relay_with(&scenario) else {
         return;
     };
-    relay.set_own_addresses(OwnAddresses::UNSET).unwrap();
     let input = scenario.from_peer(&payload(10), IpFields::default());
     assert_passed(&relay, &input, Outcome::PacketLoop);
 }
@@ -869,32 +966,90 @@ fn nothing_is_relayed_before_the_configuration_is_written() {
 }
 
 #[test]
-fn a_translated_path_without_own_address_is_passed() {
-    // The outgoing family's own address is the one that matters: it becomes the source.
+fn a_peer_of_a_family_without_own_address_stays_in_user_space() {
+    // A datagram to the peer leaves from the own address of the peer's family; without one the
+    // binding is not installed, and both directions pass.
     let only_v4 = OwnAddresses::new(Some("192.0.2.1".parse().unwrap()), None);
     let only_v6 = OwnAddresses::new(None, Some("2001:db8:1::1".parse().unwrap()));
     for (client_v6, peer_v6) in [(false, true), (true, false)] {
         let scenario = Scenario::new(client_v6, peer_v6);
-        let (client_family_only, peer_family_only) = if client_v6 {
-            (only_v6, only_v4)
-        } else {
-            (only_v4, only_v6)
-        };
-
-        let Some(relay) = relay_with(&scenario) else {
+        let client_family_only = if client_v6 { only_v6 } else { only_v4 };
+        let Some(relay) = load_relay() else {
             return;
         };
+        relay.configure(config(AdjustMode::Head)).unwrap();
         relay.set_own_addresses(client_family_only).unwrap();
+        assert!(relay.install_channel(&scenario.route()).is_err());
+        assert_eq!(relay.channel_count().unwrap(), 0);
         let input = scenario.from_client(&payload(10), 2, IpFields::default());
-        assert_passed(&relay, &input, Outcome::OwnAddressUnset);
-
-        let Some(relay) = relay_with(&scenario) else {
-            return;
-        };
-        relay.set_own_addresses(peer_family_only).unwrap();
-        let input = scenario.from_peer(&payload(10), IpFields::default());
-        assert_passed(&relay, &input, Outcome::OwnAddressUnset);
+        assert_passed(&relay, &input, Outcome::NoChannel);
     }
+}
+
+// ---- Several listening addresses and ports ---------------------------------------------------
+
+#[test]
+fn one_client_on_two_listening_addresses_keeps_two_bindings() {
+    // The same client address, port and channel number on two listening addresses of one
+    // family are two allocations with two peers; each direction finds its own, and the reply
+    // leaves from the listening address the client wrote to. The second's relayed address is
+    // the first listening address (as with --relay-ip): its peer datagrams leave from there.
+    for client_v6 in [false, true] {
+        for peer_v6 in [false, true] {
+            let first = Scenario::new(client_v6, peer_v6);
+            let mut second = first;
+            second.listen = if client_v6 {
+                addr("[2001:db8:1::2]:3478")
+            } else {
+                addr("192.0.2.2:3478")
+            };
+            second.peer.set_port(first.peer.port() + 7);
+            second.relayed.set_port(first.relayed.port() + 2);
+            for mode in MODES {
+                let Some(relay) = relay_in(&first, mode) else {
+                    return;
+                };
+                relay.install_channel(&second.route()).unwrap();
+                assert_eq!(relay.channel_count().unwrap(), 2);
+                assert_relays_both_ways(&relay, &first);
+                assert_relays_both_ways(&relay, &second);
+                // Removing one leaves the other.
+                relay.remove_channel(&first.route()).unwrap();
+                assert_relays_both_ways(&relay, &second);
+                let gone = run(
+                    &relay,
+                    &first.from_client(&payload(5), 3, IpFields::default()),
+                );
+                assert_eq!(gone.action, XdpAction::Pass);
+            }
+        }
+    }
+}
+
+#[test]
+fn every_configured_listening_port_is_relayed() {
+    let mut on_3479 = Scenario::new(false, true);
+    on_3479.listen.set_port(3479);
+    let Some(relay) = relay_with(&on_3479) else {
+        return;
+    };
+    // Only 3478 configured: the binding exists, but datagrams to 3479 are not the relay's.
+    let input = on_3479.from_client(&payload(12), 0, IpFields::default());
+    assert_passed(&relay, &input, Outcome::OtherPort);
+
+    let Some(relay) = relay_with(&on_3479) else {
+        return;
+    };
+    let mut several = config(AdjustMode::Head);
+    for port in [443, 3479, 5349] {
+        several = several.with_listen_port(port).unwrap();
+    }
+    relay.configure(several).unwrap();
+    assert_relays_both_ways(&relay, &on_3479);
+    // The first port still is, with a binding of its own.
+    let on_3478 = Scenario::new(true, false);
+    relay.install_channel(&on_3478.route()).unwrap();
+    assert_relays_both_ways(&relay, &on_3478);
 }
 
 #[test]
@@ -1190,7 +1345,7 @@ fn rfc_5766_channel_numbers_are_relayed_only_when_configured() {
         return;
     };
     relay
-        .configure(XdpConfig::new(LISTEN_PORT, 49152, 65535).with_rfc5766_channel_numbers(true))
+        .configure(config(AdjustMode::Head).with_rfc5766_channel_numbers(true))
         .unwrap();
     let input = udp_frame(
         RELAY_MAC,

@@ -33,7 +33,7 @@ use turnpike_xdp_user::{AttachMode, Outcome, Program, XdpConfig, discover};
 fn route(client: &str, channel: u16, relay_port: u16, peer: &str) -> ChannelRoute {
     let peer: SocketAddr = peer.parse().unwrap();
     ChannelRoute {
-        client: FiveTuple::udp(client.parse().unwrap(), "0.0.0.0:3478".parse().unwrap()),
+        client: FiveTuple::udp(client.parse().unwrap(), "192.0.2.1:3478".parse().unwrap()),
         channel: ChannelNumber::new(channel).unwrap(),
         relay: RelaySocket {
             port: relay_port,

@@ -22,73 +22,93 @@ use turnpike_xdp_common::{
 use crate::packet::{Address, Aligned};
 use crate::{CHANNEL_CACHE, CHANNEL_TO_PEER, PEER_CACHE, PEER_TO_CHANNEL};
 
-/// One end of a binding, as the program works with it: a [`ClientChannel`] (address, client
-/// port, channel) or a [`PeerBinding`] (address, peer port, relayed port), with the address as
-/// four words and the two 16-bit fields raw (as loaded, big-endian bytes).
+/// One end of a binding, as the program works with it: a [`ClientChannel`] (client address and
+/// port, listening address and port, channel) or a [`PeerBinding`] (peer address and port,
+/// relayed address and port; channel zero), with the addresses as four words each and the
+/// 16-bit fields raw (as loaded, big-endian bytes).
 #[derive(Clone, Copy)]
 pub(crate) struct End {
+    /// The far end: the client or the peer.
     pub(crate) address: Address,
-    pub(crate) first: u16,
-    pub(crate) second: u16,
+    /// The relay's end of the same flow: the listening or the relayed address.
+    pub(crate) local: Address,
+    pub(crate) port: u16,
+    pub(crate) local_port: u16,
+    /// The channel number (zero in a [`PeerBinding`]).
+    pub(crate) channel: u16,
     pub(crate) family: u8,
 }
 
 impl End {
-    /// The same end with the address's last three words as the constant zeros they are in an
+    /// The same end with the addresses' last three words as the constant zeros they are in an
     /// IPv4 address (user space writes them so), which lets the compiler drop the work on them.
     #[inline(always)]
     pub(crate) fn ipv4(&self) -> End {
         End {
             address: [self.address[0], 0, 0, 0],
+            local: [self.local[0], 0, 0, 0],
             ..*self
         }
     }
 
     /// Writes the route-map key image of this end (both route types share the layout) into
-    /// `key`: three aligned words and a byte, the rest of the last word zero.
+    /// `key`: ten aligned words.
     ///
     /// Every word is written, with volatile stores: the compiler would otherwise merge the
     /// stores of an IPv4 address's zero words into one 8-byte store at a 4-byte-aligned stack
     /// offset, which the verifier rejects.
     #[inline(always)]
-    fn write_key(&self, key: &mut MaybeUninit<Aligned<[u32; 6]>>) {
+    fn write_key(&self, key: &mut MaybeUninit<Aligned<[u32; 10]>>) {
         let words = key.as_mut_ptr().cast::<u32>();
-        // SAFETY: six words of the caller's stack slot.
+        let [channel_0, channel_1] = self.channel.to_ne_bytes();
+        // SAFETY: ten words of the caller's stack slot.
         unsafe {
             write_volatile(words, self.address[0]);
             write_volatile(words.add(1), self.address[1]);
             write_volatile(words.add(2), self.address[2]);
             write_volatile(words.add(3), self.address[3]);
+            write_volatile(words.add(4), self.local[0]);
+            write_volatile(words.add(5), self.local[1]);
+            write_volatile(words.add(6), self.local[2]);
+            write_volatile(words.add(7), self.local[3]);
             write_volatile(
-                words.add(4),
-                u32::from_ne_bytes(pair(self.first, self.second)),
+                words.add(8),
+                u32::from_ne_bytes(pair(self.port, self.local_port)),
             );
-            write_volatile(words.add(5), self.family as u32);
+            write_volatile(
+                words.add(9),
+                u32::from_ne_bytes([channel_0, channel_1, self.family, 0]),
+            );
         }
     }
 
-    /// Reads an entry (both route types share the layout: address, two 16-bit fields, family)
-    /// with volatile loads, as the sequence protocol requires. The family comes first, so an
-    /// IPv4 entry reads one address word: user space writes the other three as zeros.
+    /// Reads an entry (both route types share the layout: two addresses, three 16-bit fields,
+    /// family) with volatile loads, as the sequence protocol requires. The family comes first,
+    /// so an IPv4 entry reads one word per address: user space writes the other three as zeros.
     ///
     /// # Safety
     ///
-    /// `at` must point to 21 readable bytes, 4-byte aligned.
+    /// `at` must point to a 40-byte route entry, 4-byte aligned.
     #[inline(always)]
     unsafe fn read(at: *const u8) -> End {
-        // SAFETY: the caller guarantees 21 readable, aligned bytes.
+        // SAFETY: the caller guarantees 40 readable, aligned bytes.
         unsafe {
-            let family = read_volatile(at.add(20));
+            let family = read_volatile(at.add(38));
             let word = |offset: usize| read_volatile(at.add(offset).cast::<u32>());
-            let address = if family == FAMILY_V4 {
-                [word(0), 0, 0, 0]
+            let (address, local) = if family == FAMILY_V4 {
+                ([word(0), 0, 0, 0], [word(16), 0, 0, 0])
             } else {
-                [word(0), word(4), word(8), word(12)]
+                (
+                    [word(0), word(4), word(8), word(12)],
+                    [word(16), word(20), word(24), word(28)],
+                )
             };
             End {
                 address,
-                first: read_volatile(at.add(16).cast::<u16>()),
-                second: read_volatile(at.add(18).cast::<u16>()),
+                local,
+                port: read_volatile(at.add(32).cast::<u16>()),
+                local_port: read_volatile(at.add(34).cast::<u16>()),
+                channel: read_volatile(at.add(36).cast::<u16>()),
                 family,
             }
         }
@@ -98,21 +118,19 @@ impl End {
     ///
     /// # Safety
     ///
-    /// `at` must point to a 21-byte route entry (any alignment).
+    /// `at` must point to a 40-byte route entry (any alignment).
     #[inline(always)]
     unsafe fn copy(at: *const u8) -> End {
-        // SAFETY: the caller guarantees 21 readable bytes.
+        // SAFETY: the caller guarantees 40 readable bytes.
         unsafe {
+            let word = |offset: usize| at.add(offset).cast::<u32>().read_unaligned();
             End {
-                address: [
-                    at.cast::<u32>().read_unaligned(),
-                    at.add(4).cast::<u32>().read_unaligned(),
-                    at.add(8).cast::<u32>().read_unaligned(),
-                    at.add(12).cast::<u32>().read_unaligned(),
-                ],
-                first: at.add(16).cast::<u16>().read_unaligned(),
-                second: at.add(18).cast::<u16>().read_unaligned(),
-                family: *at.add(20),
+                address: [word(0), word(4), word(8), word(12)],
+                local: [word(16), word(20), word(24), word(28)],
+                port: at.add(32).cast::<u16>().read_unaligned(),
+                local_port: at.add(34).cast::<u16>().read_unaligned(),
+                channel: at.add(36).cast::<u16>().read_unaligned(),
+                family: *at.add(38),
             }
         }
     }
@@ -148,7 +166,7 @@ impl Found {
 /// The peer end bound to a client's channel (`client` is its [`ClientChannel`] key).
 #[inline(always)]
 pub(crate) fn peer_of(client: &End) -> Option<Found> {
-    let index = channel_cache_index(client.address, client.first, client.second);
+    let index = channel_cache_index(client.address, client.port, client.channel);
     if let Some(found) = cached(&CHANNEL_CACHE, index, client) {
         return Some(Found::cached(found));
     }
@@ -159,7 +177,7 @@ pub(crate) fn peer_of(client: &End) -> Option<Found> {
     // intact until this program is done (RCU), so the worst a race can do is send one datagram
     // by the binding that is being replaced.
     let value = unsafe { CHANNEL_TO_PEER.get(&*key.as_ptr().cast::<ClientChannel>()) }?;
-    // SAFETY: a valid reference to a 21-byte entry.
+    // SAFETY: a valid reference to a 40-byte entry.
     Some(Found::mapped(unsafe {
         End::copy((value as *const PeerBinding).cast())
     }))
@@ -168,7 +186,7 @@ pub(crate) fn peer_of(client: &End) -> Option<Found> {
 /// The client end bound to a peer and relayed port (`peer` is its [`PeerBinding`] key).
 #[inline(always)]
 pub(crate) fn client_of(peer: &End) -> Option<Found> {
-    let index = peer_cache_index(peer.family, u16::from_be(peer.second));
+    let index = peer_cache_index(peer.family, u16::from_be(peer.local_port));
     if let Some(found) = cached(&PEER_CACHE, index, peer) {
         return Some(Found::cached(found));
     }
@@ -176,7 +194,7 @@ pub(crate) fn client_of(peer: &End) -> Option<Found> {
     peer.write_key(&mut key);
     // SAFETY: as in `peer_of`.
     let value = unsafe { PEER_TO_CHANNEL.get(&*key.as_ptr().cast::<PeerBinding>()) }?;
-    // SAFETY: a valid reference to a 21-byte entry.
+    // SAFETY: a valid reference to a 40-byte entry.
     Some(Found::mapped(unsafe {
         End::copy((value as *const ClientChannel).cast())
     }))
@@ -186,14 +204,14 @@ pub(crate) fn client_of(peer: &End) -> Option<Found> {
 /// while it was read (see the sequence protocol in `turnpike_xdp_common::cache`).
 ///
 /// The key is compared field by field as it is read, so a miss stops early and nothing but the
-/// value has to be kept in registers. An IPv4 key is compared on its first address word only:
-/// user space writes every IPv4 address with three zero words after it, and the family byte
-/// (compared first) says the slot holds one. The program is compiled once per IP version, so
-/// the family test is settled at compile time.
+/// value has to be kept in registers. An IPv4 key is compared on the first word of each address
+/// only: user space writes every IPv4 address with three zero words after it, and the family
+/// byte (compared first) says the slot holds one. The program is compiled once per IP version,
+/// so the family test is settled at compile time.
 #[inline(always)]
 fn cached<K, V>(cache: &Array<CacheSlot<K, V>>, index: u32, key: &End) -> Option<End> {
     let slot = cache.get_ptr(index)?.cast::<u8>();
-    // SAFETY: `slot` points to a whole slot in the map (52 bytes, 4-byte aligned), which stays
+    // SAFETY: `slot` points to a whole slot in the map (84 bytes, 4-byte aligned), which stays
     // allocated while the program runs; the offsets and sizes are inside it.
     unsafe {
         let sequence_at = slot.add(ChannelCacheSlot::SEQUENCE_OFFSET).cast::<u32>();
@@ -202,17 +220,22 @@ fn cached<K, V>(cache: &Array<CacheSlot<K, V>>, index: u32, key: &End) -> Option
             return None;
         }
         let held = slot.add(ChannelCacheSlot::KEY_OFFSET);
-        if read_volatile(held.add(20)) != key.family
-            || read_volatile(held.add(16).cast::<u16>()) != key.first
-            || read_volatile(held.add(18).cast::<u16>()) != key.second
-            || read_volatile(held.cast::<u32>()) != key.address[0]
+        let word = |offset: usize| read_volatile(held.add(offset).cast::<u32>());
+        if read_volatile(held.add(38)) != key.family
+            || word(32) != u32::from_ne_bytes(pair(key.port, key.local_port))
+            || read_volatile(held.add(36).cast::<u16>()) != key.channel
+            || word(0) != key.address[0]
+            || word(16) != key.local[0]
         {
             return None;
         }
         if key.family != FAMILY_V4
-            && (read_volatile(held.add(4).cast::<u32>()) != key.address[1]
-                || read_volatile(held.add(8).cast::<u32>()) != key.address[2]
-                || read_volatile(held.add(12).cast::<u32>()) != key.address[3])
+            && (word(4) != key.address[1]
+                || word(8) != key.address[2]
+                || word(12) != key.address[3]
+                || word(20) != key.local[1]
+                || word(24) != key.local[2]
+                || word(28) != key.local[3])
         {
             return None;
         }

@@ -42,7 +42,8 @@ static CONFIG: Array<XdpConfig> = Array::with_max_entries(1, 0);
 #[map]
 static OWN_ADDRESSES: Array<OwnAddresses> = Array::with_max_entries(1, 0);
 
-/// Client to peer: (client, port, channel) → (peer, port, relayed port).
+/// Client to peer: (client address and port, listening address and port, channel) → (peer
+/// address and port, relayed address and port).
 ///
 /// Not preallocated: a preallocated hash map reuses a replaced or deleted element at once, so a
 /// lookup racing with an update could read half of one binding and half of another; without
@@ -52,7 +53,7 @@ static OWN_ADDRESSES: Array<OwnAddresses> = Array::with_max_entries(1, 0);
 static CHANNEL_TO_PEER: HashMap<ClientChannel, PeerBinding> =
     HashMap::with_max_entries(DEFAULT_MAX_CHANNELS, BPF_F_NO_PREALLOC);
 
-/// Peer to client: (peer, port, relayed port) → (client, port, channel). Not preallocated, as
+/// Peer to client: the reverse of `CHANNEL_TO_PEER`. Not preallocated, as
 /// `CHANNEL_TO_PEER`.
 #[map]
 static PEER_TO_CHANNEL: HashMap<PeerBinding, ClientChannel> =
@@ -66,9 +67,9 @@ static CHANNEL_CACHE: Array<ChannelCacheSlot> = Array::with_max_entries(CHANNEL_
 #[map]
 static PEER_CACHE: Array<PeerCacheSlot> = Array::with_max_entries(PEER_CACHE_SLOTS, 0);
 
-/// Packets and bytes per [`Outcome`], per CPU.
+/// Packets and bytes per [`Outcome`], per CPU, and the head-refused count after them.
 #[map]
-static COUNTERS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(Outcome::COUNT, 0);
+static COUNTERS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(Outcome::COUNTER_SLOTS, 0);
 
 /// The relay's data plane (see the module documentation).
 #[xdp]

@@ -30,11 +30,10 @@
 //! relay sends from its sockets for the same datagram. Field by field (RFC 8656 §14 lets a relay
 //! choose between a "preferred" and an "alternate" behaviour for most):
 //!
-//! - source address: the relay's address of the outgoing family. Same family: the incoming
-//!   destination (the address the sender reached the relay at). Translated (IPv4 ↔ IPv6): the
-//!   relay's own address of the other family from `OWN_ADDRESSES`; unset means user space.
-//! - source port: the relayed port (to the peer) or the listening port (to the client);
-//!   destination: the other side of the binding.
+//! - source address and port: the relay's end of the outgoing flow, from the binding: the
+//!   relayed address and port (to the peer; of the peer's family, and possibly another address
+//!   than the client wrote to, `--relay-ip`) or the listening address and port the client
+//!   writes to (to the client). Destination: the other side of the binding.
 //! - TTL / hop limit: the system default user space also sends with (alternate behaviour, see
 //!   [`XdpConfig`]); DSCP and ECN: copied (preferred behaviour, which a plain socket cannot
 //!   do); IPv6 flow label: zero (two flows; RFC 8656 says not to copy it); IPv4 identification
@@ -45,13 +44,21 @@
 //!   datagram without checksum (zero) stays without one if it leaves as IPv4, and goes to user
 //!   space if it would leave as IPv6, where a checksum is mandatory.
 //!
-//! The payload never moves: the headers in front of it are rebuilt and the frame start moved with
-//! `bpf_xdp_adjust_head` (by −24 to +24 bytes, whatever the families and direction demand),
-//! and trailing bytes (ChannelData padding, Ethernet padding of short frames) are cut with
-//! `bpf_xdp_adjust_tail`. The new headers end where the old ones end, so both lie in one window
-//! at the frame start and the new ones are built from the old ones in place (`emit`): before
-//! the start moves when the headers shrink (such a move cannot fail), after it when they grow
-//! (a failed move then leaves the frame intact for `XDP_PASS`).
+//! The headers in front of the payload are rebuilt from the old ones in place, in one window at
+//! the frame start (`build`), and the frame is resized by −24 to +24 bytes, whatever the
+//! families and direction demand, in one of two ways the configuration chooses
+//! ([`AdjustMode`]):
+//!
+//! - at the head (`emit`): the payload never moves; the new headers end where the old ones end
+//!   and the frame start moves with `bpf_xdp_adjust_head`: after the headers are built when they
+//!   shrink (such a move cannot fail), before when they grow (a failed move then leaves the
+//!   frame intact, for `XDP_PASS` or, in `Auto`, for the tail);
+//! - at the tail (`emit_at_tail`), for drivers that leave no headroom: the headers stay at the
+//!   frame start, the frame grows or shrinks at its end with `bpf_xdp_adjust_tail`, and the
+//!   payload moves by the difference (`move_payload`, in chunks through the stack).
+//!
+//! Either way trailing bytes (ChannelData padding, Ethernet padding of short frames) are cut
+//! with `bpf_xdp_adjust_tail`.
 //!
 //! # Registers
 //!
@@ -62,12 +69,17 @@
 //! read again after the frame moves rather than carried across the helper call. This saved about
 //! 3 ns of the 47 a relayed packet cost (docs/benchmarks.md).
 
+use core::mem::MaybeUninit;
+
 use aya_ebpf::{
-    helpers::{bpf_check_mtu, bpf_xdp_adjust_head, bpf_xdp_adjust_tail, bpf_xdp_load_bytes},
+    helpers::{
+        bpf_check_mtu, bpf_xdp_adjust_head, bpf_xdp_adjust_tail, bpf_xdp_load_bytes,
+        bpf_xdp_store_bytes,
+    },
     programs::XdpContext,
 };
 use turnpike_xdp_common::{
-    FAMILY_V4, FAMILY_V6, MIN_LINK_MTU, Outcome, OwnAddresses, XdpConfig,
+    AdjustMode, FAMILY_V4, FAMILY_V6, MIN_LINK_MTU, Outcome, OwnAddresses, XdpConfig,
     checksum::{add_address, finish, udp_on_wire, update},
 };
 
@@ -77,7 +89,7 @@ use crate::packet::{
     PROTO_UDP, UDP_HEADER, address_at, address_of, check, frame_len, is_ipv6_extension, is_zero,
     load, same_address, store, store_address,
 };
-use crate::{CONFIG, OWN_ADDRESSES};
+use crate::{CONFIG, COUNTERS, OWN_ADDRESSES};
 
 /// An incoming UDP datagram that parsing accepted. Its header fields, but for the UDP length that
 /// every step needs, stay in the frame and are loaded where they are used rather than copied out
@@ -227,8 +239,8 @@ const fn ip_header(v6: bool) -> usize {
 /// class, IPv4 identification and DF) they copy from the old headers.
 struct Rewrite {
     v6: bool,
-    /// The source address, or `None` for the incoming destination (same family).
-    src: Option<Address>,
+    /// The source address: the relay's end of the outgoing flow.
+    src: Address,
     dst: Address,
     hop_limit: u8,
     /// Ports, raw.
@@ -291,14 +303,16 @@ pub(crate) fn relay(ctx: &XdpContext) -> Outcome {
     }
 }
 
-/// Sends a datagram to the direction its destination port says.
+/// Sends a datagram to the direction its destination port says. The relayed range is tested
+/// first: two compares, where the listening ports are up to eight (user space keeps the two
+/// apart).
 #[inline(always)]
 fn dispatch(ctx: &XdpContext, config: &XdpConfig, datagram: &Datagram) -> Result<Outcome, Outcome> {
     let dport = datagram.dport();
-    if dport == u16::from_ne_bytes(config.listen_port_wire()) {
-        client_to_peer(ctx, config, datagram)
-    } else if config.is_relay_port(u16::from_be(dport)) {
+    if config.is_relay_port(u16::from_be(dport)) {
         peer_to_client(ctx, config, datagram)
+    } else if config.is_listen_port_wire(dport) {
+        client_to_peer(ctx, config, datagram)
     } else {
         Err(Outcome::OtherPort)
     }
@@ -426,8 +440,10 @@ fn client_to_peer(
 
     let client = End {
         address: datagram.src(),
-        first: datagram.sport(),
-        second: channel,
+        local: datagram.dst(),
+        port: datagram.sport(),
+        local_port: datagram.dport(),
+        channel,
         family: datagram.family(),
     };
     let Found {
@@ -486,14 +502,14 @@ fn send_to_peer(
         padding,
     } = *header;
     let peer = binding.address;
-    let peer_port = binding.first;
-    let relay_port = binding.second;
+    let peer_port = binding.port;
+    let relayed = binding.local;
+    let relay_port = binding.local_port;
 
     if !screened && is_own_address(own_addresses(), &peer, out_v6) {
         return Err(Outcome::Hairpin);
     }
-    let src = source_address(datagram, out_v6)?;
-    if same_address(&src, &peer) {
+    if same_address(&relayed, &peer) {
         return Err(Outcome::PacketLoop);
     }
 
@@ -502,15 +518,14 @@ fn send_to_peer(
     let checksum = if old_checksum == 0 {
         keep_zero_checksum(datagram, out_v6)?
     } else {
-        let (old_own, new_own) = own_address_terms(datagram, &src, out_v6);
-        let removed = add_address(old_own, &datagram.src())
+        let removed = add_address(add_address(0, &datagram.dst()), &datagram.src())
             + 2 * datagram.udp_len.to_be() as u64
             + datagram.sport() as u64
             + datagram.dport() as u64
             + channel as u64
             + length_raw as u64
             + padding_sum(ctx, datagram, padding)?;
-        let added = add_address(new_own, &peer)
+        let added = add_address(add_address(0, &relayed), &peer)
             + 2 * udp_len.to_be() as u64
             + relay_port as u64
             + peer_port as u64;
@@ -519,7 +534,7 @@ fn send_to_peer(
 
     let rewrite = Rewrite {
         v6: out_v6,
-        src: translated_source(datagram, src, out_v6),
+        src: relayed,
         dst: peer,
         hop_limit: if out_v6 {
             config.hop_limit()
@@ -534,6 +549,7 @@ fn send_to_peer(
     };
     emit(
         ctx,
+        config,
         datagram,
         &rewrite,
         datagram.udp_at() + UDP_HEADER + CHANNEL_HEADER,
@@ -550,8 +566,10 @@ fn peer_to_client(
 ) -> Result<Outcome, Outcome> {
     let peer = End {
         address: datagram.src(),
-        first: datagram.sport(),
-        second: datagram.dport(),
+        local: datagram.dst(),
+        port: datagram.sport(),
+        local_port: datagram.dport(),
+        channel: 0,
         family: datagram.family(),
     };
     let Found {
@@ -577,15 +595,16 @@ fn send_to_client(
     out_v6: bool,
 ) -> Result<Outcome, Outcome> {
     let address = client.address;
-    let client_port = client.first;
-    let channel = client.second;
+    let client_port = client.port;
+    let listen = client.local;
+    let listen_port = client.local_port;
+    let channel = client.channel;
 
     // The sender is the binding's peer (the key matched), so screening covers it.
     if !screened && is_own_address(own_addresses(), &datagram.src(), datagram.v6) {
         return Err(Outcome::Hairpin);
     }
-    let src = source_address(datagram, out_v6)?;
-    if same_address(&src, &address) {
+    if same_address(&listen, &address) {
         return Err(Outcome::PacketLoop);
     }
 
@@ -595,19 +614,17 @@ fn send_to_client(
     }
     let length_raw = (datagram.udp_len - UDP_HEADER as u16).to_be();
     let udp_len = datagram.udp_len + CHANNEL_HEADER as u16;
-    let listen_port = u16::from_ne_bytes(config.listen_port_wire());
     let old_checksum = datagram.checksum();
     let checksum = if old_checksum == 0 {
         keep_zero_checksum(datagram, out_v6)?
     } else {
-        let (old_own, new_own) = own_address_terms(datagram, &src, out_v6);
-        let removed = add_address(old_own, &datagram.src())
+        let removed = add_address(add_address(0, &datagram.dst()), &datagram.src())
             + 2 * datagram.udp_len.to_be() as u64
             + datagram.sport() as u64
             + datagram.dport() as u64;
         // The header sits at an even offset and shifts the payload by 4 bytes, so the payload's
         // words stay words; only the header's two words are new.
-        let added = add_address(new_own, &address)
+        let added = add_address(add_address(0, &listen), &address)
             + 2 * udp_len.to_be() as u64
             + listen_port as u64
             + client_port as u64
@@ -618,7 +635,7 @@ fn send_to_client(
 
     let rewrite = Rewrite {
         v6: out_v6,
-        src: translated_source(datagram, src, out_v6),
+        src: listen,
         dst: address,
         hop_limit: if out_v6 {
             config.hop_limit()
@@ -631,7 +648,13 @@ fn send_to_client(
         checksum,
         channel_header: Some((channel, length_raw)),
     };
-    emit(ctx, datagram, &rewrite, datagram.udp_at() + UDP_HEADER)?;
+    emit(
+        ctx,
+        config,
+        datagram,
+        &rewrite,
+        datagram.udp_at() + UDP_HEADER,
+    )?;
     Ok(Outcome::peer_to_client(datagram.v6, out_v6))
 }
 
@@ -662,45 +685,6 @@ fn own_address(own: Option<&OwnAddresses>, v6: bool) -> Address {
 fn is_own_address(own: Option<&OwnAddresses>, address: &Address, v6: bool) -> bool {
     let mine = own_address(own, v6);
     !is_zero(&mine) && same_address(&mine, address)
-}
-
-/// The source address of the outgoing datagram: the incoming destination if the family stays,
-/// the own address of the new family otherwise (the only case that reads `OWN_ADDRESSES`).
-#[inline(always)]
-fn source_address(datagram: &Datagram, out_v6: bool) -> Result<Address, Outcome> {
-    if out_v6 == datagram.v6 {
-        return Ok(datagram.dst());
-    }
-    let mine = own_address(own_addresses(), out_v6);
-    if is_zero(&mine) {
-        Err(Outcome::OwnAddressUnset)
-    } else {
-        Ok(mine)
-    }
-}
-
-/// The source address a [`Rewrite`] carries: none in the same family, where the new headers
-/// copy the incoming destination from the frame (it lies in the frame anyway, and a value held
-/// across the frame move costs more than loading it again).
-#[inline(always)]
-fn translated_source(datagram: &Datagram, src: Address, out_v6: bool) -> Option<Address> {
-    if out_v6 == datagram.v6 {
-        None
-    } else {
-        Some(src)
-    }
-}
-
-/// The checksum terms (removed, added) of the relay's own address in the pseudo-header: the
-/// incoming destination goes, the outgoing source comes. In the same family they are the same
-/// address and cancel, which spares the per-packet sum four loads and adds per side.
-#[inline(always)]
-fn own_address_terms(datagram: &Datagram, src: &Address, out_v6: bool) -> (u64, u64) {
-    if out_v6 == datagram.v6 {
-        (0, 0)
-    } else {
-        (add_address(0, &datagram.dst()), add_address(0, src))
-    }
 }
 
 /// The checksum to send for an incoming datagram without one: IPv4 to IPv4 keeps "none"; a
@@ -768,19 +752,20 @@ fn fits_mtu(ctx: &XdpContext, ip_len: usize) -> bool {
     result == 0
 }
 
-/// Replaces the `old_len` bytes of headers in front of the payload with the new ones and moves
-/// the frame start to them; trims trailing bytes.
+/// Replaces the `old_len` bytes of headers in front of the payload with the new ones and
+/// resizes the frame as the configuration's [`AdjustMode`] says; trims trailing bytes.
 ///
-/// The new headers end where the old ones end, so the two overlap in one window of the frame,
-/// and the new ones are built from the old ones in place. When the headers shrink (client to
-/// peer in one family), they are built before the frame start moves, so nothing has to be held
-/// across the helper call: a move forwards that leaves the new headers in the frame cannot fail
-/// (the helper refuses only a start beyond `data_end` minus an Ethernet header). When they grow,
-/// the start moves first, which may fail and then leaves the frame intact for `XDP_PASS`, and the
-/// old headers are read where the move left them.
+/// At the head, the new headers end where the old ones end, so the two overlap in one window of
+/// the frame, and the new ones are built from the old ones in place. When the headers shrink
+/// (client to peer in one family), they are built before the frame start moves, so nothing has
+/// to be held across the helper call: a move forwards that leaves the new headers in the frame
+/// cannot fail (the helper refuses only a start beyond `data_end` minus an Ethernet header).
+/// When they grow, the start moves first, which may fail (a driver that leaves no headroom)
+/// and then leaves the frame intact: for `XDP_PASS`, or in `Auto` for the tail.
 #[inline(always)]
 fn emit(
     ctx: &XdpContext,
+    config: &XdpConfig,
     datagram: &Datagram,
     rewrite: &Rewrite,
     old_len: usize,
@@ -792,6 +777,10 @@ fn emit(
     // as much as the rest of the rewrite, so it is spared for everything smaller.
     if ip_len > datagram.ip_len() && ip_len > MIN_LINK_MTU as usize && !fits_mtu(ctx, ip_len) {
         return Err(Outcome::TooBig);
+    }
+    let mode = config.adjust_mode();
+    if mode == AdjustMode::Tail {
+        return emit_at_tail(ctx, datagram, rewrite, old_len, new_len);
     }
     if old_len >= new_len {
         let delta = old_len - new_len;
@@ -808,6 +797,10 @@ fn emit(
         let delta = new_len - old_len;
         // SAFETY: as above.
         if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(delta as i32)) } != 0 {
+            if mode == AdjustMode::Auto {
+                count_head_refused();
+                return emit_at_tail(ctx, datagram, rewrite, old_len, new_len);
+            }
             return Err(Outcome::AdjustFailed);
         }
         let Some(f) = window(ctx, new_len) else {
@@ -821,12 +814,157 @@ fn emit(
         // 0 and the old ones, moved, at `delta`.
         unsafe { build(f, datagram, delta, 0, rewrite) };
     }
+    trim(ctx, rewrite);
+    Ok(())
+}
+
+/// Cuts what follows the rewritten IP packet (ChannelData padding, Ethernet padding).
+#[inline(always)]
+fn trim(ctx: &XdpContext, rewrite: &Rewrite) {
     let len = frame_len(ctx);
     let want = rewrite.frame_len();
     if len > want {
         // A failure leaves trailing bytes after the IP packet, which receivers ignore.
-        // SAFETY: as above.
+        // SAFETY: `ctx.ctx` is the program's context.
         unsafe { bpf_xdp_adjust_tail(ctx.ctx, want as i32 - len as i32) };
+    }
+}
+
+/// Counts a datagram the driver would not grow at the head (see [`AdjustMode::Auto`]).
+#[inline(always)]
+fn count_head_refused() {
+    if let Some(counter) = COUNTERS.get_ptr_mut(Outcome::HEAD_REFUSED_INDEX) {
+        // SAFETY: a per-CPU array slot of this CPU, which nothing else writes while the program
+        // runs (XDP programs are not preempted on their CPU).
+        unsafe { (*counter).packets += 1 };
+    }
+}
+
+/// [`emit`] for drivers without headroom: the headers stay at the frame start, the frame is
+/// resized at its end and the payload moved by the difference.
+///
+/// Growing, the frame is extended first (a failure leaves it intact for `XDP_PASS`), the
+/// payload moved towards the end, and the headers built last, over the old ones and the gap.
+/// Shrinking, the headers are built first (the old ones, which the payload move would overwrite,
+/// are read before the first store), the payload moved towards the start over what is left of
+/// the old headers, and the frame cut at the end.
+#[inline(always)]
+fn emit_at_tail(
+    ctx: &XdpContext,
+    datagram: &Datagram,
+    rewrite: &Rewrite,
+    old_len: usize,
+    new_len: usize,
+) -> Result<(), Outcome> {
+    let want = rewrite.frame_len();
+    let payload = want - new_len;
+    if payload > MOVE_CHUNK * MAX_MOVE_CHUNKS {
+        // Larger than any single-buffer XDP frame; never moved half.
+        return Err(Outcome::TooBig);
+    }
+    if new_len > old_len {
+        let len = frame_len(ctx);
+        if want > len {
+            // SAFETY: `ctx.ctx` is the program's context. Every packet address is re-derived
+            // after.
+            if unsafe { bpf_xdp_adjust_tail(ctx.ctx, (want - len) as i32) } != 0 {
+                return Err(Outcome::AdjustFailed);
+            }
+        }
+        move_payload(ctx, old_len, new_len, payload)?;
+        let f = window(ctx, new_len).ok_or(Outcome::AdjustFailed)?;
+        // SAFETY: `f` starts a checked window of `new_len` bytes, which hold the old headers at
+        // 0 (the payload moved away from behind them) and get the new ones there.
+        unsafe { build(f, datagram, 0, 0, rewrite) };
+    } else {
+        let f = window(ctx, old_len).ok_or(Outcome::AdjustFailed)?;
+        // SAFETY: `f` starts a checked window of `old_len` bytes, which hold the old headers at
+        // 0 and get the new, shorter ones there.
+        unsafe { build(f, datagram, 0, 0, rewrite) };
+        move_payload(ctx, old_len, new_len, payload)?;
+    }
+    trim(ctx, rewrite);
+    Ok(())
+}
+
+/// Bytes moved per helper call pair: a stack buffer, which with the rest of the program stays
+/// within the 512 bytes of stack eBPF allows.
+const MOVE_CHUNK: usize = 256;
+/// More chunks than the largest single-buffer XDP frame (a page, less headroom and the shared
+/// info) holds, so the verifier sees a bounded loop.
+const MAX_MOVE_CHUNKS: usize = 16;
+
+/// Moves the `len` bytes at offset `from` of the frame to offset `to`, where the two ranges may
+/// overlap: chunk by chunk from the start when moving towards the start, from the end when
+/// moving towards the end, so no chunk is overwritten before it is read.
+///
+/// `bpf_xdp_load_bytes` and `bpf_xdp_store_bytes` check each offset against the frame
+/// themselves; direct packet access at offsets the verifier cannot bound would be refused. The
+/// caller checked that `len` is at most `MOVE_CHUNK * MAX_MOVE_CHUNKS`.
+#[inline(always)]
+fn move_payload(ctx: &XdpContext, from: usize, to: usize, len: usize) -> Result<(), Outcome> {
+    let mut buffer = MaybeUninit::<[u8; MOVE_CHUNK]>::uninit();
+    let full = len / MOVE_CHUNK;
+    let rest = len % MOVE_CHUNK;
+    if to < from {
+        for i in 0..MAX_MOVE_CHUNKS {
+            if i >= full {
+                break;
+            }
+            copy_chunk(
+                ctx,
+                &mut buffer,
+                from + i * MOVE_CHUNK,
+                to + i * MOVE_CHUNK,
+                MOVE_CHUNK,
+            )?;
+        }
+        if rest > 0 {
+            let at = full * MOVE_CHUNK;
+            copy_chunk(ctx, &mut buffer, from + at, to + at, chunk_len(rest))?;
+        }
+    } else {
+        if rest > 0 {
+            let at = full * MOVE_CHUNK;
+            copy_chunk(ctx, &mut buffer, from + at, to + at, chunk_len(rest))?;
+        }
+        for i in 0..MAX_MOVE_CHUNKS {
+            if i >= full {
+                break;
+            }
+            let at = (full - 1 - i) * MOVE_CHUNK;
+            copy_chunk(ctx, &mut buffer, from + at, to + at, MOVE_CHUNK)?;
+        }
+    }
+    Ok(())
+}
+
+/// `rest` (1 to `MOVE_CHUNK - 1`) in a form whose bounds the verifier can see: the helpers take
+/// only a length it knows to be between 1 and the buffer's size.
+#[inline(always)]
+fn chunk_len(rest: usize) -> usize {
+    ((rest - 1) & (MOVE_CHUNK - 1)) + 1
+}
+
+/// Copies `len` (1 to `MOVE_CHUNK`) bytes of the frame from offset `from` to `to` through
+/// `buffer`.
+#[inline(always)]
+fn copy_chunk(
+    ctx: &XdpContext,
+    buffer: &mut MaybeUninit<[u8; MOVE_CHUNK]>,
+    from: usize,
+    to: usize,
+    len: usize,
+) -> Result<(), Outcome> {
+    let bytes = buffer.as_mut_ptr().cast();
+    // SAFETY: `ctx.ctx` is the program's context and `buffer` holds `MOVE_CHUNK` >= `len`
+    // bytes; the helper checks the offset against the frame.
+    if unsafe { bpf_xdp_load_bytes(ctx.ctx, from as u32, bytes, len as u32) } != 0 {
+        return Err(Outcome::AdjustFailed);
+    }
+    // SAFETY: as above; the bytes were written by the load.
+    if unsafe { bpf_xdp_store_bytes(ctx.ctx, to as u32, bytes, len as u32) } != 0 {
+        return Err(Outcome::AdjustFailed);
     }
     Ok(())
 }
@@ -868,10 +1006,7 @@ unsafe fn build(f: usize, datagram: &Datagram, old_at: usize, new_at: usize, r: 
     let traffic_class = old.traffic_class();
     let ipv4_id = old.ipv4_id();
     let dont_fragment = old.dont_fragment();
-    let src = match r.src {
-        Some(src) => src,
-        None => old.dst(),
-    };
+    let src = r.src;
     let n = f + new_at;
     // SAFETY: the new headers lie inside the window the caller guarantees.
     unsafe {

@@ -31,6 +31,18 @@ pub(crate) enum XdpMode {
     Generic,
 }
 
+/// How the XDP program resizes a frame whose headers grow or shrink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum XdpAdjust {
+    /// Move the frame start (`bpf_xdp_adjust_head`): the fastest; needs headroom.
+    Head,
+    /// Resize at the end and move the payload: for drivers without headroom (gVNIC).
+    Tail,
+    /// The head where the driver allows it, else the tail from then on.
+    Auto,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub(crate) enum LogFormat {
@@ -165,6 +177,12 @@ pub(crate) struct Options {
     /// An XDP object to load instead of the one built into the binary.
     #[arg(long, env = "TURNPIKE_XDP_PROGRAM")]
     pub(crate) xdp_program: Option<PathBuf>,
+    /// How the XDP program makes room for headers that grow: head (moves the frame start, the
+    /// fastest), tail (resizes at the end and moves the payload, for drivers that leave no
+    /// headroom, such as Google Cloud's gVNIC), auto (head where the driver allows it, tail
+    /// from the first refusal on) [default: auto].
+    #[arg(long, env = "TURNPIKE_XDP_ADJUST")]
+    pub(crate) xdp_adjust: Option<XdpAdjust>,
     /// Other relays (address:port) an Allocate is sent to, in turn, with 300 Try Alternate
     /// when this relay is draining or full, instead of 508 or 486 [default: none].
     #[arg(long, env = "TURNPIKE_ALTERNATE_SERVERS", value_delimiter = ',')]
@@ -293,6 +311,7 @@ impl Options {
             xdp_interface,
             xdp_mode,
             xdp_program,
+            xdp_adjust,
             alternate_servers,
             sentry_dsn,
             relay_id,
@@ -467,6 +486,7 @@ pub(crate) struct XdpSettings {
     pub(crate) interface: String,
     pub(crate) mode: XdpMode,
     pub(crate) program: Option<PathBuf>,
+    pub(crate) adjust: XdpAdjust,
 }
 
 /// Reads secrets from the environment; `None` when unset.
@@ -853,6 +873,7 @@ impl Settings {
                 interface,
                 mode: options.xdp_mode.unwrap_or(XdpMode::Driver),
                 program: options.xdp_program,
+                adjust: options.xdp_adjust.unwrap_or(XdpAdjust::Auto),
             }),
             streams,
             sentry_dsn: options

@@ -281,8 +281,9 @@ async fn run(mut settings: Settings, log: logging::LogControl) -> Result<()> {
         tokio::spawn(refresh_own_addresses(
             Arc::clone(kernel),
             xdp_settings.interface.clone(),
-            settings.listen.clone(),
+            xdp::preferred_own_addresses(&settings),
         ));
+        tokio::spawn(xdp::settle_adjust_mode(Arc::clone(kernel)));
     }
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot watch SIGTERM")?;
@@ -346,18 +347,14 @@ async fn run(mut settings: Settings, log: logging::LogControl) -> Result<()> {
 }
 
 /// Reads the XDP interface's addresses every 30 s and gives the kernel program the new ones
-/// when they changed (DHCP, SLAAC, an operator adding one): translated IPv4 <-> IPv6 datagrams
-/// leave from them. Until then a stale address costs only the translated paths.
+/// when they changed (DHCP, SLAAC, an operator adding one): datagrams to peers leave from
+/// them. Bindings relayed from an address that is gone leave the kernel at once and come back
+/// from the new one at their next refresh.
 async fn refresh_own_addresses(
     kernel: Arc<turnpike_xdp_user::XdpRelay>,
     interface: String,
-    listen: Vec<std::net::SocketAddr>,
+    preferred: Vec<std::net::IpAddr>,
 ) {
-    let preferred: Vec<std::net::IpAddr> = listen
-        .iter()
-        .map(std::net::SocketAddr::ip)
-        .filter(|ip| !ip.is_unspecified())
-        .collect();
     let mut known = turnpike_xdp_user::discover::own_addresses(&interface, &preferred).ok();
     let mut period = tokio::time::interval(std::time::Duration::from_secs(30));
     period.tick().await;

@@ -394,6 +394,24 @@ pub(crate) fn render(total: &ShardMetrics, kernel: Option<&Counters>) -> String 
         }),
     );
     section(
+        "turnpike_xdp_adjust_mode",
+        "gauge",
+        "How the XDP program resizes frames: 1 for the mode in use (head, tail; auto until the \
+         driver refuses the head).",
+        kernel.map_or_else(Vec::new, |kernel| {
+            vec![(format!("{{mode=\"{}\"}}", kernel.adjust_mode().as_str()), 1)]
+        }),
+    );
+    section(
+        "turnpike_xdp_head_refused_total",
+        "counter",
+        "Datagrams the driver would not grow at the frame start, relayed by resizing at the tail \
+         (--xdp-adjust auto, which then switches to tail).",
+        kernel.map_or_else(Vec::new, |kernel| {
+            vec![(String::new(), kernel.head_refused())]
+        }),
+    );
+    section(
         "turnpike_xdp_map_errors_total",
         "counter",
         "Channels the kernel map could not take or drop (they are relayed in user space).",
