@@ -51,11 +51,15 @@ pub struct XdpConfig {
 ///   `bpf_xdp_adjust_tail`, moving the payload by the difference: a copy of the payload per
 ///   datagram, so it costs more the larger the datagram (docs/benchmarks.md), but it needs only
 ///   tailroom, which every driver with XDP support provides.
-/// - `Auto` tries the head first and, where the driver refuses to move it, resizes at the tail
-///   instead; each refusal is counted ([`crate::Counter`] at
-///   [`crate::Outcome::HEAD_REFUSED_INDEX`]), and user space switches the configuration to
-///   `Tail` when it sees one, so a refusing driver costs one failed helper call per datagram only
-///   until then.
+/// - `Auto` is the probe that settles on one of the two. Frames that shrink are resized at the
+///   tail, which works everywhere (a driver without headroom refuses even to move the frame
+///   start backwards by a few bytes, and a shrinking rewrite has written its headers before it
+///   could learn that). Frames that grow try the head first: if the driver refuses, the frame is
+///   resized at the tail instead and the refusal counted ([`crate::Outcome::HEAD_REFUSED_INDEX`]);
+///   if it moves, that is counted too ([`crate::Outcome::HEAD_GREW_INDEX`]). User space reads
+///   the counters and writes `Tail` after a refusal, `Head` after a move without refusal, so
+///   the probe lasts until the first datagram that grows (in practice the first from a peer)
+///   and a counter read.
 #[repr(u8)]
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
 pub enum AdjustMode {

@@ -90,13 +90,19 @@ impl Outcome {
     /// Number of outcomes.
     pub const COUNT: u32 = 25;
 
-    /// Index of the one counter that is not an outcome: datagrams the program relayed by
-    /// resizing at the tail because the driver refused to move the frame start
+    /// Index of a counter that is not an outcome: datagrams the program relayed by resizing at
+    /// the tail because the driver refused to move the frame start forwards
     /// ([`crate::config::AdjustMode::Auto`]). Each is counted here *and* under its outcome.
     pub const HEAD_REFUSED_INDEX: u32 = Self::COUNT;
 
-    /// Size of the counters array: the outcomes and [`Outcome::HEAD_REFUSED_INDEX`].
-    pub const COUNTER_SLOTS: u32 = Self::COUNT + 1;
+    /// Index of the other counter that is not an outcome: datagrams whose frame start the driver
+    /// let the program move forwards in [`crate::config::AdjustMode::Auto`], the evidence that
+    /// it leaves headroom. Also counted under their outcome.
+    pub const HEAD_GREW_INDEX: u32 = Self::COUNT + 1;
+
+    /// Size of the counters array: the outcomes, [`Outcome::HEAD_REFUSED_INDEX`] and
+    /// [`Outcome::HEAD_GREW_INDEX`].
+    pub const COUNTER_SLOTS: u32 = Self::COUNT + 2;
 
     /// Every outcome, in index order.
     pub const ALL: [Self; Self::COUNT as usize] = [

@@ -4,11 +4,12 @@
 //! ```text
 //! sudo TURNPIKE_XDP_ELF=$(bash scripts/build-xdp.sh) \
 //!     cargo run --release -p turnpike-xdp-user --example xdp_cost \
-//!     [-- RUNS] [--loop-only] [--adjust head|tail]
+//!     [-- RUNS] [--loop-only] [--adjust head|tail] [--payload BYTES]
 //! ```
 //!
 //! `--adjust` chooses how the relay resizes frames (`AdjustMode`; head by default); the swap
-//! baseline never resizes.
+//! baseline never resizes. `--payload` sets the UDP payload (100 bytes by default): resizing
+//! at the tail moves the payload, so its cost grows with it.
 //!
 //! Two measurements, because `BPF_PROG_TEST_RUN` with `repeat = N` runs the program N times on
 //! the *same* buffer without restoring it, so run 2 sees run 1's output:
@@ -42,6 +43,7 @@ use turnpike_xdp_user::{
 };
 
 const CHANNEL: u16 = 0x4001;
+/// Payload bytes unless `--payload` says otherwise.
 const PAYLOAD: usize = 100;
 /// Rounds of each measurement; the fastest counts.
 const SINGLE_ROUNDS: u32 = 3;
@@ -130,15 +132,29 @@ fn exit_on(result: Result<(), XdpError>) {
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let loop_only = args.iter().any(|arg| arg == "--loop-only");
+    let value_of = |flag: &str| {
+        args.iter()
+            .position(|arg| arg == flag)
+            .map(|at| args.get(at + 1).map(String::as_str))
+    };
+    let payload_len = match value_of("--payload") {
+        None => PAYLOAD,
+        Some(Some(text)) if text.parse::<usize>().is_ok_and(|len| len <= 1400) => {
+            text.parse().unwrap_or(PAYLOAD)
+        }
+        Some(other) => {
+            eprintln!("--payload takes a byte count up to 1400, not {other:?}");
+            std::process::exit(2);
+        }
+    };
+    // The run count is the one bare number (not the value of a flag).
     let runs: u32 = args
         .iter()
-        .find_map(|arg| arg.parse().ok())
+        .enumerate()
+        .filter(|(at, _)| *at == 0 || !args[at - 1].starts_with("--"))
+        .find_map(|(_, arg)| arg.parse().ok())
         .unwrap_or(1_000_000);
-    let mode = match args
-        .iter()
-        .position(|arg| arg == "--adjust")
-        .map(|at| args.get(at + 1).map(String::as_str))
-    {
+    let mode = match value_of("--adjust") {
         None | Some(Some("head")) => AdjustMode::Head,
         Some(Some("tail")) => AdjustMode::Tail,
         other => {
@@ -150,14 +166,14 @@ fn main() {
         std::process::exit(2);
     };
     let fields = IpFields::default();
-    let data = payload(PAYLOAD);
+    let data = payload(payload_len);
     let v4 = endpoints(false, false);
     let v6 = endpoints(true, true);
     let swap_v4 = udp_frame(RELAY_MAC, CLIENT_MAC, v4[3], v4[2], fields, &data, true);
     let swap_v6 = udp_frame(RELAY_MAC, CLIENT_MAC, v6[3], v6[2], fields, &data, true);
 
     println!(
-        "runs per measurement: {runs}; payload {PAYLOAD} bytes; frames resized at the {}\n",
+        "runs per measurement: {runs}; payload {payload_len} bytes; frames resized at the {}\n",
         mode.as_str()
     );
     if !loop_only {

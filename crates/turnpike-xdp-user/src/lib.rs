@@ -50,7 +50,8 @@
 //! Periodically (the admin tick, once a second): [`XdpRelay::counters`] for metrics (relayed and
 //! passed frames per outcome, [`turnpike_xdp_common::Outcome::as_str`] giving label values, and
 //! how many bindings sit in the program's caches) and, with the same counters,
-//! [`XdpRelay::settle_adjust_mode`] (auto becomes tail once the driver refused the head); and
+//! [`XdpRelay::settle_adjust_mode`] (auto becomes tail once the driver refused the head, head
+//! once it moved it); and
 //! now and then (say every 30 s) re-run [`discover::own_addresses`] and write it if it changed
 //! ([`XdpRelay::set_own_addresses`] first removes the bindings relayed from an address that is
 //! gone and evicts from the caches any binding whose peer the new addresses include).

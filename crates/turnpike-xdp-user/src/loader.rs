@@ -39,7 +39,8 @@ pub enum AttachMode {
     #[default]
     Driver,
     /// Generic XDP, run by the kernel stack after the socket buffer is built: works on every
-    /// interface, slower, for drivers without native XDP (or without `bpf_xdp_adjust_head`).
+    /// interface, slower, for drivers without native XDP (drivers that only lack headroom for
+    /// `bpf_xdp_adjust_head` keep native XDP with `AdjustMode::Tail`).
     Generic,
 }
 
@@ -135,6 +136,7 @@ impl Default for LoadOptions {
 pub struct Counters {
     values: [Counter; Outcome::COUNT as usize],
     head_refused: u64,
+    head_grew: u64,
     adjust: AdjustMode,
     cached: (usize, usize),
 }
@@ -156,6 +158,12 @@ impl Counters {
     /// resizing at the tail ([`AdjustMode::Auto`]; also counted under their outcome).
     pub fn head_refused(&self) -> u64 {
         self.head_refused
+    }
+
+    /// Datagrams the driver let the program grow at the head in [`AdjustMode::Auto`] (also
+    /// counted under their outcome).
+    pub fn head_grew(&self) -> u64 {
+        self.head_grew
     }
 
     /// How the program resized frames when the counters were read.
@@ -413,33 +421,36 @@ impl XdpRelay {
             .map_err(|e| XdpError::map(maps::CONFIG, e))
     }
 
-    /// Settles [`AdjustMode::Auto`]: once the program has counted a datagram the driver would not
-    /// grow at the head, every later one would cost the same failed helper call before the
-    /// tail, so the configuration switches to [`AdjustMode::Tail`]. Returns whether it switched
-    /// (at most once; never in another mode). Call it with fresh counters, as the daemon does
-    /// when it publishes them.
+    /// Settles [`AdjustMode::Auto`] from what the driver did with the first datagrams that grew:
+    /// [`AdjustMode::Tail`] once it refused to move the frame start (every later datagram would
+    /// cost the same failed call before the tail), else [`AdjustMode::Head`] once it moved it
+    /// (shrinking frames then stop paying for the tail). Returns the mode it switched to, if
+    /// it did (at most once; never from another mode). Call it with fresh counters, as the
+    /// daemon does once a second until it settles.
     ///
     /// # Errors
     ///
     /// [`XdpError::Map`].
-    pub fn settle_adjust_mode(&self, counters: &Counters) -> Result<bool, XdpError> {
-        if counters.head_refused() == 0 {
-            return Ok(false);
-        }
-        let maps = self.lock();
-        let mut config = maps
+    pub fn settle_adjust_mode(&self, counters: &Counters) -> Result<Option<AdjustMode>, XdpError> {
+        let settled = if counters.head_refused() > 0 {
+            AdjustMode::Tail
+        } else if counters.head_grew() > 0 {
+            AdjustMode::Head
+        } else {
+            return Ok(None);
+        };
+        let mut maps = self.lock();
+        let config = maps
             .config
             .get(&0, 0)
             .map_err(|e| XdpError::map(maps::CONFIG, e))?;
         if config.adjust_mode() != AdjustMode::Auto {
-            return Ok(false);
+            return Ok(None);
         }
-        config = config.with_adjust_mode(AdjustMode::Tail);
-        let mut maps = maps;
         maps.config
-            .set(0, config, 0)
+            .set(0, config.with_adjust_mode(settled), 0)
             .map_err(|e| XdpError::map(maps::CONFIG, e))?;
-        Ok(true)
+        Ok(Some(settled))
     }
 
     /// Writes the relay's own addresses (see [`crate::discover::own_addresses`]): the
@@ -645,16 +656,19 @@ impl XdpRelay {
                 total.bytes += counter.bytes;
             }
         }
-        let head_refused = self
-            .counters
-            .get(&Outcome::HEAD_REFUSED_INDEX, 0)
-            .map_err(|e| XdpError::map(maps::COUNTERS, e))?
-            .iter()
-            .map(|counter| counter.packets)
-            .sum();
+        let packets_at = |index: u32| -> Result<u64, XdpError> {
+            Ok(self
+                .counters
+                .get(&index, 0)
+                .map_err(|e| XdpError::map(maps::COUNTERS, e))?
+                .iter()
+                .map(|counter| counter.packets)
+                .sum())
+        };
         Ok(Counters {
             values,
-            head_refused,
+            head_refused: packets_at(Outcome::HEAD_REFUSED_INDEX)?,
+            head_grew: packets_at(Outcome::HEAD_GREW_INDEX)?,
             adjust: self.configuration()?.adjust_mode(),
             cached: self.cached_channels(),
         })
@@ -855,6 +869,7 @@ mod tests {
         let counters = Counters {
             values,
             head_refused: 2,
+            head_grew: 1,
             adjust: AdjustMode::Tail,
             cached: (0, 0),
         };

@@ -252,7 +252,7 @@ fn client_to_peer(client_v6: bool, peer_v6: bool, outcome: Outcome) {
         let input = scenario.from_client(&data, 0, IpFields::default());
         let expected = scenario.to_peer(&data, IpFields::default());
         assert_relayed(&relay, &input, &expected, outcome);
-        // The head never refuses under BPF_PROG_TEST_RUN, so auto takes it.
+        // The head never refuses under BPF_PROG_TEST_RUN.
         assert_eq!(relay.counters().unwrap().head_refused(), 0, "{mode:?}");
     }
 }
@@ -395,25 +395,49 @@ fn payloads_across_every_chunk_boundary_move_intact_at_the_tail() {
 }
 
 #[test]
-fn auto_stays_on_the_head_while_the_driver_allows_it() {
-    let scenario = Scenario::new(false, true);
+fn auto_settles_on_the_head_once_the_driver_moved_it() {
+    // A shrinking frame (client to peer, one family) says nothing about the driver: it is
+    // resized at the tail, and auto stays unsettled.
+    let scenario = Scenario::new(false, false);
     let Some(relay) = relay_in(&scenario, AdjustMode::Auto) else {
         return;
     };
     let data = payload(64);
     assert_relayed(
         &relay,
-        &scenario.from_peer(&data, IpFields::default()),
-        &scenario.to_client(&data, IpFields::default()),
-        Outcome::PeerToClient6To4,
+        &scenario.from_client(&data, 0, IpFields::default()),
+        &scenario.to_peer(&data, IpFields::default()),
+        Outcome::ClientToPeer4To4,
     );
     let counters = relay.counters().unwrap();
-    assert_eq!(counters.head_refused(), 0);
-    assert!(!relay.settle_adjust_mode(&counters).unwrap());
+    assert_eq!((counters.head_refused(), counters.head_grew()), (0, 0));
+    assert_eq!(relay.settle_adjust_mode(&counters).unwrap(), None);
     assert_eq!(
         relay.configuration().unwrap().adjust_mode(),
         AdjustMode::Auto
     );
+
+    // A growing one (peer to client) moves the head, which BPF_PROG_TEST_RUN always allows:
+    // counted, and auto settles on the head.
+    let output = run(&relay, &scenario.from_peer(&data, IpFields::default()));
+    assert_eq!(output.action, XdpAction::Tx);
+    assert_eq!(
+        hex(&output.frame),
+        hex(&scenario.to_client(&data, IpFields::default()))
+    );
+    let counters = relay.counters().unwrap();
+    assert_eq!((counters.head_refused(), counters.head_grew()), (0, 1));
+    assert_eq!(
+        relay.settle_adjust_mode(&counters).unwrap(),
+        Some(AdjustMode::Head)
+    );
+    assert_eq!(
+        relay.configuration().unwrap().adjust_mode(),
+        AdjustMode::Head
+    );
+    assert_eq!(relay.counters().unwrap().adjust_mode(), AdjustMode::Head);
+    // Settled: never again, not even from other counters.
+    assert_eq!(relay.settle_adjust_mode(&counters).unwrap(), None);
 }
 
 #[test]

@@ -67,7 +67,8 @@ static CHANNEL_CACHE: Array<ChannelCacheSlot> = Array::with_max_entries(CHANNEL_
 #[map]
 static PEER_CACHE: Array<PeerCacheSlot> = Array::with_max_entries(PEER_CACHE_SLOTS, 0);
 
-/// Packets and bytes per [`Outcome`], per CPU, and the head-refused count after them.
+/// Packets and bytes per [`Outcome`], per CPU, and the two counts of `AdjustMode::Auto`'s probe
+/// after them.
 #[map]
 static COUNTERS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(Outcome::COUNTER_SLOTS, 0);
 

@@ -779,7 +779,9 @@ fn emit(
         return Err(Outcome::TooBig);
     }
     let mode = config.adjust_mode();
-    if mode == AdjustMode::Tail {
+    // `Auto` shrinks at the tail: a driver without headroom may refuse even a move forwards
+    // (see `AdjustMode`), and by then the headers are written.
+    if mode == AdjustMode::Tail || (mode == AdjustMode::Auto && old_len >= new_len) {
         return emit_at_tail(ctx, datagram, rewrite, old_len, new_len);
     }
     if old_len >= new_len {
@@ -789,8 +791,10 @@ fn emit(
         unsafe { build(datagram.ip - ETH_HEADER, datagram, 0, delta, rewrite) };
         // SAFETY: `ctx.ctx` is the program's context. Every packet address is re-derived after.
         if unsafe { bpf_xdp_adjust_head(ctx.ctx, delta as i32) } != 0 {
-            // Cannot happen (see above); the frame would go up with its headers half rewritten,
-            // which the kernel stack discards.
+            // Only on a driver that leaves less headroom than the kernel's frame metadata takes,
+            // which `Head` is documented not to support (it refuses every growth too, which is
+            // what `Auto` detects); the frame goes up with its headers half rewritten, and the
+            // kernel stack discards it.
             return Err(Outcome::AdjustFailed);
         }
     } else {
@@ -798,10 +802,13 @@ fn emit(
         // SAFETY: as above.
         if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(delta as i32)) } != 0 {
             if mode == AdjustMode::Auto {
-                count_head_refused();
+                count_probe(Outcome::HEAD_REFUSED_INDEX);
                 return emit_at_tail(ctx, datagram, rewrite, old_len, new_len);
             }
             return Err(Outcome::AdjustFailed);
+        }
+        if mode == AdjustMode::Auto {
+            count_probe(Outcome::HEAD_GREW_INDEX);
         }
         let Some(f) = window(ctx, new_len) else {
             // Cannot happen (the frame holds at least the new headers), but the verifier needs
@@ -830,10 +837,11 @@ fn trim(ctx: &XdpContext, rewrite: &Rewrite) {
     }
 }
 
-/// Counts a datagram the driver would not grow at the head (see [`AdjustMode::Auto`]).
+/// Counts what the driver did with a frame that grows at the head in [`AdjustMode::Auto`]:
+/// refused ([`Outcome::HEAD_REFUSED_INDEX`]) or moved ([`Outcome::HEAD_GREW_INDEX`]).
 #[inline(always)]
-fn count_head_refused() {
-    if let Some(counter) = COUNTERS.get_ptr_mut(Outcome::HEAD_REFUSED_INDEX) {
+fn count_probe(index: u32) {
+    if let Some(counter) = COUNTERS.get_ptr_mut(index) {
         // SAFETY: a per-CPU array slot of this CPU, which nothing else writes while the program
         // runs (XDP programs are not preempted on their CPU).
         unsafe { (*counter).packets += 1 };

@@ -39,7 +39,7 @@ pub(crate) enum XdpAdjust {
     Head,
     /// Resize at the end and move the payload: for drivers without headroom (gVNIC).
     Tail,
-    /// The head where the driver allows it, else the tail from then on.
+    /// Probe with the first datagram that grows, then head or tail.
     Auto,
 }
 
@@ -177,10 +177,10 @@ pub(crate) struct Options {
     /// An XDP object to load instead of the one built into the binary.
     #[arg(long, env = "TURNPIKE_XDP_PROGRAM")]
     pub(crate) xdp_program: Option<PathBuf>,
-    /// How the XDP program makes room for headers that grow: head (moves the frame start, the
-    /// fastest), tail (resizes at the end and moves the payload, for drivers that leave no
-    /// headroom, such as Google Cloud's gVNIC), auto (head where the driver allows it, tail
-    /// from the first refusal on) [default: auto].
+    /// How the XDP program resizes frames: head (moves the frame start, the fastest), tail
+    /// (resizes at the end and moves the payload, for drivers that leave no headroom, such as
+    /// Google Cloud's gVNIC), auto (probes with the first datagram that grows, then head if
+    /// the driver moved the frame start, tail if it refused) [default: auto].
     #[arg(long, env = "TURNPIKE_XDP_ADJUST")]
     pub(crate) xdp_adjust: Option<XdpAdjust>,
     /// Other relays (address:port) an Allocate is sent to, in turn, with 300 Try Alternate

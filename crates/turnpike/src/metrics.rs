@@ -397,7 +397,7 @@ pub(crate) fn render(total: &ShardMetrics, kernel: Option<&Counters>) -> String 
         "turnpike_xdp_adjust_mode",
         "gauge",
         "How the XDP program resizes frames: 1 for the mode in use (head, tail; auto until the \
-         driver refuses the head).",
+         first datagram that grows settles it).",
         kernel.map_or_else(Vec::new, |kernel| {
             vec![(format!("{{mode=\"{}\"}}", kernel.adjust_mode().as_str()), 1)]
         }),
@@ -406,7 +406,7 @@ pub(crate) fn render(total: &ShardMetrics, kernel: Option<&Counters>) -> String 
         "turnpike_xdp_head_refused_total",
         "counter",
         "Datagrams the driver would not grow at the frame start, relayed by resizing at the tail \
-         (--xdp-adjust auto, which then switches to tail).",
+         (--xdp-adjust auto, which then settles on tail).",
         kernel.map_or_else(Vec::new, |kernel| {
             vec![(String::new(), kernel.head_refused())]
         }),

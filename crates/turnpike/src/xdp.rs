@@ -112,8 +112,8 @@ pub(crate) fn preferred_own_addresses(settings: &Settings) -> Vec<IpAddr> {
 }
 
 /// Settles `--xdp-adjust auto` (see `XdpRelay::settle_adjust_mode`): once a second, until the
-/// driver has refused to grow a frame at the head, when the program switches to the tail for
-/// good, or forever on a driver that never refuses (a counter read per second).
+/// first datagram that grows has shown whether the driver moves the frame start (head from
+/// then on) or refuses (tail from then on).
 pub(crate) async fn settle_adjust_mode(kernel: Arc<XdpRelay>) {
     if kernel
         .configuration()
@@ -132,7 +132,7 @@ pub(crate) async fn settle_adjust_mode(kernel: Arc<XdpRelay>) {
             }
         };
         match kernel.settle_adjust_mode(&counters) {
-            Ok(true) => {
+            Ok(Some(AdjustMode::Tail)) => {
                 tracing::warn!(
                     refused = counters.head_refused(),
                     "the driver refuses to move the frame start (no headroom): the kernel \
@@ -141,8 +141,18 @@ pub(crate) async fn settle_adjust_mode(kernel: Arc<XdpRelay>) {
                 );
                 return;
             }
-            Ok(false) => {}
-            Err(error) => tracing::warn!(%error, "cannot switch the XDP program to the tail"),
+            Ok(Some(mode)) => {
+                tracing::info!(
+                    adjust = mode.as_str(),
+                    "the driver moves the frame start: the kernel data plane resizes frames \
+                     at the head from now on"
+                );
+                return;
+            }
+            Ok(None) => {}
+            Err(error) => {
+                tracing::warn!(%error, "cannot settle how the XDP program resizes frames")
+            }
         }
     }
 }
