@@ -31,7 +31,8 @@
 # Environment: BENCH_PAYLOADS (default "100 1200"), BENCH_ALLOCATIONS (default "1 16 64"),
 # TP_PREFIX (default tp: the namespaces' names, see scripts/lib/netns.sh; another prefix keeps a
 # run clear of other users of the machine), BENCH_SERVERS (default "turnpike turnpike-xdp
-# coturn"), BENCH_TRANSPORT (udp, tcp or tls; default udp): how clients reach the relay, the
+# coturn"; also turnpike-xdp-tail: the kernel path resizing frames at the tail, as on drivers
+# without headroom; turnpike-xdp resizes at the head), BENCH_TRANSPORT (udp, tcp or tls; default udp): how clients reach the relay, the
 # relayed leg being UDP in every case. Over TCP and
 # TLS both relays get the same throwaway certificate, coturn its TCP and TLS listeners on (and
 # nothing else changed from its fastest setup), and the kernel data plane is left out (it relays
@@ -187,7 +188,7 @@ for payload in ${BENCH_PAYLOADS:-100 1200}; do
         [[ $transport == udp ]] || default_servers="turnpike coturn"
         for server in ${BENCH_SERVERS:-$default_servers}; do
             pass_pid=
-            if [[ $server == turnpike-xdp ]]; then
+            if [[ $server == turnpike-xdp* ]]; then
                 ip netns exec "$TP_ROUTER" "$root/target/release/examples/xdp_pass" "$elf" tp1-r tp2-r tp3-r >/dev/null &
                 pass_pid=$!
                 pids+=("$pass_pid")
@@ -195,7 +196,8 @@ for payload in ${BENCH_PAYLOADS:-100 1200}; do
             fi
             case $server in
                 turnpike) pid=$(start_turnpike) ;;
-                turnpike-xdp) pid=$(start_turnpike --xdp-interface tp2-h) ;;
+                turnpike-xdp) pid=$(start_turnpike --xdp-interface tp2-h --xdp-adjust head) ;;
+                turnpike-xdp-tail) pid=$(start_turnpike --xdp-interface tp2-h --xdp-adjust tail) ;;
                 coturn) pid=$(start_coturn) ;;
             esac
             pids+=("$pid")
