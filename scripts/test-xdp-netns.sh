@@ -172,7 +172,8 @@ check "expiry: the kernel's caches hold no binding" test \
     "$(($(metric 'turnpike_xdp_cached_channels{direction="client_to_peer"}') + $(metric 'turnpike_xdp_cached_channels{direction="peer_to_client"}')))" -eq 0
 
 # A multi-homed relay: a second address of each family on the relay's interface, a listening
-# port on each address (3478 on the first, 3479 on the second), datagrams to peers relayed from
+# port on each address (3478 on every address through the wildcard listeners, as by default,
+# and 3479 on the second address only), datagrams to peers relayed from
 # the second address (--relay-ip), and frames resized at the tail as on drivers without
 # headroom. Each pair runs against both listening addresses; every round trip must be relayed in
 # the kernel, which keys each binding by the listening address and port the client wrote to and
@@ -181,10 +182,11 @@ kill -TERM "$relay_pid"
 wait "$relay_pid" 2>/dev/null || true
 ip -n "$TP_RELAY" addr add 10.100.2.3/24 dev tp2-h
 ip -n "$TP_RELAY" -6 addr add fd00:100:2::3/64 dev tp2-h nodad
-RELAY_LISTEN="$TP_RELAY_IP:3478,10.100.2.3:3479,[$TP_RELAY_IP6]:3478,[fd00:100:2::3]:3479" \
+RELAY_LISTEN="0.0.0.0:3478,10.100.2.3:3479,[::]:3478,[fd00:100:2::3]:3479" \
     start_relay --relay-ip 10.100.2.3,fd00:100:2::3 --xdp-adjust tail
 check "multi-homed: the kernel path resizes at the tail" test "$(metric 'turnpike_xdp_adjust_mode{mode="tail"}')" -eq 1
-for pair in "4to4 $TP_RELAY_IP:3478 $TP_PEER_IP:9000" "4to4 10.100.2.3:3479 $TP_PEER_IP:9000" \
+for pair in "4to4 $TP_RELAY_IP:3478 $TP_PEER_IP:9000" "4to4 10.100.2.3:3478 $TP_PEER_IP:9000" \
+    "4to4 10.100.2.3:3479 $TP_PEER_IP:9000" \
     "6to6 [$TP_RELAY_IP6]:3478 [$TP_PEER_IP6]:9000" "6to6 [fd00:100:2::3]:3479 [$TP_PEER_IP6]:9000" \
     "4to6 10.100.2.3:3479 [$TP_PEER_IP6]:9000" "6to4 [$TP_RELAY_IP6]:3478 $TP_PEER_IP:9000"; do
     read -r name server peer <<<"$pair"
