@@ -76,6 +76,32 @@ start_relay() {
     return 1
 }
 
+# kernel_round_trips LABEL PAIR SERVER PEER ALLOCATIONS: a 2-second load from the client through
+# SERVER to the echo PEER; every round trip must complete unharmed and be relayed in the kernel
+# both ways (PAIR, such as 4to6, names the client's and the peer's family).
+kernel_round_trips() {
+    local label=$1 name=$2 server=$3 peer=$4 allocations=$5
+    local up="turnpike_xdp_packets_total{outcome=\"client_to_peer_$name\"}"
+    local down="turnpike_xdp_packets_total{outcome=\"peer_to_client_${name:3:1}to${name:0:1}\"}"
+    local csum0 csum1 up0 up1 down0 down1 summary received sent malformed
+    csum0=$(($(tp_udp_csum_errors "$TP_CLIENT") + $(tp_udp_csum_errors "$TP_PEER")))
+    up0=$(metric "$up")
+    down0=$(metric "$down")
+    summary=$(timeout 30 ip netns exec "$TP_CLIENT" "$bin/turnpike-load" run --server "$server" --peer "$peer" \
+        --secret "$secret" --allocations "$allocations" --duration 2 --window 8 2>/dev/null | tail -n 1) || summary='{}'
+    up1=$(metric "$up")
+    down1=$(metric "$down")
+    csum1=$(($(tp_udp_csum_errors "$TP_CLIENT") + $(tp_udp_csum_errors "$TP_PEER")))
+    received=$(sed -n 's/.*"received":\([0-9]*\).*/\1/p' <<<"$summary")
+    sent=$(sed -n 's/.*"sent":\([0-9]*\).*/\1/p' <<<"$summary")
+    malformed=$(sed -n 's/.*"malformed":\([0-9]*\).*/\1/p' <<<"$summary")
+    check "$label: round trips completed ($received of $sent)" test "${received:-0}" -gt 1000
+    check "$label: no datagram lost or mangled" test "$((${sent:-0} - ${received:-0}))" -le "$((${sent:-1} / 100))" -a "${malformed:-1}" -eq 0
+    check "$label: relayed in the kernel ($((up1 - up0)) client-to-peer, $((down1 - down0)) peer-to-client frames)" \
+        test "$((up1 - up0))" -ge "${received:-1}" -a "$((down1 - down0))" -ge "${received:-1}"
+    check "$label: receivers saw no checksum errors" test "$csum1" -eq "$csum0"
+}
+
 xdp_attached() {
     ip -n "$TP_RELAY" -d link show tp2-h | grep -q "prog/xdp"
 }
@@ -95,22 +121,7 @@ pairs=(
 )
 for pair in "${pairs[@]}"; do
     read -r name server peer <<<"$pair"
-    csum0=$(($(tp_udp_csum_errors "$TP_CLIENT") + $(tp_udp_csum_errors "$TP_PEER")))
-    up0=$(metric "turnpike_xdp_packets_total{outcome=\"client_to_peer_$name\"}")
-    down0=$(metric "turnpike_xdp_packets_total{outcome=\"peer_to_client_${name:3:1}to${name:0:1}\"}")
-    summary=$(timeout 30 ip netns exec "$TP_CLIENT" "$bin/turnpike-load" run --server "$server" --peer "$peer" \
-        --secret "$secret" --allocations 4 --duration 2 --window 8 2>/dev/null | tail -n 1) || summary='{}'
-    up1=$(metric "turnpike_xdp_packets_total{outcome=\"client_to_peer_$name\"}")
-    down1=$(metric "turnpike_xdp_packets_total{outcome=\"peer_to_client_${name:3:1}to${name:0:1}\"}")
-    csum1=$(($(tp_udp_csum_errors "$TP_CLIENT") + $(tp_udp_csum_errors "$TP_PEER")))
-    received=$(sed -n 's/.*"received":\([0-9]*\).*/\1/p' <<<"$summary")
-    sent=$(sed -n 's/.*"sent":\([0-9]*\).*/\1/p' <<<"$summary")
-    malformed=$(sed -n 's/.*"malformed":\([0-9]*\).*/\1/p' <<<"$summary")
-    check "$name: round trips completed ($received of $sent)" test "${received:-0}" -gt 1000
-    check "$name: no datagram lost or mangled" test "$((${sent:-0} - ${received:-0}))" -le "$((${sent:-1} / 100))" -a "${malformed:-1}" -eq 0
-    check "$name: relayed in the kernel ($((up1 - up0)) client-to-peer, $((down1 - down0)) peer-to-client frames)" \
-        test "$((up1 - up0))" -ge "${received:-1}" -a "$((down1 - down0))" -ge "${received:-1}"
-    check "$name: receivers saw no checksum errors" test "$csum1" -eq "$csum0"
+    kernel_round_trips "$name" "$name" "$server" "$peer" 4
 done
 check "auto resizing settled on the head (the veth driver leaves headroom)" \
     test "$(metric 'turnpike_xdp_adjust_mode{mode="head"}')" -eq 1 -a "$(metric 'turnpike_xdp_head_refused_total ')" -eq 0
@@ -190,18 +201,7 @@ for pair in "4to4 $TP_RELAY_IP:3478 $TP_PEER_IP:9000" "4to4 10.100.2.3:3478 $TP_
     "6to6 [$TP_RELAY_IP6]:3478 [$TP_PEER_IP6]:9000" "6to6 [fd00:100:2::3]:3479 [$TP_PEER_IP6]:9000" \
     "4to6 10.100.2.3:3479 [$TP_PEER_IP6]:9000" "6to4 [$TP_RELAY_IP6]:3478 $TP_PEER_IP:9000"; do
     read -r name server peer <<<"$pair"
-    up0=$(metric "turnpike_xdp_packets_total{outcome=\"client_to_peer_$name\"}")
-    down0=$(metric "turnpike_xdp_packets_total{outcome=\"peer_to_client_${name:3:1}to${name:0:1}\"}")
-    summary=$(timeout 30 ip netns exec "$TP_CLIENT" "$bin/turnpike-load" run --server "$server" --peer "$peer" \
-        --secret "$secret" --allocations 2 --duration 2 --window 8 2>/dev/null | tail -n 1) || summary='{}'
-    up1=$(metric "turnpike_xdp_packets_total{outcome=\"client_to_peer_$name\"}")
-    down1=$(metric "turnpike_xdp_packets_total{outcome=\"peer_to_client_${name:3:1}to${name:0:1}\"}")
-    received=$(sed -n 's/.*"received":\([0-9]*\).*/\1/p' <<<"$summary")
-    sent=$(sed -n 's/.*"sent":\([0-9]*\).*/\1/p' <<<"$summary")
-    check "multi-homed $name via $server: round trips completed ($received of $sent)" test "${received:-0}" -gt 500
-    check "multi-homed $name via $server: no datagram lost" test "$((${sent:-0} - ${received:-0}))" -le "$((${sent:-1} / 100))"
-    check "multi-homed $name via $server: both directions in the kernel ($((up1 - up0)) up, $((down1 - down0)) down)" \
-        test "$((up1 - up0))" -ge "${received:-1}" -a "$((down1 - down0))" -ge "${received:-1}"
+    kernel_round_trips "multi-homed $name via $server" "$name" "$server" "$peer" 2
 done
 
 # Detach: the program goes with the process, whether it exits or is killed.
