@@ -22,6 +22,7 @@ use turnpike_xdp_user::XdpRelay;
 use crate::logging::LogControl;
 use crate::metrics::{RelayInfo, Shared, render, render_relay};
 use crate::status::{History, Snapshot, Status, since};
+use crate::tls::TlsCertificates;
 
 /// The status page: one file, no assets from elsewhere.
 const STATUS_PAGE: &str = include_str!("status.html");
@@ -88,6 +89,7 @@ struct AppState {
     shared: Arc<Shared>,
     log: LogControl,
     kernel: Option<Arc<XdpRelay>>,
+    tls: Option<Arc<TlsCertificates>>,
     info: Arc<RelayInfo>,
     history: Arc<History>,
     reload: ReloadSender,
@@ -98,6 +100,8 @@ pub(crate) struct Admin {
     pub(crate) shared: Arc<Shared>,
     pub(crate) log: LogControl,
     pub(crate) kernel: Option<Arc<XdpRelay>>,
+    /// The certificates of `--listen-tls`, for their expiry.
+    pub(crate) tls: Option<Arc<TlsCertificates>>,
     pub(crate) info: RelayInfo,
     pub(crate) token: Option<AdminToken>,
     /// Where `POST /reload` asks for a reload, with a channel for the outcome.
@@ -135,6 +139,7 @@ pub(crate) async fn serve(listener: tokio::net::TcpListener, admin: Admin) -> Re
             shared: admin.shared,
             log: admin.log,
             kernel: admin.kernel,
+            tls: admin.tls,
             info: Arc::new(admin.info),
             history,
             reload: admin.reload,
@@ -224,6 +229,9 @@ async fn metrics(
         snapshot.draining,
     ));
     body.push_str(&crate::metrics::render_reloads(state.shared.reloads()));
+    body.push_str(&crate::metrics::render_tls(
+        state.tls.as_ref().map(|tls| tls.not_after_unix()),
+    ));
     (
         [(
             header::CONTENT_TYPE,

@@ -271,6 +271,7 @@ async fn run(mut settings: Settings, log: logging::LogControl) -> Result<()> {
             shared: Arc::clone(&shared),
             log,
             kernel: kernel.clone(),
+            tls: tls.clone(),
             info,
             token: settings.admin_token.clone(),
             reload: reload_sender,
@@ -450,7 +451,7 @@ impl Reloader {
         result
     }
 
-    fn prepare(&self, current: &Settings) -> Result<(Settings, Option<Arc<rustls::ServerConfig>>)> {
+    fn prepare(&self, current: &Settings) -> Result<(Settings, Option<tls::Certificate>)> {
         let mut new = Settings::from_options(Options::load()?)?;
         // A default lowered at start to fit the open-file limit is not a change.
         if !new.streams.max_connections_given {

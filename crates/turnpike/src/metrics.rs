@@ -566,7 +566,6 @@ pub(crate) struct RelayInfo {
     pub(crate) kernel_path: bool,
 }
 
-/// Renders the relay's identity and state, and each thread's load.
 /// The reload counter: configuration reloads (SIGHUP, `POST /reload`) by result.
 pub(crate) fn render_reloads((applied, refused): (u64, u64)) -> String {
     format!(
@@ -578,6 +577,20 @@ pub(crate) fn render_reloads((applied, refused): (u64, u64)) -> String {
     )
 }
 
+/// When the TLS certificate served to new connections expires; declared without a sample when
+/// the relay has no TLS listener, like the kernel's families without XDP.
+pub(crate) fn render_tls(not_after_unix: Option<i64>) -> String {
+    let mut out = "# HELP turnpike_tls_certificate_expiry_seconds When the certificate served on \
+                   --listen-tls expires, in seconds since the Unix epoch (re-read on reload).\n\
+                   # TYPE turnpike_tls_certificate_expiry_seconds gauge\n"
+        .to_owned();
+    if let Some(not_after) = not_after_unix {
+        let _ = writeln!(out, "turnpike_tls_certificate_expiry_seconds {not_after}");
+    }
+    out
+}
+
+/// Renders the relay's identity and state, and each thread's load.
 pub(crate) fn render_relay(info: &RelayInfo, shards: &[ShardMetrics], draining: bool) -> String {
     let mut out = String::new();
     let mut section = |name: &str, kind: &str, help: &str, samples: Vec<(String, String)>| {

@@ -51,6 +51,12 @@ impl Certificates {
 
     /// Writes a new CA and server certificate (expired ones if `expired`), named `name`.
     fn issue(&self, name: &str, expired: bool) {
+        self.issue_valid(name, expired.then_some(((2020, 1, 1), (2021, 1, 1))));
+    }
+
+    /// Writes a new CA and server certificate named `name`, valid from and until the given
+    /// days (year, month, day; rcgen's default period when `None`).
+    fn issue_valid(&self, name: &str, validity: Option<(Day, Day)>) {
         let ca_key = rcgen::KeyPair::generate().unwrap();
         let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -68,9 +74,9 @@ impl Certificates {
         params
             .distinguished_name
             .push(rcgen::DnType::CommonName, name);
-        if expired {
-            params.not_before = rcgen::date_time_ymd(2020, 1, 1);
-            params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        if let Some(((from_y, from_m, from_d), (until_y, until_m, until_d))) = validity {
+            params.not_before = rcgen::date_time_ymd(from_y, from_m, from_d);
+            params.not_after = rcgen::date_time_ymd(until_y, until_m, until_d);
         }
         let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
         std::fs::write(&self.ca, ca.pem()).unwrap();
@@ -87,6 +93,9 @@ impl Certificates {
         }
     }
 }
+
+/// A calendar day: year, month, day of the month.
+type Day = (i32, u8, u8);
 
 impl Drop for Certificates {
     fn drop(&mut self) {
@@ -680,15 +689,22 @@ fn presented_name(server: SocketAddr) -> Option<String> {
 #[test]
 fn sighup_reloads_the_certificate_for_new_connections_and_keeps_the_old_on_error() {
     let certificates = Certificates::new("reload");
-    certificates.issue("first", false);
+    let valid_until = |year, month| Some(((2024, 1, 1), (year, month, 1)));
+    certificates.issue_valid("first", valid_until(2040, 1));
     let relay = tls_relay(&certificates, &[]);
+    // 2040-01-01 and 2041-06-01, 00:00 UTC.
+    let (first_expiry, second_expiry) = (2_208_988_800, 2_253_657_600);
+    assert_eq!(
+        relay.metric("turnpike_tls_certificate_expiry_seconds "),
+        first_expiry
+    );
     let stop = Arc::new(AtomicBool::new(false));
     let peer = echo_peer("127.0.0.1", &stop);
     let server = SocketAddr::from(([127, 0, 0, 1], tls_port(&relay)));
     assert_eq!(presented_name(server).as_deref(), Some("first"));
     let mut established = open(server, &certificates.transport("127.0.0.1"), "old", peer);
 
-    certificates.issue("second", false);
+    certificates.issue_valid("second", valid_until(2041, 6));
     let hangup = || {
         let status = Command::new("kill")
             .args(["-HUP", &relay.pid().to_string()])
@@ -707,6 +723,10 @@ fn sighup_reloads_the_certificate_for_new_connections_and_keeps_the_old_on_error
     }
     // The connection made before the reload goes on undisturbed.
     round_trips(&mut established, 5, 100);
+    assert_eq!(
+        relay.metric("turnpike_tls_certificate_expiry_seconds "),
+        second_expiry
+    );
 
     // A broken pair is refused and the good one keeps serving.
     std::fs::write(&certificates.key, "not a key").unwrap();
@@ -715,5 +735,10 @@ fn sighup_reloads_the_certificate_for_new_connections_and_keeps_the_old_on_error
     assert!(relay.get("/healthz").is_some(), "the relay survived SIGHUP");
     assert_eq!(presented_name(server).as_deref(), Some("second"));
     round_trips(&mut established, 5, 100);
+    assert_eq!(
+        relay.metric("turnpike_tls_certificate_expiry_seconds "),
+        second_expiry,
+        "the expiry of the certificate still served"
+    );
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
 }
