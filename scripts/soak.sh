@@ -9,8 +9,8 @@
 # --allocations SOAK_CHURN_ALLOCATIONS (default 88) --duration 1`: each run allocates, creates a
 # permission and binds a channel per allocation, relays round trips for a second and deletes its
 # allocations, so the relay holds 400-444 allocations most of the time. A steady
-# `turnpike-load run` (4 allocations, 200 round trips/s; consecutive runs of 240 s, as it does
-# not refresh permissions) relays from before the churn until after it.
+# `turnpike-load run` (4 allocations, 200 round trips/s, one run that refreshes its allocations,
+# permissions and channels as clients do) relays from before the churn until after it.
 #
 # Printed at start (steady load only), ten times during the churn (the fifth is its middle, the
 # last its end), right after it, every 15 s while idle and once settled (SOAK_SETTLE seconds
@@ -146,23 +146,17 @@ done
 ip netns exec "$TP_RELAY" curl -s --max-time 1 "$admin/readyz" 2>/dev/null | grep -q ready ||
     { echo "soak: the relay did not start:" >&2; cat "$work/relay.log" >&2; exit 1; }
 
-# The steady load: from before the churn until well after it, in consecutive runs of at most
-# 240 s. turnpike-load never refreshes its permissions, which last 300 s (RFC 8656 §9): a longer
-# run loses all its traffic from then on (the first full soak did: docs/soak.md).
+# The steady load: one run from before the churn until well after it. It refreshes its
+# allocations, permissions and channels as clients do (permissions last 300 s, RFC 8656 §9;
+# before the load generator refreshed, the soak ran it in pieces of 240 s: docs/soak.md).
 steady_seconds=$((seconds + settle + 8))
-steady_segment=240
 steady() {
-    local segment=0 left=$steady_seconds length failed=0
-    while [[ $left -gt 0 ]]; do
-        segment=$((segment + 1))
-        length=$((left < steady_segment ? left : steady_segment))
-        timeout $((length + 60)) ip netns exec "$TP_CLIENT" "$bin/turnpike-load" run --server "$TP_RELAY_IP:3478" \
-            --peer "$TP_PEER_IP:9000" --secret "$secret" --allocations "$steady_allocations" --window "$steady_window" \
-            --rate "$steady_rate" --duration "$length" --json "$work/steady$segment.json" \
-            >/dev/null 2>"$work/steady$segment.log" || failed=$((failed + 1))
-        left=$((left - length))
-    done
-    echo "$segment $failed" >"$work/steady.done"
+    local failed=0
+    timeout $((steady_seconds + 60)) ip netns exec "$TP_CLIENT" "$bin/turnpike-load" run --server "$TP_RELAY_IP:3478" \
+        --peer "$TP_PEER_IP:9000" --secret "$secret" --allocations "$steady_allocations" --window "$steady_window" \
+        --rate "$steady_rate" --duration "$steady_seconds" --json "$work/steady1.json" \
+        >/dev/null 2>"$work/steady1.log" || failed=1
+    echo "1 $failed" >"$work/steady.done"
 }
 steady &
 steady_pid=$!
@@ -253,11 +247,13 @@ steady_status=$steady_failed
 sent=0
 received=0
 malformed=0
+refresh_failures=0
 for summary_file in "$work"/steady*.json; do
     summary=$(cat "$summary_file")
     sent=$((sent + $(sed -n 's/.*"sent":\([0-9]*\).*/\1/p' <<<"$summary")))
     received=$((received + $(sed -n 's/.*"received":\([0-9]*\).*/\1/p' <<<"$summary")))
     malformed=$((malformed + $(sed -n 's/.*"malformed":\([0-9]*\).*/\1/p' <<<"$summary")))
+    refresh_failures=$((refresh_failures + $(sed -n 's/.*"refresh_failures":\([0-9]*\).*/\1/p' <<<"$summary")))
 done
 lost=$((sent - received))
 max_lost=$((segments * steady_allocations * steady_window + sent / 1000))
@@ -280,7 +276,8 @@ echo
 echo "churn: $churn_seconds s, $churners processes x $churn_allocations allocations per run, $runs runs ($failures failed)," \
     "$allocated allocations made, $refused refused"
 echo "steady load: $steady_allocations allocations, $steady_rate round trips/s for $steady_seconds s in $segments runs:" \
-    "sent ${sent:-?}, received ${received:-?}, lost $lost (bound $max_lost), malformed ${malformed:-?}, failed runs $steady_status"
+    "sent ${sent:-?}, received ${received:-?}, lost $lost (bound $max_lost), malformed ${malformed:-?}," \
+    "refreshes refused or unanswered $refresh_failures, failed runs $steady_status"
 echo "relay: socket errors $socket_errors, errors logged $errors"
 echo "VmRSS: start $rss_start KiB, middle $rss_middle KiB, end $rss_end KiB (bound $max_rss_end KiB from 300 s of churn)," \
     "settled $rss_after KiB (bound $max_rss KiB); descriptors: start $fds_start, settled $fds_after (bound $((fds_start + 2)))"
@@ -302,6 +299,7 @@ done
 [[ $steady_status -eq 0 && $sent -gt 0 ]] || fail "the steady load failed: $(tail -n 3 "$work"/steady*.log)"
 [[ $lost -le $max_lost ]] || fail "the steady load lost $lost round trips (bound $max_lost)"
 [[ ${malformed:-1} -eq 0 ]] || fail "the steady load got $malformed malformed datagrams"
+[[ $refresh_failures -eq 0 ]] || fail "the steady load could not refresh $refresh_failures times"
 [[ $runs -gt 0 && $((failures * 100)) -le $runs ]] ||
     fail "$failures of $runs churn runs failed; last: $(cat "$work"/churn*.failed 2>/dev/null | tail -n 3)"
 [[ $errors -eq 0 ]] || fail "the relay logged errors: $(grep ERROR "$work/relay.log" | head -n 3)"

@@ -76,6 +76,10 @@ struct RunArgs {
     /// Keep the allocations open this many seconds after the load (e.g. to read memory).
     #[arg(long, default_value_t = 0)]
     hold: u64,
+    /// Do not refresh allocations, permissions and channels during the load (to watch them
+    /// expire); by default they are refreshed as a client would, so runs may outlast them.
+    #[arg(long)]
+    no_refresh: bool,
     /// Also write the JSON summary to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -197,6 +201,7 @@ fn run_load(args: &RunArgs) -> Result<()> {
         window: args.window,
         rate: args.rate,
         duration: Duration::from_secs(args.duration),
+        refresh: !args.no_refresh,
     };
     let progress = Arc::new(Progress::default());
     let threads = args.threads.min(allocations.len());
@@ -233,36 +238,27 @@ fn run_load(args: &RunArgs) -> Result<()> {
         last = (sent, received);
     }
 
-    let mut sent = 0;
-    let mut received = 0;
-    let mut malformed = 0;
-    let mut send_errors = 0;
+    let mut totals = Totals::default();
     let mut histogram = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     let mut finished = Vec::new();
-    let mut per_allocation = Vec::new();
     for worker in workers {
         let (measured, allocations) = worker
             .join()
             .map_err(|_| anyhow::anyhow!("a load thread panicked"))??;
         finished.extend(allocations);
-        per_allocation.extend(measured.per_allocation.iter().map(|(_, count)| *count));
-        sent += measured.sent;
-        received += measured.received;
-        malformed += measured.malformed;
-        send_errors += measured.send_errors;
+        totals
+            .per_allocation
+            .extend(measured.per_allocation.iter().map(|(_, count)| *count));
+        totals.sent += measured.sent;
+        totals.received += measured.received;
+        totals.malformed += measured.malformed;
+        totals.send_errors += measured.send_errors;
+        totals.refreshes += measured.refreshes;
+        totals.refresh_failures += measured.refresh_failures;
         histogram.add(&measured.rtt_micros)?;
     }
-    finish(
-        args,
-        &Totals {
-            sent,
-            received,
-            malformed,
-            send_errors,
-            per_allocation,
-        },
-        &histogram,
-    )?;
+    let received = totals.received;
+    finish(args, &totals, &histogram)?;
     if args.hold > 0 {
         eprintln!("holding the allocations for {} s", args.hold);
         std::thread::sleep(Duration::from_secs(args.hold));
@@ -281,11 +277,14 @@ fn run_load(args: &RunArgs) -> Result<()> {
 }
 
 /// What every load thread counted, summed.
+#[derive(Default)]
 struct Totals {
     sent: u64,
     received: u64,
     malformed: u64,
     send_errors: u64,
+    refreshes: u64,
+    refresh_failures: u64,
     per_allocation: Vec<u64>,
 }
 
@@ -296,6 +295,8 @@ fn finish(args: &RunArgs, totals: &Totals, histogram: &hdrhistogram::Histogram<u
         received,
         malformed,
         send_errors,
+        refreshes,
+        refresh_failures,
         ref per_allocation,
     } = *totals;
     let seconds = Duration::from_secs(args.duration).as_secs_f64();
@@ -321,6 +322,8 @@ fn finish(args: &RunArgs, totals: &Totals, histogram: &hdrhistogram::Histogram<u
         rtt_micros_max: histogram.max(),
         malformed,
         send_errors,
+        refreshes,
+        refresh_failures,
         min_allocation_round_trips: per_allocation.iter().copied().min().unwrap_or(0),
         max_allocation_round_trips: per_allocation.iter().copied().max().unwrap_or(0),
     };
@@ -376,7 +379,7 @@ fn run_stream_load(
         .map(|mut allocation| {
             let progress = Arc::clone(&progress);
             let stop = Arc::clone(stop);
-            let (payload, window) = (args.payload, args.window);
+            let (payload, window, refresh) = (args.payload, args.window, !args.no_refresh);
             std::thread::spawn(move || {
                 stream_client::round_trips(
                     &mut allocation,
@@ -384,6 +387,7 @@ fn run_stream_load(
                     payload,
                     window,
                     until,
+                    refresh,
                     &stop,
                     &progress,
                 )
@@ -403,13 +407,7 @@ fn run_stream_load(
         );
     }
     let mut histogram = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-    let mut totals = Totals {
-        sent: 0,
-        received: 0,
-        malformed: 0,
-        send_errors: 0,
-        per_allocation: Vec::new(),
-    };
+    let mut totals = Totals::default();
     let mut finished = Vec::new();
     for worker in workers {
         let (measured, allocation) = worker
@@ -418,6 +416,8 @@ fn run_stream_load(
         totals.sent += measured.sent;
         totals.received += measured.received;
         totals.malformed += measured.malformed;
+        totals.refreshes += measured.refreshes;
+        totals.refresh_failures += measured.refresh_failures;
         totals.per_allocation.push(measured.received);
         for rtt in measured.rtt_micros {
             let _ = histogram.record(rtt.min(60_000_000));

@@ -4,6 +4,11 @@
 //! Every allocation keeps at most `window` datagrams in flight (and, with `--rate`, sends no
 //! faster than its share of the rate). A closed loop like this measures what the relay can
 //! carry instead of how fast the kernel can drop what it cannot.
+//!
+//! Unless told not to, every allocation is kept alive as a real client keeps it: a Refresh and a
+//! ChannelBind (which refreshes the permission too) every half lifetime, at most every 120 s,
+//! sent between the data and answered on the same socket, so a run may last longer than any
+//! lifetime.
 
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
@@ -15,6 +20,7 @@ use anyhow::{Context, Result};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use turnpike_io::{HEADROOM, RecvBatch, SendBatch, SendOutcome};
+use turnpike_proto::{Message, Method, TransactionId};
 
 use crate::turn_client::Allocation;
 
@@ -24,6 +30,9 @@ pub const CHANNEL: u16 = 0x4000;
 const STAMP_LEN: usize = 8 + 8 + 4;
 /// How long a window may go without an answer before its datagrams count as lost.
 const STALL: Duration = Duration::from_millis(200);
+/// How long a refresh request waits for its answer before it is sent again, and how often.
+const REFRESH_RETRY: Duration = Duration::from_secs(1);
+const REFRESH_TRIES: u32 = 5;
 
 #[derive(Debug, Clone, Copy)]
 pub struct Load {
@@ -32,6 +41,8 @@ pub struct Load {
     /// Datagrams per second over all allocations; 0 sends as fast as the window allows.
     pub rate: u64,
     pub duration: Duration,
+    /// Keep allocations, permissions and channels alive (off to watch them expire).
+    pub refresh: bool,
 }
 
 #[derive(Debug, Default)]
@@ -47,6 +58,86 @@ struct Flow {
     in_flight: usize,
     last_answer: Instant,
     sequence: u64,
+    next_refresh: Instant,
+    /// Refresh requests sent and not yet answered.
+    refreshing: Vec<Pending>,
+}
+
+/// A refresh request waiting for its answer.
+struct Pending {
+    method: Method,
+    id: TransactionId,
+    sent: Instant,
+    tries: u32,
+}
+
+impl Flow {
+    /// Sends a refresh request of `method` (a new transaction) and waits for it in `refreshing`.
+    fn send_refresh(&mut self, method: Method, tries: u32, now: Instant) -> Result<()> {
+        let (id, request) = self.allocation.refresh_request(method)?;
+        // A full socket buffer loses this try like the network would; the retry covers it.
+        let _ = self
+            .allocation
+            .socket
+            .send_to(&request, self.allocation.server);
+        self.refreshing.push(Pending {
+            method,
+            id,
+            sent: now,
+            tries,
+        });
+        Ok(())
+    }
+
+    /// Refreshes when due and sends again what went unanswered; counts what gave up.
+    fn keep_alive(&mut self, now: Instant, measured: &mut Measured) -> Result<()> {
+        if now >= self.next_refresh && self.refreshing.is_empty() {
+            self.next_refresh = now + self.allocation.refresh_interval();
+            self.send_refresh(Method::Refresh, 1, now)?;
+            self.send_refresh(Method::ChannelBind, 1, now)?;
+        }
+        let overdue: Vec<Pending> = {
+            let (overdue, waiting) = std::mem::take(&mut self.refreshing)
+                .into_iter()
+                .partition(|pending| now.duration_since(pending.sent) >= REFRESH_RETRY);
+            self.refreshing = waiting;
+            overdue
+        };
+        for pending in overdue {
+            if pending.tries >= REFRESH_TRIES {
+                measured.refresh_failures += 1;
+            } else {
+                self.send_refresh(pending.method, pending.tries + 1, now)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Handles a STUN message that arrived on the allocation's socket: the answer to a
+    /// refresh, or something unexpected (counted as malformed).
+    fn refresh_answered(&mut self, datagram: &[u8], now: Instant, measured: &mut Measured) {
+        let Some(at) = Message::parse(datagram).ok().and_then(|message| {
+            let id = message.transaction_id();
+            self.refreshing.iter().position(|pending| pending.id == id)
+        }) else {
+            measured.malformed += 1;
+            return;
+        };
+        let pending = self.refreshing.swap_remove(at);
+        match self.allocation.refresh_answered(pending.method, datagram) {
+            Ok(true) => measured.refreshes += 1,
+            // A new nonce: the same request again, signed with it.
+            Ok(false) if pending.tries < REFRESH_TRIES => {
+                if self
+                    .send_refresh(pending.method, pending.tries + 1, now)
+                    .is_err()
+                {
+                    measured.refresh_failures += 1;
+                }
+            }
+            Ok(false) | Err(_) => measured.refresh_failures += 1,
+        }
+    }
 }
 
 /// What one worker measured.
@@ -59,6 +150,10 @@ pub struct Measured {
     pub send_errors: u64,
     /// Round trips completed, per allocation index.
     pub per_allocation: Vec<(u32, u64)>,
+    /// Refresh and ChannelBind requests answered with success while the load ran.
+    pub refreshes: u64,
+    /// Those the server refused, or that went unanswered after every try.
+    pub refresh_failures: u64,
 }
 
 /// Runs the load on `allocations` until the duration has passed, plus a grace period for the
@@ -75,12 +170,14 @@ pub fn drive(
     let mut flows: Vec<Flow> = allocations
         .into_iter()
         .map(|(index, allocation)| Flow {
+            next_refresh: now + allocation.refresh_interval(),
             allocation,
             index,
             completed: 0,
             in_flight: 0,
             last_answer: now,
             sequence: 0,
+            refreshing: Vec::new(),
         })
         .collect();
     let mut measured = Measured {
@@ -90,6 +187,8 @@ pub fn drive(
         rtt_micros: Histogram::new_with_bounds(1, 60_000_000, 3).context("histogram bounds")?,
         send_errors: 0,
         per_allocation: Vec::new(),
+        refreshes: 0,
+        refresh_failures: 0,
     };
     let message_len = 4 + load.payload;
     // Every datagram of one round lives here until the flush; never reallocated mid-round.
@@ -101,12 +200,20 @@ pub fn drive(
     let grace = deadline + Duration::from_millis(500);
     let mut tokens = 0.0_f64;
     let mut last_refill = Instant::now();
+    // Where each round starts sending: it moves on every round, so under --rate, where the
+    // tokens of a round run out before every flow had its turn, no flow waits for ever.
+    let mut first_flow = 0;
     loop {
         let now = Instant::now();
         if now >= grace || stop.load(Ordering::Relaxed) {
             break;
         }
         let sending = now < deadline;
+        if load.refresh && sending {
+            for flow in &mut flows {
+                flow.keep_alive(now, &mut measured)?;
+            }
+        }
         if rate_share > 0 {
             tokens = (tokens + now.duration_since(last_refill).as_secs_f64() * rate_share as f64)
                 .min(rate_share as f64 / 100.0 + 1.0);
@@ -114,7 +221,10 @@ pub fn drive(
         }
         let mut used = 0;
         if sending {
-            for flow in &mut flows {
+            let count = flows.len();
+            first_flow = (first_flow + 1) % count.max(1);
+            for turn in 0..count {
+                let flow = &mut flows[(first_flow + turn) % count];
                 if flow.in_flight > 0 && now.duration_since(flow.last_answer) > STALL {
                     // Whatever is still out after this long is lost; open the window again.
                     flow.in_flight = 0;
@@ -164,6 +274,11 @@ pub fn drive(
                     break;
                 };
                 let datagram = &received.slot[HEADROOM..HEADROOM + received.len];
+                // STUN (first two bits zero) rather than ChannelData: a refresh's answer.
+                if datagram.first().is_some_and(|first| first & 0xC0 == 0) {
+                    flow.refresh_answered(datagram, arrived, &mut measured);
+                    continue;
+                }
                 let Some(sent_at) = stamp(datagram) else {
                     measured.malformed += 1;
                     continue;
@@ -235,6 +350,10 @@ pub struct Summary {
     pub rtt_micros_max: u64,
     pub malformed: u64,
     pub send_errors: u64,
+    /// Refresh and ChannelBind requests that kept allocations alive during the load, and
+    /// those refused or unanswered.
+    pub refreshes: u64,
+    pub refresh_failures: u64,
     /// Round trips of the allocation that completed the fewest, and the most: how evenly the
     /// relay served them.
     pub min_allocation_round_trips: u64,

@@ -14,7 +14,11 @@ use anyhow::{Context, Result, bail};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, ClientConnection, StreamOwned};
-use turnpike_proto::{Attribute, Message, Method, StreamDecoder, channel_data_padding};
+use turnpike_proto::{
+    Attribute, Message, Method, StreamDecoder, TransactionId, channel_data_padding,
+};
+
+use crate::turn_client::KeepAlive;
 
 /// How the client reaches the server.
 #[derive(Debug, Clone)]
@@ -167,6 +171,8 @@ pub struct StreamAllocation {
     password: String,
     realm: String,
     nonce: Option<String>,
+    /// What keeps the allocation alive, once there is one.
+    keep_alive: Option<KeepAlive>,
 }
 
 impl std::fmt::Debug for StreamAllocation {
@@ -201,6 +207,7 @@ impl StreamAllocation {
         }
         let response = allocation.transact(Method::Allocate, &allocate)?;
         allocation.relayed = crate::turn_client::relayed_address(&response)?;
+        allocation.keep_alive = Some(KeepAlive::granted(peer, channel, &response));
         allocation.transact(
             Method::ChannelBind,
             &[
@@ -251,7 +258,43 @@ impl StreamAllocation {
             password: password.to_owned(),
             realm: String::new(),
             nonce: None,
+            keep_alive: None,
         })
+    }
+
+    /// Sends a `Refresh` or `ChannelBind` that keeps the allocation opened with
+    /// [`StreamAllocation::open`] alive, without waiting for the answer; its transaction ID.
+    ///
+    /// # Errors
+    /// When there is no such allocation or the connection fails.
+    pub fn send_refresh(&mut self, method: Method) -> Result<TransactionId> {
+        let keep_alive = self
+            .keep_alive
+            .context("no allocation with a channel to keep alive")?;
+        let (id, request) = keep_alive.request(
+            method,
+            &self.username,
+            &self.password,
+            &self.realm,
+            self.nonce.as_deref(),
+        )?;
+        self.send_raw(&request)?;
+        Ok(id)
+    }
+
+    /// What the answer to a [`StreamAllocation::send_refresh`] says: `true` when it succeeded,
+    /// `false` when it must be sent again (a new nonce was learnt).
+    ///
+    /// # Errors
+    /// When the server refused it for good.
+    pub fn refresh_answered(&mut self, method: Method, response: &[u8]) -> Result<bool> {
+        Ok(crate::turn_client::interpret_response(
+            method,
+            response.to_vec(),
+            &mut self.realm,
+            &mut self.nonce,
+        )?
+        .is_some())
     }
 
     /// Deletes the allocation (Refresh with LIFETIME 0).
@@ -388,21 +431,31 @@ pub struct StreamMeasured {
     pub sent: u64,
     pub received: u64,
     pub malformed: u64,
+    /// Refresh and ChannelBind requests answered with success, and those refused.
+    pub refreshes: u64,
+    pub refresh_failures: u64,
     /// Round-trip times in microseconds.
     pub rtt_micros: Vec<u64>,
 }
 
 /// Relays `payload`-byte ChannelData round trips through `allocation` to its peer until
-/// `until`, keeping `window` in flight (a closed loop, like the UDP load).
+/// `until`, keeping `window` in flight (a closed loop, like the UDP load), and with `refresh`
+/// keeps the allocation alive as the UDP load does (the connection is reliable: an unanswered
+/// request is not sent again).
 ///
 /// # Errors
 /// When the connection fails.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the load's parameters, each used once; a struct would only rename them"
+)]
 pub fn round_trips(
     allocation: &mut StreamAllocation,
     channel: u16,
     payload: usize,
     window: usize,
     until: Instant,
+    refresh: bool,
     stop: &std::sync::atomic::AtomicBool,
     progress: &crate::run::Progress,
 ) -> Result<StreamMeasured> {
@@ -413,8 +466,22 @@ pub fn round_trips(
     let mut in_flight = 0;
     let mut sequence: u64 = 0;
     let grace = until + Duration::from_millis(500);
+    let interval = allocation
+        .keep_alive
+        .map(|keep_alive| keep_alive.interval());
+    let mut next_refresh = interval.map(|interval| start + interval);
+    // Requests sent and not answered yet, with how often each was signed anew.
+    let mut refreshing: Vec<(TransactionId, Method, u32)> = Vec::new();
     while Instant::now() < grace && !stop.load(Ordering::Relaxed) {
         let sending = Instant::now() < until;
+        if let (true, true, Some(due), Some(interval)) = (refresh, sending, next_refresh, interval)
+            && Instant::now() >= due
+        {
+            next_refresh = Some(Instant::now() + interval);
+            for method in [Method::Refresh, Method::ChannelBind] {
+                refreshing.push((allocation.send_refresh(method)?, method, 1));
+            }
+        }
         while sending && in_flight < window {
             let sent_at = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
             body[..8].copy_from_slice(&sequence.to_be_bytes());
@@ -434,6 +501,27 @@ pub fn round_trips(
             in_flight = 0;
             continue;
         };
+        // STUN (first two bits zero) rather than ChannelData: a refresh's answer.
+        if message.first().is_some_and(|first| first & 0xC0 == 0) {
+            let answered = Message::parse(&message).ok().and_then(|parsed| {
+                let id = parsed.transaction_id();
+                refreshing.iter().position(|(pending, ..)| *pending == id)
+            });
+            let Some(at) = answered else {
+                measured.malformed += 1;
+                continue;
+            };
+            let (_, method, tries) = refreshing.swap_remove(at);
+            match allocation.refresh_answered(method, &message) {
+                Ok(true) => measured.refreshes += 1,
+                // A new nonce: the same request again, signed with it (a few times at most).
+                Ok(false) if tries < 3 => {
+                    refreshing.push((allocation.send_refresh(method)?, method, tries + 1));
+                }
+                Ok(false) | Err(_) => measured.refresh_failures += 1,
+            }
+            continue;
+        }
         let stamp = message
             .get(4 + 8..4 + 16)
             .and_then(|bytes| <[u8; 8]>::try_from(bytes).ok())

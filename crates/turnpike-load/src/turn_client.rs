@@ -1,8 +1,14 @@
 //! Just enough of a TURN client to set up load: Allocate with long-term credentials (learning
 //! realm and nonce from the 401), then ChannelBind to a peer. Blocking, with retransmissions.
+//! While the load runs, [`Allocation::refresh_request`] and [`Allocation::refresh_answered`]
+//! keep the allocation, its permission and its channel alive without blocking.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;
+
+/// How often a load client refreshes at the most: permissions last 300 s (RFC 8656 §9),
+/// channels 600 s, and a ChannelBind refreshes both.
+const REFRESH_AT_MOST_EVERY: Duration = Duration::from_secs(120);
 
 use anyhow::{Context, Result, bail};
 use rand::RngCore;
@@ -33,9 +39,100 @@ pub struct Allocation {
     pub relayed: SocketAddr,
     username: String,
     password: String,
+    /// Realm and nonce as last learnt from the server, for the refreshes.
+    realm: String,
+    nonce: Option<String>,
+    keep_alive: KeepAlive,
+}
+
+/// What keeps an allocation, its permission and its channel alive while load runs over it: the
+/// channel binding to renew and the lifetime the server granted.
+#[derive(Debug, Clone, Copy)]
+pub struct KeepAlive {
+    pub peer: SocketAddr,
+    pub channel: u16,
+    pub lifetime: Duration,
+}
+
+impl KeepAlive {
+    /// The binding of `channel` to `peer`, with the lifetime of an Allocate success response
+    /// (600 s, the RFC's default, if it names none).
+    pub fn granted(peer: SocketAddr, channel: u16, allocated: &[u8]) -> Self {
+        Self {
+            peer,
+            channel,
+            lifetime: granted_lifetime(allocated).unwrap_or(Duration::from_secs(600)),
+        }
+    }
+
+    /// How often to refresh: half the granted lifetime, and often enough for the permission.
+    pub fn interval(&self) -> Duration {
+        (self.lifetime / 2)
+            .min(REFRESH_AT_MOST_EVERY)
+            .max(Duration::from_secs(1))
+    }
+
+    /// A request that keeps the allocation alive (`Refresh`) or its channel and permission
+    /// (`ChannelBind` again), signed as [`encode_request`] signs.
+    ///
+    /// # Errors
+    /// When the request cannot be encoded.
+    pub fn request(
+        &self,
+        method: Method,
+        username: &str,
+        password: &str,
+        realm: &str,
+        nonce: Option<&str>,
+    ) -> Result<(TransactionId, Vec<u8>)> {
+        let lifetime = u32::try_from(self.lifetime.as_secs()).unwrap_or(u32::MAX);
+        let bind = [
+            Attribute::ChannelNumber(self.channel),
+            Attribute::XorPeerAddress(self.peer),
+        ];
+        let refresh = [Attribute::Lifetime(lifetime)];
+        let attributes: &[Attribute<'_>] = if method == Method::ChannelBind {
+            &bind
+        } else {
+            &refresh
+        };
+        encode_request(method, attributes, username, password, realm, nonce)
+    }
 }
 
 impl Allocation {
+    /// How often to refresh (see [`KeepAlive::interval`]).
+    pub fn refresh_interval(&self) -> Duration {
+        self.keep_alive.interval()
+    }
+
+    /// A `Refresh` or `ChannelBind` request that keeps the allocation alive, signed with the
+    /// nonce last learnt, to send without waiting.
+    ///
+    /// # Errors
+    /// When the request cannot be encoded.
+    pub fn refresh_request(&self, method: Method) -> Result<(TransactionId, Vec<u8>)> {
+        self.keep_alive.request(
+            method,
+            &self.username,
+            &self.password,
+            &self.realm,
+            self.nonce.as_deref(),
+        )
+    }
+
+    /// What the answer to a [`Allocation::refresh_request`] says: `true` when it succeeded,
+    /// `false` when it must be sent again (a 438 Stale Nonce or 401 taught a new nonce).
+    ///
+    /// # Errors
+    /// When the server refused it for good.
+    pub fn refresh_answered(&mut self, method: Method, response: &[u8]) -> Result<bool> {
+        Ok(
+            interpret_response(method, response.to_vec(), &mut self.realm, &mut self.nonce)?
+                .is_some(),
+        )
+    }
+
     /// Deletes the allocation (Refresh with LIFETIME 0), so the server frees it now.
     pub fn release(self) -> Result<()> {
         self.socket.set_nonblocking(false)?;
@@ -297,7 +394,9 @@ fn allocate_and_bind_once(
     if family == turnpike_proto::AddressFamily::V6 {
         allocate.push(Attribute::RequestedAddressFamily(family));
     }
-    let relayed = relayed_address(&session.transact(Method::Allocate, &allocate)?)?;
+    let allocated = session.transact(Method::Allocate, &allocate)?;
+    let relayed = relayed_address(&allocated)?;
+    let keep_alive = KeepAlive::granted(peer, channel, &allocated);
     session.transact(
         Method::ChannelBind,
         &[
@@ -307,11 +406,26 @@ fn allocate_and_bind_once(
     )?;
     socket.set_read_timeout(None)?;
     socket.set_nonblocking(true)?;
+    let (realm, nonce) = (session.realm, session.nonce);
     Ok(Allocation {
         socket,
         server,
         relayed,
         username: username.to_owned(),
         password: password.to_owned(),
+        realm,
+        nonce,
+        keep_alive,
     })
+}
+
+/// The LIFETIME of an Allocate or Refresh success response.
+fn granted_lifetime(response: &[u8]) -> Option<Duration> {
+    let message = Message::parse(response).ok()?;
+    message.attributes().find_map(
+        |raw| match Attribute::decode(raw, &message.transaction_id()) {
+            Ok(Attribute::Lifetime(seconds)) => Some(Duration::from_secs(u64::from(seconds))),
+            _ => None,
+        },
+    )
 }

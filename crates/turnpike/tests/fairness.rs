@@ -49,6 +49,7 @@ fn two_thousand_allocations_relay_at_once_and_none_starves() {
         window: 2,
         rate: 0,
         duration: Duration::from_secs(3),
+        refresh: true,
     };
     let (measured, _allocations) = run::drive(
         allocations,

@@ -117,6 +117,7 @@ fn assert_relays_without_loss(allocations: Vec<(u32, Allocation)>, seconds: u64)
         window: 4,
         rate: 0,
         duration: Duration::from_secs(seconds),
+        refresh: true,
     };
     let stop = AtomicBool::new(false);
     let (measured, _allocations) = run::drive(
@@ -177,6 +178,7 @@ fn after_kill_9_under_load_a_new_relay_binds_every_relayed_port_and_relays() {
                 window: 4,
                 rate: 0,
                 duration: Duration::from_secs(20),
+                refresh: true,
             };
             run::drive(allocations, load, 0, Instant::now(), &progress, &load_stop)
         })

@@ -589,6 +589,7 @@ fn a_client_that_does_not_read_loses_its_data_and_nobody_else_waits() {
         200,
         4,
         Instant::now() + Duration::from_secs(2),
+        true,
         &AtomicBool::new(false),
         &progress,
     )
