@@ -5,7 +5,8 @@
 
 #![expect(
     clippy::unwrap_used,
-    reason = "test code: a panic is how a test reports a failure"
+    clippy::expect_used,
+    reason = "tests fail by panicking"
 )]
 
 mod common;
