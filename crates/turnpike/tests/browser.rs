@@ -355,6 +355,7 @@ fn the_status_page_shows_live_numbers_that_match_metrics() {
                 window: 4,
                 rate: 600,
                 duration: Duration::from_secs(60),
+                refresh: true,
             };
             let progress = turnpike_load::run::Progress::default();
             turnpike_load::run::drive(allocations, load, 600, Instant::now(), &progress, &stop)
