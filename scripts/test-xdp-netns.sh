@@ -168,12 +168,13 @@ for pair in "4to4 $TP_RELAY_IP:3478 $TP_PEER_IP:9000" "6to6 [$TP_RELAY_IP6]:3478
     check "tcp $name: peer data went through user space ($((user1 - user0)) datagrams)" test "$((user1 - user0))" -ge "${received:-1}"
 done
 
-# Expiry: allocations live 4 s; a load of 7 s outlives them, so the kernel must stop relaying
-# and pass the rest to user space, which has no allocation for it either.
+# Expiry: allocations live 4 s; a load of 7 s that does not refresh them outlives them, so the
+# kernel must stop relaying and pass the rest to user space, which has no allocation for it
+# either.
 relayed0=$(metric 'turnpike_relayed_packets_total{direction="client_to_peer",path="kernel"}')
 missing0=$(metric 'turnpike_xdp_packets_total{outcome="no_channel"}')
 timeout 30 ip netns exec "$TP_CLIENT" "$bin/turnpike-load" run --server "$TP_RELAY_IP:3478" --peer "$TP_PEER_IP:9000" \
-    --secret "$secret" --allocations 2 --duration 7 --window 4 >/dev/null 2>&1 &
+    --secret "$secret" --allocations 2 --duration 7 --window 4 --no-refresh >/dev/null 2>&1 &
 load_pid=$!
 sleep 2
 cached=$(metric 'turnpike_xdp_cached_channels{direction="client_to_peer"}')
