@@ -5,6 +5,8 @@
 //!   peer, on one hot flow and rotating through all 65,536 channels;
 //! - handling an authenticated Allocate on a fresh 5-tuple (the request is built and the
 //!   allocation deleted again outside the measured time);
+//! - refreshing one channel of an allocation that holds 4,096 (the channel range's whole
+//!   width), the case where the cost of a ChannelBind must not grow with the channels bound;
 //! - `poll_timeout`.
 //!
 //! Run with `cargo bench -p turnpike-relay --bench core`; results are in docs/benchmarks.md.
@@ -17,6 +19,7 @@
 mod support;
 
 use std::hint::black_box;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -168,6 +171,78 @@ fn allocate(c: &mut Criterion) {
     );
 }
 
+/// Channels of the one allocation of [`channel_bind`]: every number from 0x4000 to 0x4FFF.
+const BUSY_CHANNELS: u16 = 4_096;
+
+fn channel_bind(c: &mut Criterion) {
+    let now = Instant::now();
+    let mut config = support::config();
+    config.quotas.channels_per_allocation = usize::from(BUSY_CHANNELS);
+    config.quotas.permissions_per_allocation = 256;
+    let mut server = support::server_with(config, now);
+    let mut signer = Signer::default();
+    let client = support::client(0);
+    let nonce = support::challenge(&mut server, now, &mut signer, client);
+    support::allocate(&mut server, now, &mut signer, client, &nonce);
+    // 4,096 peers: 16 ports on each of 256 addresses, so each address has 16 channels.
+    let peer = |index: u16| {
+        let [high, low] = index.to_be_bytes();
+        SocketAddr::new(
+            IpAddr::V4(Ipv4Addr::new(192, 0, 2, low)),
+            5000 + u16::from(high),
+        )
+    };
+    let bind = |signer: &mut Signer, index: u16| {
+        signer.request(
+            Method::ChannelBind,
+            Some(&nonce),
+            &[
+                Attribute::ChannelNumber(0x4000 + index),
+                Attribute::XorPeerAddress(peer(index)),
+            ],
+        )
+    };
+    for index in 0..BUSY_CHANNELS {
+        server.handle_client_datagram(now, client, &bind(&mut signer, index));
+        while server.next_command().is_some() {}
+    }
+    assert_eq!(server.active_channel_count(), usize::from(BUSY_CHANNELS));
+    let bound_before = channel_bind_successes(&server);
+    let mut iterations_run = 0;
+    let mut next = 0;
+    c.bench_function("channel_bind_refresh_4096_channels", |b| {
+        b.iter_custom(|iterations| {
+            let mut measured = Duration::ZERO;
+            for _ in 0..iterations {
+                let request = bind(&mut signer, next);
+                next = (next + 1) % BUSY_CHANNELS;
+                let start = Instant::now();
+                server.handle_client_datagram(now, client, black_box(&request));
+                while let Some(command) = server.next_command() {
+                    black_box(command);
+                }
+                measured += start.elapsed();
+            }
+            iterations_run += iterations;
+            measured
+        });
+    });
+    assert_eq!(
+        channel_bind_successes(&server) - bound_before,
+        iterations_run,
+        "every measured ChannelBind succeeded"
+    );
+}
+
+fn channel_bind_successes(server: &Server<rand_chacha::ChaCha8Rng>) -> u64 {
+    server
+        .stats()
+        .responses
+        .get(&("channel_bind", 0))
+        .copied()
+        .unwrap_or(0)
+}
+
 fn allocate_successes(server: &Server<rand_chacha::ChaCha8Rng>) -> u64 {
     server
         .stats()
@@ -177,5 +252,5 @@ fn allocate_successes(server: &Server<rand_chacha::ChaCha8Rng>) -> u64 {
         .unwrap_or(0)
 }
 
-criterion_group!(benches, data_path, allocate);
+criterion_group!(benches, data_path, allocate, channel_bind);
 criterion_main!(benches);

@@ -1513,6 +1513,74 @@ fn binding_a_channel_revives_the_other_channels_to_the_same_ip_with_the_permissi
 }
 
 #[test]
+fn a_refreshed_permission_revives_the_channels_of_its_ip_only() {
+    // Channels to one IP on three ports, and to the addresses on either side of it, bound in an
+    // order that is not their number order; all lose their routes with their permissions.
+    let mut harness = Harness::new();
+    let mut client = Client::new(ALICE);
+    let (allocation, _) = client.send(&mut harness, Method::Allocate, &[udp()]);
+    let relay = relay_socket(relayed_addresses(&allocation)[0]);
+    let bindings = [
+        (0x4005, "192.0.2.10:6000"),
+        (0x4001, "192.0.2.9:5000"),
+        (0x4003, "192.0.2.10:1"),
+        (0x4002, "192.0.2.11:5000"),
+        (0x4004, "192.0.2.10:65535"),
+    ];
+    for (number, peer) in bindings {
+        let (response, _) = client.send(
+            &mut harness,
+            Method::ChannelBind,
+            &[Attribute::ChannelNumber(number), xor_peer(peer)],
+        );
+        assert_eq!(error_code(&response), None, "{peer}");
+    }
+    harness.advance(Duration::from_secs(300));
+    for (number, _) in bindings {
+        let (forward, _) = harness.from_client(client.five_tuple, &channel_data(number, b"x"));
+        assert_eq!(
+            forward, None,
+            "{number:#x} lost its route with its permission"
+        );
+    }
+
+    // A permission for 192.0.2.10 brings back exactly its three channels, in number order.
+    let (response, commands) = client.send(
+        &mut harness,
+        Method::CreatePermission,
+        &[xor_peer("192.0.2.10:0")],
+    );
+    assert_eq!(error_code(&response), None);
+    let route = |number, peer| {
+        Command::InstallChannel(ChannelRoute {
+            client: client.five_tuple,
+            channel: ChannelNumber::new(number).unwrap(),
+            relay,
+            peer: addr(peer),
+        })
+    };
+    let mut expected = vec![
+        Command::InstallPermission {
+            relay,
+            peer: addr(PEER).ip(),
+        },
+        route(0x4003, "192.0.2.10:1"),
+        route(0x4004, "192.0.2.10:65535"),
+        route(0x4005, "192.0.2.10:6000"),
+    ];
+    expected.extend(only_the_response(&client, &response));
+    assert_eq!(commands, expected);
+    for (number, peer) in bindings {
+        let (forward, _) = harness.from_client(client.five_tuple, &channel_data(number, b"x"));
+        assert_eq!(
+            forward.is_some(),
+            peer.starts_with("192.0.2.10:"),
+            "{number:#x} to {peer}"
+        );
+    }
+}
+
+#[test]
 fn servers_sharing_a_budget_hold_its_total_between_them() {
     let budget = turnpike_relay::AllocationBudget::new(1);
     let shared = || with(|config| config.shared_budget = Some(std::sync::Arc::clone(&budget)));

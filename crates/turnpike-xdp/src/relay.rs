@@ -14,7 +14,7 @@
 //! Bindings are looked up in the direct-mapped caches first and in the hash maps only when the
 //! cache slot holds another binding (`lookup.rs`). User space never caches a binding whose peer
 //! is one of the relay's own addresses, so only hash-map hits are tested for hairpins, and a
-//! cached same-family datagram never reads `OWN_ADDRESSES`.
+//! cached datagram never reads `OWN_ADDRESSES` (the sources it sends from are in the binding).
 //!
 //! The rest is arranged for the instruction count, which is what a packet costs here:
 //! everything after parsing is compiled once per incoming and once per outgoing IP version (see
