@@ -94,9 +94,10 @@ pub fn host_addresses() -> std::io::Result<Vec<IpAddr>> {
 }
 
 /// The relay's own address per family for the XDP program: for each family, the first of
-/// `preferred` that is a usable address of `interface` (pass the relay's specific listening
-/// addresses here, so that translated datagrams leave from the address clients talk to), else the
-/// interface's first usable address of that family, else unset.
+/// `preferred` that is a usable address of `interface` (pass the `--relay-ip` addresses, then the
+/// specific listening addresses: datagrams to peers leave from this address, as they leave the
+/// relayed sockets bound there), else the interface's first usable address of that family, else
+/// unset.
 ///
 /// # Errors
 ///
