@@ -19,7 +19,7 @@ use turnpike_proto::{
     RawAttribute,
 };
 use turnpike_relay::policy::{Cidr, PeerPolicy};
-use turnpike_relay::{ChannelRoute, Command, Config, Forward};
+use turnpike_relay::{ChannelRoute, Command, Config, Forward, RelaySocket};
 
 const ALICE: &str = "203.0.113.5:40000";
 const PEER: &str = "192.0.2.10:5000";
@@ -1467,6 +1467,16 @@ fn an_operator_allow_list_opens_a_denied_range_in_every_encoding_and_nothing_els
     }
 }
 
+/// The command that installs `client`'s channel `number` to `peer` on `relay`.
+fn install_channel(client: &Client, relay: RelaySocket, number: u16, peer: &str) -> Command {
+    Command::InstallChannel(ChannelRoute {
+        client: client.five_tuple,
+        channel: ChannelNumber::new(number).unwrap(),
+        relay,
+        peer: addr(peer),
+    })
+}
+
 #[test]
 fn binding_a_channel_revives_the_other_channels_to_the_same_ip_with_the_permission() {
     let mut harness = Harness::new();
@@ -1490,14 +1500,7 @@ fn binding_a_channel_revives_the_other_channels_to_the_same_ip_with_the_permissi
         &[Attribute::ChannelNumber(0x4001), xor_peer(PEER)],
     );
     assert_eq!(error_code(&response), None);
-    let route = |number, peer| {
-        Command::InstallChannel(ChannelRoute {
-            client: client.five_tuple,
-            channel: ChannelNumber::new(number).unwrap(),
-            relay,
-            peer: addr(peer),
-        })
-    };
+    let route = |number, peer| install_channel(&client, relay, number, peer);
     let mut expected = vec![
         Command::InstallPermission {
             relay,
@@ -1551,14 +1554,7 @@ fn a_refreshed_permission_revives_the_channels_of_its_ip_only() {
         &[xor_peer("192.0.2.10:0")],
     );
     assert_eq!(error_code(&response), None);
-    let route = |number, peer| {
-        Command::InstallChannel(ChannelRoute {
-            client: client.five_tuple,
-            channel: ChannelNumber::new(number).unwrap(),
-            relay,
-            peer: addr(peer),
-        })
-    };
+    let route = |number, peer| install_channel(&client, relay, number, peer);
     let mut expected = vec![
         Command::InstallPermission {
             relay,
