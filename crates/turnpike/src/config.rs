@@ -546,6 +546,8 @@ impl Settings {
         // reload runs rarely.
         let differs =
             |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
+        // Each XDP setting by its own name; turning the kernel path on or off is `xdp-interface`.
+        let xdp_differs = |field: fn(&XdpSettings) -> String| matches!((&self.xdp, &new.xdp), (Some(old), Some(new)) if field(old) != field(new));
         let core = (&self.core, &new.core);
         let streams = (&self.streams, &new.streams);
         [
@@ -567,7 +569,17 @@ impl Settings {
                 "socket-buffer",
                 differs(&self.socket_buffer, &new.socket_buffer),
             ),
-            ("xdp-interface", differs(&self.xdp, &new.xdp)),
+            (
+                "xdp-interface",
+                self.xdp.as_ref().map(|xdp| &xdp.interface)
+                    != new.xdp.as_ref().map(|xdp| &xdp.interface),
+            ),
+            ("xdp-mode", xdp_differs(|xdp| format!("{:?}", xdp.mode))),
+            (
+                "xdp-program",
+                xdp_differs(|xdp| format!("{:?}", xdp.program)),
+            ),
+            ("xdp-adjust", xdp_differs(|xdp| format!("{:?}", xdp.adjust))),
             (
                 "public-ipv4",
                 differs(&core.0.relay_ipv4, &core.1.relay_ipv4),
@@ -1060,6 +1072,30 @@ mod tests {
             settings.core.lifetimes.credential_max,
             Duration::from_secs(3600)
         );
+    }
+
+    #[test]
+    fn a_reload_names_each_xdp_setting_that_needs_a_restart() {
+        let started = settings(&["--dev", "--xdp-interface", "eth0"]).unwrap();
+        for (args, named) in [
+            (&["--xdp-interface", "eth1"][..], "xdp-interface"),
+            (
+                &["--xdp-interface", "eth0", "--xdp-adjust", "tail"][..],
+                "xdp-adjust",
+            ),
+            (
+                &["--xdp-interface", "eth0", "--xdp-mode", "generic"][..],
+                "xdp-mode",
+            ),
+            (&[][..], "xdp-interface"),
+        ] {
+            let mut argv = vec!["--dev"];
+            argv.extend_from_slice(args);
+            let reloaded = settings(&argv).unwrap();
+            assert_eq!(started.needs_restart(&reloaded), [named], "{args:?}");
+        }
+        let same = settings(&["--dev", "--xdp-interface", "eth0", "--xdp-adjust", "auto"]).unwrap();
+        assert!(started.needs_restart(&same).is_empty());
     }
 
     #[test]
