@@ -137,6 +137,7 @@ check "bound channels never reached user space ($userspace datagrams did)" test 
 # The status page's data and the exposition, with the kernel's series in them.
 status=$(ip netns exec "$TP_RELAY" curl -s --max-time 2 127.0.0.1:9478/status)
 check "/status: the kernel path is on" grep -q '"kernel_path":true' <<<"$status"
+check "/status: the kernel path settled on resizing at the head" grep -q '"adjust_mode":"head"' <<<"$status"
 check "/status: client-to-peer packets relayed in the kernel" \
     grep -Eq '"direction":"client_to_peer","path":"kernel","packets":[1-9]' <<<"$status"
 check "/status: the kernel's outcomes" grep -q '"outcomes":\[{"outcome":' <<<"$status"

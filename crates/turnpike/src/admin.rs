@@ -204,7 +204,8 @@ async fn status(State(state): State<AppState>, RawQuery(query): RawQuery) -> Res
         &snapshot,
         &state.history,
         since(query.as_deref()),
-    );
+    )
+    .with_tls_certificate_expiry(state.tls.as_ref().map(|tls| tls.not_after_unix()));
     match serde_json::to_string(&status) {
         Ok(body) => (
             [

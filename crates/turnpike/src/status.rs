@@ -324,6 +324,9 @@ struct Kernel {
     outcomes: Vec<Outcome>,
     cached_channels: CachedChannels,
     map_errors: u64,
+    /// How frames are resized: `head`, `tail`, or `auto` until it settles.
+    adjust_mode: &'static str,
+    head_refused: u64,
 }
 
 /// Configuration reloads (SIGHUP, `POST /reload`) by result.
@@ -366,10 +369,18 @@ pub(crate) struct Status {
     streams: Streams,
     threads: Vec<Thread>,
     kernel: Option<Kernel>,
+    /// When the certificate served on `--listen-tls` expires (none without TLS).
+    tls_certificate_expiry_unix: Option<i64>,
     history: HistoryJson,
 }
 
 impl Status {
+    /// The same status with the TLS certificate's expiry, which lives outside the counters.
+    pub(crate) fn with_tls_certificate_expiry(mut self, not_after_unix: Option<i64>) -> Self {
+        self.tls_certificate_expiry_unix = not_after_unix;
+        self
+    }
+
     /// The status now, with the history samples taken after `since` (all of them for 0).
     pub(crate) fn new(
         info: &RelayInfo,
@@ -506,8 +517,11 @@ impl Status {
                         peer_to_client: to_client,
                     },
                     map_errors: total.kernel_map_errors,
+                    adjust_mode: kernel.adjust_mode().as_str(),
+                    head_refused: kernel.head_refused(),
                 }
             }),
+            tls_certificate_expiry_unix: None,
             history: HistoryJson {
                 interval_seconds: SAMPLE_INTERVAL.as_secs(),
                 samples: history.after(since),

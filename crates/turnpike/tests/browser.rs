@@ -207,6 +207,8 @@ impl Browser {
                 updates: Number(document.body.dataset.updates),
                 state: document.getElementById('state').textContent,
                 version: document.getElementById('version').textContent,
+                certificate: document.getElementById('certificate').hidden ? null
+                    : document.getElementById('certificate-expiry').textContent,
                 pps: document.getElementById('pps').textContent,
                 loads: [...document.querySelectorAll('[data-thread-load]')].map(e => e.textContent),
                 lines: document.querySelectorAll('svg.chart polyline').length,
@@ -222,6 +224,7 @@ impl Browser {
             updates: value["updates"].as_u64().unwrap(),
             state: value["state"].as_str().unwrap().to_owned(),
             version: value["version"].as_str().unwrap().to_owned(),
+            certificate: value["certificate"].as_str().map(str::to_owned),
             packets_per_second: value["pps"].as_str().unwrap().to_owned(),
             thread_loads: value["loads"]
                 .as_array()
@@ -269,6 +272,8 @@ struct Shown {
     updates: u64,
     state: String,
     version: String,
+    /// The TLS certificate's expiry as shown, `None` while hidden.
+    certificate: Option<String>,
     packets_per_second: String,
     thread_loads: Vec<String>,
     chart_lines: u64,
@@ -326,8 +331,32 @@ fn the_status_page_shows_live_numbers_that_match_metrics() {
     if !chromium_present() {
         return;
     }
-    // A silent TCP connection stays open for the whole test.
-    let relay = Relay::start(&["--threads=2", "--stream-idle-timeout=600"]);
+    // A silent TCP connection stays open for the whole test; a TLS listener, for its
+    // certificate's expiry (rcgen's default validity runs for centuries).
+    let certificate_dir =
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("browser-{}", std::process::id()));
+    std::fs::create_dir_all(&certificate_dir).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let certificate = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let (chain, key_file) = (
+        certificate_dir.join("chain.pem"),
+        certificate_dir.join("key.pem"),
+    );
+    std::fs::write(&chain, certificate.pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    let tls_args = [
+        // `{tls}` is the test's spare port (see `Relay::start`).
+        "--listen-tls=127.0.0.1:{tls}".to_owned(),
+        format!("--tls-cert={}", chain.display()),
+        format!("--tls-key={}", key_file.display()),
+    ];
+    let mut args = vec!["--threads=2", "--stream-idle-timeout=600"];
+    args.extend(tls_args.iter().map(String::as_str));
+    let relay = Relay::start(&args);
+    std::fs::remove_dir_all(&certificate_dir).unwrap();
     let server: SocketAddr = relay.server("127.0.0.1").parse().unwrap();
     // A TURN-over-TCP client (the TCP listener shares the UDP listen address) that asks for its
     // address once and stays connected.
@@ -379,6 +408,13 @@ fn the_status_page_shows_live_numbers_that_match_metrics() {
     );
     assert_eq!(first.state, "ready");
     assert_eq!(first.version, env!("CARGO_PKG_VERSION"));
+    assert!(
+        first
+            .certificate
+            .as_deref()
+            .is_some_and(|shown| shown.starts_with("expires in ")),
+        "the TLS certificate's expiry: {first:#?}"
+    );
     assert_eq!(first.thread_loads.len(), 2, "{first:#?}");
     // The numbers move: more relayed packets shown a few polls later, and a rate.
     let moved = until(

@@ -174,6 +174,12 @@ fn status_as_series(status: &Value) -> BTreeMap<String, f64> {
     ] {
         out.insert(name.to_owned(), number(&streams[field]));
     }
+    if !status["tls_certificate_expiry_unix"].is_null() {
+        out.insert(
+            "turnpike_tls_certificate_expiry_seconds".to_owned(),
+            number(&status["tls_certificate_expiry_unix"]),
+        );
+    }
     out
 }
 
@@ -245,6 +251,10 @@ fn status_reports_the_same_numbers_as_metrics_and_keeps_a_history() {
     assert_eq!(status["ready"], true);
     assert_eq!(status["kernel_path"], false);
     assert!(status["kernel"].is_null());
+    assert!(
+        status["tls_certificate_expiry_unix"].is_null(),
+        "no TLS listener"
+    );
     let threads = status["threads"].as_array().unwrap();
     assert_eq!(threads.len(), 2);
     let per_thread: u64 = threads

@@ -728,6 +728,12 @@ fn sighup_reloads_the_certificate_for_new_connections_and_keeps_the_old_on_error
         relay.metric("turnpike_tls_certificate_expiry_seconds "),
         second_expiry
     );
+    let status: serde_json::Value =
+        serde_json::from_str(&relay.get_body("/status").unwrap()).unwrap();
+    assert_eq!(
+        status["tls_certificate_expiry_unix"], second_expiry,
+        "/status"
+    );
 
     // A broken pair is refused and the good one keeps serving.
     std::fs::write(&certificates.key, "not a key").unwrap();
