@@ -166,6 +166,20 @@ impl Counters {
         self.head_grew
     }
 
+    /// What [`AdjustMode::Auto`] settles on, given these counters: `Tail` once the driver refused
+    /// to move the frame start (even if it moved it for other datagrams: a refusal on one queue
+    /// or CPU is enough to make the head unreliable), else `Head` once it moved it, else nothing
+    /// yet.
+    pub fn settled_adjust_mode(&self) -> Option<AdjustMode> {
+        if self.head_refused > 0 {
+            Some(AdjustMode::Tail)
+        } else if self.head_grew > 0 {
+            Some(AdjustMode::Head)
+        } else {
+            None
+        }
+    }
+
     /// How the program resized frames when the counters were read.
     pub fn adjust_mode(&self) -> AdjustMode {
         self.adjust
@@ -432,11 +446,7 @@ impl XdpRelay {
     ///
     /// [`XdpError::Map`].
     pub fn settle_adjust_mode(&self, counters: &Counters) -> Result<Option<AdjustMode>, XdpError> {
-        let settled = if counters.head_refused() > 0 {
-            AdjustMode::Tail
-        } else if counters.head_grew() > 0 {
-            AdjustMode::Head
-        } else {
+        let Some(settled) = counters.settled_adjust_mode() else {
             return Ok(None);
         };
         let mut maps = self.lock();
@@ -883,8 +893,28 @@ mod tests {
         assert_eq!(counters.passed().packets, 5);
         // Not an outcome: in neither sum.
         assert_eq!(counters.head_refused(), 2);
+        assert_eq!(counters.head_grew(), 1);
         assert_eq!(counters.get(Outcome::NoChannel).bytes, 500);
         assert_eq!(counters.iter().count(), Outcome::COUNT as usize);
+    }
+
+    #[test]
+    fn auto_settles_on_the_tail_after_any_refusal_and_on_the_head_after_a_move() {
+        let counters = |head_refused, head_grew| Counters {
+            values: [Counter::default(); Outcome::COUNT as usize],
+            head_refused,
+            head_grew,
+            adjust: AdjustMode::Auto,
+            cached: (0, 0),
+        };
+        assert_eq!(counters(0, 0).settled_adjust_mode(), None);
+        assert_eq!(counters(0, 3).settled_adjust_mode(), Some(AdjustMode::Head));
+        assert_eq!(counters(1, 0).settled_adjust_mode(), Some(AdjustMode::Tail));
+        // One CPU's queue refused while another's moved: the head cannot be relied on.
+        assert_eq!(
+            counters(1, 500).settled_adjust_mode(),
+            Some(AdjustMode::Tail)
+        );
     }
 
     #[test]
