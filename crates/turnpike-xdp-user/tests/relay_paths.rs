@@ -1334,11 +1334,7 @@ fn rfc_5766_channel_numbers_are_relayed_only_when_configured() {
             return;
         };
         relay
-            .configure(
-                XdpConfig::new(LISTEN_PORT, 49152, 65535)
-                    .with_hop_limits(TTL, HOP_LIMIT)
-                    .with_rfc5766_channel_numbers(true),
-            )
+            .configure(config(AdjustMode::Head).with_rfc5766_channel_numbers(true))
             .unwrap();
         assert_relayed(
             &relay,
@@ -1350,11 +1346,7 @@ fn rfc_5766_channel_numbers_are_relayed_only_when_configured() {
             return;
         };
         relay
-            .configure(
-                XdpConfig::new(LISTEN_PORT, 49152, 65535)
-                    .with_hop_limits(TTL, HOP_LIMIT)
-                    .with_rfc5766_channel_numbers(true),
-            )
+            .configure(config(AdjustMode::Head).with_rfc5766_channel_numbers(true))
             .unwrap();
         assert_relayed(
             &relay,
